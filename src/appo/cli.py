@@ -1,0 +1,47 @@
+"""The `appo` command. Each subcommand lives in the module that owns the work; this file only dispatches,
+so `appo --help` stays fast (no torch import)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module:function taking argv, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("appo.train.cli:main", "Run the RL pipeline (cold-start SFT -> RL -> evaluation); default preset: quickstart."),
+    "sft": ("appo.train.sft:main", "Supervised fine-tuning on multi-turn tool-use conversations."),
+    "eval": ("appo.eval.evaluate:main", "Evaluate a model with the agent loop on benchmark files (pass@k, maj@k, EM/F1, judge)."),
+    "rollout": ("appo.rollout.cli:main", "Sample rollout groups without training; write JSONL and an HTML tree view."),
+    "tool": ("appo.tools.cli:tool_main", "Run a tool by hand: `appo tool python --code ...`, `appo tool search QUERY`."),
+    "index": ("appo.tools.cli:index_main", "Build a BM25 index for the local search backend: `appo index build`."),
+    "config": ("appo.config_cli:main", "Show the resolved config (`appo config show [preset] [overrides]`) and all keys."),
+    "prepare": ("appo.models:prepare_main", "Convert/build the built-in models ahead of time (smollm2-135m-instruct, tiny)."),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: appo <command> [args]", "", "commands:"]
+    lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `appo <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from appo import __version__
+        print(__version__)
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"appo: unknown command '{name}'. Commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module, func = COMMANDS[name][0].split(":")
+    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

