@@ -138,6 +138,8 @@ class PythonToolConfig:
     max_processes: int = opt(16, "Process/thread limit per call.", low=1)
     max_file_mb: int = opt(16, "Largest file a call may write.", low=1)
     max_open_files: int = opt(64, "Open-file limit per call.", low=8)
+    disk_mb: int = opt(64, "Size of the sandbox's private /tmp (a tmpfs, held in RAM): all a call may "
+                           "write (sandbox=bwrap).", low=1)
     session: bool = opt(False, "Replay the trajectory's earlier successful cells first so variables persist.")
 
 
@@ -153,6 +155,8 @@ class SearchToolConfig:
     result_length: int = opt(1000, "Characters kept per result.", low=1)
     location: str = opt("us", "Country code for web search backends.")
     request_timeout: float = opt(20.0, "Seconds per HTTP request.", low=0)
+    retry_backoff: float = opt(0.5, "Seconds before the first retry of a failed search (tools.retry_count "
+                                    "attempts in all); doubles on each further retry.", low=0)
 
 
 @dataclass
@@ -180,8 +184,9 @@ class AlgorithmConfig:
     reward_scale_m: str = opt("off", "Reward scale M: 'off', or 'faithful' (the reference, inert except "
                                      "at the last token).", choices=("off", "faithful"))
     reward_scale_discount: float = opt(0.9, "Discount of M over positions before a split.", low=0, high=1)
-    drop_branch_rows: bool = opt(True, "Drop branch rows before the ref forward and the update (the "
-                                       "reference keeps them fully masked, B6).")
+    drop_branch_rows: bool = opt(True, "With adv_estimator=appo (branch rows carry no loss): drop them before "
+                                       "the ref forward and the update; false keeps them fully masked like the "
+                                       "reference (B6). GRPO advantages train every row.")
     reward_fn: str = opt("auto", "'auto' picks by data_source/ability; or a registered name; or "
                                  "'module:function'.")
     math_reward: str = opt("math_verify", "Reward for ability=='math' rows under 'auto': math-verify "
@@ -243,6 +248,12 @@ class JudgeConfig:
     key_env: str = opt("APPO_JUDGE_API_KEY", "Environment variable holding the judge API key.")
     model: str = opt("gpt-4o-mini", "Judge model name.")
     timeout: float = opt(60.0, "Seconds per judge request.", low=0)
+    retries: int = opt(3, "Attempts per item (network/HTTP/malformed replies); after the last one the item "
+                          "falls back to rule equivalence and counts as a judge error.", low=1)
+    temperature: float = opt(0.0, "Judge sampling temperature, sent explicitly (the reference left it at the "
+                                  "server default).", low=0)
+    max_tokens: int = opt(512, "Reply budget per judge request.", low=1)
+    max_workers: int = opt(8, "Judge requests in flight at once.", low=1)
 
 
 @dataclass
@@ -253,6 +264,14 @@ class EvalConfig:
     temperature: float = opt(0.0, "0 is greedy (then k must be 1).", low=0)
     max_samples: int | None = opt(None, "Evaluate only the first N questions of each benchmark.", low=1)
     batch_size: int = opt(64, "Questions per generation batch.", low=1)
+    top_p: float = opt(1.0, "Nucleus sampling mass for eval samples (the reference eval used 0.95 at T=0.6).",
+                       low=0, high=1)
+    max_response_length: int | None = opt(None, "Response budget in tokens per sample, tool results included; "
+                                                "null uses rollout.max_response_length.", low=1)
+    data_root: str | None = opt(None, "Folder holding <name>/test.jsonl benchmark files; null uses "
+                                      "../shared/data/benchmarks when it exists.")
+    output_dir: str | None = opt(None, "Where samples.jsonl, summary.{md,json} and the plot go; null uses "
+                                       "<trainer.output_dir>/eval.")
     judge: JudgeConfig = opt(help="LLM-as-judge.", factory=JudgeConfig)
 
 
@@ -393,6 +412,11 @@ def _check_type(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return int(value)
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)
@@ -428,8 +452,12 @@ def build(cls: type, data: dict | None, path: str = "") -> Any:
             continue
         if name not in data:
             continue
-        value = _check_type(data[name], tp, sub)
         meta = f.metadata
+        raw = data[name]
+        # YAML reads a bare off/on as a boolean; give string choices like 'off' their spelling back.
+        if isinstance(raw, bool) and "off" in (meta.get("choices") or ()):
+            raw = "on" if raw else "off"
+        value = _check_type(raw, tp, sub)
         if meta.get("choices") is not None and value not in meta["choices"]:
             shown = ", ".join("null" if c is None else str(c) for c in meta["choices"])
             raise ConfigError(f"{sub}={value!r} is not valid; choose one of: {shown}")

@@ -1,0 +1,101 @@
+"""`appo rollout`: sample rollout groups with the configured strategy, without training, and write them
+as JSONL (tokens, texts, masks, log-probs, entropies, branch structure, rewards) and as an HTML tree view.
+
+    appo rollout --config tiny --num-prompts 4 --out runs/rollouts rollout.strategy=appo rollout.n=8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+from appo.config import ConfigError, load_config, preset_names
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="appo rollout", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="quickstart", help=f"Preset or YAML file; presets: {', '.join(preset_names())}.")
+    p.add_argument("--num-prompts", type=int, default=4, help="How many prompts to roll out (default 4).")
+    p.add_argument("--split", choices=("train", "val"), default="train", help="Which prompt set to take them from.")
+    p.add_argument("--step", type=int, default=0, help="Step number for the seeds (a training step's rollouts).")
+    p.add_argument("--out", default="runs/rollouts", help="Output folder (default runs/rollouts).")
+    p.add_argument("overrides", nargs="*", help="Dotted config overrides, e.g. rollout.n=8 tools.call_limit=2.")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[appo] %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"appo rollout: {e}")
+        return 2
+    if args.num_prompts < 1:
+        print("appo rollout: --num-prompts must be >= 1")
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    groups, metrics, tokenizer = sample(cfg, args.num_prompts, args.split, args.step, out)
+    write_outputs(groups, metrics, tokenizer, out, title=f"appo rollout · {cfg.rollout.strategy} · {args.config}")
+    rows = sum(len(g.rows) for g in groups)
+    print(f"wrote {rows} rows for {len(groups)} prompts to {out / 'rollouts.jsonl'} and {out / 'rollouts.html'}")
+    return 0
+
+
+def sample(cfg, num_prompts: int, split: str, step: int, out: Path):
+    """Load the policy, prompts, tools and rewards named by `cfg`, and sample `num_prompts` groups."""
+    import torch
+
+    from appo.models import load_model, load_tokenizer
+    from appo.rewards import get_reward_fn
+    from appo.rollout.engine import make_engine
+    from appo.rollout.hf import make_scorer
+    from appo.rollout.strategies import sample_groups
+    from appo.tools import build_tools
+    from appo.train.cli import load_prompt_sets
+
+    device = cfg.trainer.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(cfg.trainer.seed)
+    tokenizer = load_tokenizer(cfg.model.path, cfg.model.cache_dir)
+    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.cache_dir, device=device)
+    cfg.trainer.output_dir = str(out)  # a built-in task's search index is built here
+    train, val = load_prompt_sets(cfg, tokenizer)
+    prompts = (train if split == "train" else val)[:num_prompts]
+    if not prompts:
+        raise SystemExit(f"appo rollout: the {split} set has no prompts")
+    scorer = None
+    if cfg.rollout.strategy == "appo" and cfg.rollout.appo.fv_source != "none":
+        # No training happens here, so the "current" policy is the sampler itself: the FV is the
+        # recompute-vs-sampler mismatch (the reference's train_infer_mismatch), whatever fv_source says.
+        scorer = make_scorer(model, temperature=cfg.rollout.temperature or 1.0,
+                             pad_id=tokenizer.pad_token_id or 0)
+    engine = make_engine(cfg.rollout, model, tokenizer)
+    reward_fn = get_reward_fn(cfg.algorithm)
+    with build_tools(cfg.tools) as tools:
+        groups, metrics = sample_groups(engine, tools, prompts, cfg, step=step, scorer=scorer)
+    for group in groups:
+        for traj in group.rows:
+            traj.reward = float(reward_fn(traj.response_text(tokenizer), group.prompt))
+    return groups, metrics, tokenizer
+
+
+def write_outputs(groups, metrics: dict, tokenizer, out: Path, title: str = "appo rollouts") -> None:
+    from appo.rollout.html import render_html
+
+    with (out / "rollouts.jsonl").open("w", encoding="utf-8") as f:
+        for g, group in enumerate(groups):
+            for row, traj in enumerate(group.rows):
+                record = {"prompt_index": getattr(group.prompt, "index", g), "row": row, **traj.to_dict(tokenizer)}
+                f.write(json.dumps(record) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "rollouts.html").write_text(render_html(groups, tokenizer, title), encoding="utf-8")

@@ -1,0 +1,65 @@
+"""The generation-engine contract: token ids in, token ids out, with per-token log-probs and entropies.
+
+Shaped after vLLM's offline API so that engines are interchangeable: prompts are token ids (never text),
+stop strings are kept in the output (like `include_stop_str_in_output=True`), every generated token comes
+with the log-prob of the sampled token and the entropy of the distribution it was sampled from, and
+optionally its top-k log-probs.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+FinishReason = Literal["stop", "length", "eos"]
+
+
+@dataclass
+class GenRequest:
+    prompt_ids: list[int]
+    max_new_tokens: int
+    temperature: float = 1.0          # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = -1                   # -1 (or 0) disables
+    stop: list[str] = field(default_factory=list)
+    logprobs: int = 0                 # how many top log-probs to return per token (0: none)
+    seed: int | None = None           # per-request seed; the same seed gives the same sample
+
+
+@dataclass
+class GenResult:
+    token_ids: list[int]
+    logprobs: list[float]                          # log-prob of each sampled token
+    entropies: list[float]                         # entropy of each step's sampling distribution
+    top_logprobs: list[dict[int, float]] | None    # per token: top-k ids -> log-prob (plus the sampled id)
+    finish_reason: FinishReason
+    stop_str: str | None = None                    # the stop string that ended the row, if any
+
+
+class Engine(Protocol):
+    """What the tool loop needs from a sampler (the HF engine here; vLLM behind the same calls)."""
+
+    tokenizer: Any
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]: ...
+
+    def load_weights(self, state_dict: dict) -> None: ...
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed derived from `parts` that is the same in every process (unlike `hash`)."""
+    return random.Random(":".join(map(str, parts))).getrandbits(63)
+
+
+def make_engine(rollout_cfg, model, tokenizer) -> Engine:
+    """The engine `rollout.engine` names, sampling with `model` (shared with the learner for 'hf')."""
+    if rollout_cfg.engine == "hf":
+        from appo.rollout.hf import HFEngine
+
+        return HFEngine(model, tokenizer, seed=rollout_cfg.seed)
+    if rollout_cfg.engine == "vllm":
+        from appo.rollout import vllm as vllm_engine
+
+        return vllm_engine.VLLMEngine.from_config(rollout_cfg, model, tokenizer)
+    raise ValueError(f"rollout.engine={rollout_cfg.engine!r} is not valid; choose one of: hf, vllm")

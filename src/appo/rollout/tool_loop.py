@@ -1,0 +1,270 @@
+"""The multi-turn tool loop: one state machine per trajectory, run for a whole batch, token-in/token-out.
+
+Each round generates for every live row until a tool's closing tag (`</python>`, `</search>`: one stop
+string per enabled tool), EOS or the response budget. A row that stopped on a closing tag has its call
+parsed from its *current turn* only (the text generated since the last tool result), the calls of all
+rows run in parallel through the ToolRunner, and each result is spliced in as
+` <result>\\n{text}\\n</result>` (tokenised without special tokens) with generated=0 and 0.0 log-prob and
+entropy records, so that every per-token array stays aligned with the response tokens. Tool results
+count toward the response budget and are cut at it.
+
+Decisions the reference leaves implicit:
+- Call limit: counted over the calls in the response only, so a branch starts at the calls of its
+  copied prefix. At the limit `on_limit` says what happens: 'stop' ends the row (finish_reason
+  'call_limit'); 'result' splices an error result that says so and lets the model go on (the call is
+  not executed and not counted); 'eos' appends an EOS record with generated=0 (never trained as if
+  sampled) and ends the row.
+- Empty payload (or a closing tag with no opening tag in the current turn): the reference ends the row
+  silently, leaving a dangling call. Here it counts as a call that fails: an error result tells the model
+  how to call the tool, and the row continues.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from appo.rollout.engine import Engine, GenRequest, derive_seed
+from appo.rollout.trajectory import Trajectory
+from appo.tools.base import ToolCall, ToolResult
+
+RESULT_TEMPLATE = " <result>\n{text}\n</result>"
+LIMIT_TEXT = "Error: the tool call limit ({limit}) is reached; no more tool calls. Give your final answer now."
+EMPTY_TEXT = "Error: empty <{tool}> call; put the input between <{tool}> and </{tool}>."
+ON_LIMIT = ("stop", "result", "eos")
+
+
+def result_token_ids(tokenizer, text: str) -> list[int]:
+    """The tokens of a spliced tool result. Special-token strings inside tool output (say a program that
+    prints "<|im_end|>") stay plain text: untrusted output must not inject an EOS or a chat-turn marker."""
+    return tokenizer.encode(RESULT_TEMPLATE.format(text=text), add_special_tokens=False,
+                            split_special_tokens=True)
+
+
+@dataclass
+class RolloutLoopSettings:
+    max_response_length: int                 # response budget in tokens, tool results included
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    call_limit: int = 3
+    on_limit: str = "stop"
+    top_logprobs: int = 0                    # top-k log-probs requested per generated token
+    gen_batch_size: int = 64                 # rows per engine call
+
+    def __post_init__(self):
+        if self.on_limit not in ON_LIMIT:
+            raise ValueError(f"on_limit={self.on_limit!r} is not valid; choose one of: {', '.join(ON_LIMIT)}")
+
+    @classmethod
+    def from_config(cls, rollout_cfg, tools_cfg, top_logprobs: int = 0) -> RolloutLoopSettings:
+        return cls(max_response_length=rollout_cfg.max_response_length, temperature=rollout_cfg.temperature,
+                   top_p=rollout_cfg.top_p, top_k=rollout_cfg.top_k, call_limit=tools_cfg.call_limit,
+                   on_limit=tools_cfg.on_limit, top_logprobs=top_logprobs,
+                   gen_batch_size=rollout_cfg.gen_batch_size)
+
+
+@dataclass
+class LoopStart:
+    """Where a trajectory starts: an empty response (a fresh rollout), or a branch's copied token prefix,
+    which the loop continues exactly as if the policy had just generated it."""
+    trajectory: Trajectory
+    seed: int | None = None
+
+    @classmethod
+    def fresh(cls, prompt_ids: list[int], *, group: int = 0, seed: int | None = None, kind: str = "init",
+              meta: dict | None = None, keep_top_logprobs: bool = False) -> LoopStart:
+        traj = Trajectory(prompt_ids=list(prompt_ids), group=group, kind=kind, meta=dict(meta or {}),
+                          top_logprobs=[] if keep_top_logprobs else None)
+        return cls(traj, seed)
+
+
+@dataclass
+class LoopRow:
+    """The loop's state for one trajectory."""
+    traj: Trajectory
+    seed: int | None
+    turn_start: int = 0          # response position where the current turn began (after the last result)
+    round_start: int = 0         # response position where this round's generation began
+    rounds: int = 0
+    pending_stop: str | None = None
+    done: bool = False
+    forks: int = 0
+
+    def finish(self, reason: str) -> None:
+        self.traj.finish_reason = reason
+        self.done = True
+
+
+@dataclass
+class _Queued:
+    row: LoopRow
+    call: ToolCall
+
+
+class ToolLoop:
+    """Rows are added with `add`, advanced one round at a time with `step` (strategies such as ARPO act
+    between rounds), or to completion with `run`."""
+
+    def __init__(self, engine: Engine, tools, settings: RolloutLoopSettings, stats: dict | None = None):
+        self.engine = engine
+        self.tools = tools
+        self.settings = settings
+        self.tokenizer = engine.tokenizer
+        self.stops = [f"</{name}>" for name in (tools.names if tools is not None else [])]
+        self.eos_ids = set(getattr(engine, "eos_ids", None) or {self.tokenizer.eos_token_id})
+        self.rows: list[LoopRow] = []
+        self.stats = stats if stats is not None else {}
+        self._queue: list[_Queued] = []
+
+    # ------------------------------------------------------------------------------------ rows
+
+    def add(self, start: LoopStart) -> LoopRow:
+        traj = start.trajectory
+        if traj.top_logprobs is None and self.settings.top_logprobs > 0:
+            traj.top_logprobs = [{} for _ in traj.token_ids]
+        row = LoopRow(traj, start.seed, turn_start=max((e["end"] for e in traj.tool_log), default=0))
+        row.round_start = len(traj)
+        self._resume(row)
+        self.rows.append(row)
+        return row
+
+    def fork(self, row: LoopRow, **changes) -> LoopRow:
+        """An independent copy of a live row's state (ARPO's branch), continuing from the same tokens."""
+        row.forks += 1
+        traj = row.traj.prefix(len(row.traj))
+        for key, value in changes.items():
+            setattr(traj, key, value)
+        seed = None if row.seed is None else derive_seed(row.seed, "fork", row.forks)
+        copy = LoopRow(traj, seed, turn_start=row.turn_start, round_start=row.round_start, rounds=row.rounds)
+        self.rows.append(copy)
+        return copy
+
+    @property
+    def active(self) -> list[LoopRow]:
+        return [r for r in self.rows if not r.done]
+
+    def _resume(self, row: LoopRow) -> None:
+        """Classify a continued prefix: already finished, or ending in a closing tag whose call is due."""
+        traj, budget = row.traj, self.settings.max_response_length
+        if traj.token_ids and traj.token_ids[-1] in self.eos_ids:
+            row.finish("eos")
+        elif len(traj) >= budget:
+            row.finish("length")
+        elif len(traj) > row.turn_start:
+            turn = self._turn_text(row)
+            row.pending_stop = next((s for s in self.stops if s in turn), None)
+
+    # ---------------------------------------------------------------------------------- rounds
+
+    def run(self) -> None:
+        while self.active:
+            self.step()
+
+    def step(self) -> list[LoopRow]:
+        """One round: due calls of continued prefixes, one generation for every live row, then the tool
+        calls it produced. Returns the rows that generated in this round."""
+        for row in self.active:
+            if row.pending_stop is not None:
+                stop, row.pending_stop = row.pending_stop, None
+                self._on_stop(row, stop)
+        self._run_queued()
+        rows = self.active
+        if not rows:
+            return []
+        settings, budget = self.settings, self.settings.max_response_length
+        requests = [GenRequest(prompt_ids=r.traj.prompt_ids + r.traj.token_ids,
+                               max_new_tokens=budget - len(r.traj), temperature=settings.temperature,
+                               top_p=settings.top_p, top_k=settings.top_k, stop=list(self.stops),
+                               logprobs=settings.top_logprobs,
+                               seed=None if r.seed is None else derive_seed(r.seed, r.rounds))
+                    for r in rows]
+        t0 = time.perf_counter()
+        results = []
+        for i in range(0, len(requests), settings.gen_batch_size):
+            results += self.engine.generate(requests[i:i + settings.gen_batch_size])
+        self._count("generate_seconds", time.perf_counter() - t0)
+        self._count("rounds", 1)
+        for row, res in zip(rows, results):
+            row.round_start = len(row.traj)
+            row.rounds += 1
+            row.traj.append(res.token_ids, generated=1, logprobs=res.logprobs, entropies=res.entropies,
+                            top_logprobs=res.top_logprobs)
+            self._count("generated_tokens", len(res.token_ids))
+            if res.finish_reason == "stop" and res.stop_str in self.stops:
+                self._on_stop(row, res.stop_str)
+            elif res.finish_reason == "eos":
+                row.finish("eos")
+            elif len(row.traj) >= budget:
+                row.finish("length")
+            else:
+                raise RuntimeError(f"engine returned finish_reason={res.finish_reason!r} "
+                                   f"(stop_str={res.stop_str!r}) before the budget was used")
+        self._run_queued()
+        return rows
+
+    # ------------------------------------------------------------------------------- tool calls
+
+    def _turn_text(self, row: LoopRow) -> str:
+        return self.tokenizer.decode(row.traj.token_ids[row.turn_start:], skip_special_tokens=False)
+
+    def _on_stop(self, row: LoopRow, stop: str) -> None:
+        traj, settings = row.traj, self.settings
+        tool = stop[2:-1]
+        if traj.tool_calls >= settings.call_limit:
+            self._count("limit_hits", 1)
+            if settings.on_limit == "stop":
+                row.finish("call_limit")
+            elif settings.on_limit == "eos":
+                if len(traj) < settings.max_response_length:
+                    traj.append([min(self.eos_ids)], generated=0)
+                row.finish("call_limit")
+            else:
+                self._splice(row, tool, "", ToolResult(LIMIT_TEXT.format(limit=settings.call_limit), ok=False),
+                             refused=True)
+            return
+        turn = self._turn_text(row)
+        end = turn.find(stop)
+        opening = turn.rfind(f"<{tool}>", 0, end)
+        payload = turn[opening + len(tool) + 2:end].strip() if opening >= 0 else ""
+        traj.tool_calls += 1
+        if not payload:
+            self._count("empty_calls", 1)
+            self._splice(row, tool, payload, ToolResult(EMPTY_TEXT.format(tool=tool), ok=False))
+            return
+        history = tuple(e["payload"] for e in traj.tool_log if e["tool"] == tool and e["ok"])
+        self._queue.append(_Queued(row, ToolCall(tool=tool, payload=payload, history=history)))
+
+    def _run_queued(self) -> None:
+        if not self._queue:
+            return
+        queued, self._queue = self._queue, []
+        t0 = time.perf_counter()
+        results = self.tools.run([q.call for q in queued])
+        self._count("tool_seconds", time.perf_counter() - t0)
+        self._count("tool_calls", len(queued))
+        for q, res in zip(queued, results):
+            self._splice(q.row, q.call.tool, q.call.payload, res)
+
+    def _splice(self, row: LoopRow, tool: str, payload: str, result: ToolResult, refused: bool = False) -> None:
+        traj, budget = row.traj, self.settings.max_response_length
+        ids = result_token_ids(self.tokenizer, result.text)[:budget - len(traj)]
+        start = len(traj)
+        traj.append(ids, generated=0)
+        traj.tool_log.append(dict(tool=tool, payload=payload, ok=result.ok, seconds=result.seconds,
+                                  start=start, end=len(traj), refused=refused))
+        row.turn_start = len(traj)
+        if len(traj) >= budget:
+            row.finish("length")
+
+    def _count(self, key: str, value: float) -> None:
+        self.stats[key] = self.stats.get(key, 0) + value
+
+
+def run_tool_loop(engine: Engine, tools, starts: list[LoopStart], cfg: RolloutLoopSettings,
+                  stats: dict | None = None) -> list[Trajectory]:
+    """Run every start to completion; trajectories come back in the order of `starts`."""
+    loop = ToolLoop(engine, tools, cfg, stats)
+    rows = [loop.add(s) for s in starts]
+    loop.run()
+    return [r.traj for r in rows]

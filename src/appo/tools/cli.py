@@ -1,0 +1,89 @@
+"""`appo tool ...` runs one tool call by hand and prints exactly what the model would see;
+`appo index build ...` builds the BM25 index of the local search backend."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from appo.config import ConfigError, load_config
+from appo.tools.base import ToolCall
+
+
+def _tool_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="appo tool", description="Run one tool call as the agent would and print "
+                                     "the result text (exit status 1 when the tool reports a failure).")
+    sub = parser.add_subparsers(dest="tool", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--timeout", type=float, help="tools.timeout: wall-clock seconds for the call")
+    common.add_argument("--max-chars", type=int, help="tools.result_max_chars: longer output is truncated")
+    common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any config override, e.g. --set tools.python.memory_mb=256 (repeatable)")
+
+    py = sub.add_parser("python", parents=[common], help="run Python code in the sandbox (code from --code or stdin)")
+    py.add_argument("--code", help="the cell to run; read from stdin when absent")
+    py.add_argument("--sandbox", choices=("bwrap", "none"), help="tools.python.sandbox")
+    py.add_argument("--memory-mb", type=int, help="tools.python.memory_mb")
+    py.add_argument("--history", action="append", default=[], metavar="CODE",
+                    help="an earlier cell to replay silently first (repeatable; turns on tools.python.session)")
+
+    se = sub.add_parser("search", parents=[common], help="run a search query through a backend")
+    se.add_argument("query")
+    se.add_argument("--backend", help="tools.search.backend: local, cache, brightdata, serper or retriever")
+    se.add_argument("--index-dir", help="tools.search.index_dir (backend=local)")
+    se.add_argument("--cache-file", help="tools.search.cache_file (backend=cache)")
+    se.add_argument("--sqlite-cache", help="tools.search.sqlite_cache: persistent result cache")
+    se.add_argument("--url", help="tools.search.url: endpoint of brightdata/serper/retriever")
+    se.add_argument("--max-results", type=int, help="tools.search.max_results")
+    return parser
+
+
+_FLAG_KEYS = {"timeout": "tools.timeout", "max_chars": "tools.result_max_chars", "sandbox": "tools.python.sandbox",
+              "memory_mb": "tools.python.memory_mb", "backend": "tools.search.backend",
+              "index_dir": "tools.search.index_dir", "cache_file": "tools.search.cache_file",
+              "sqlite_cache": "tools.search.sqlite_cache", "url": "tools.search.url",
+              "max_results": "tools.search.max_results"}
+
+
+def tool_main(argv: list[str]) -> int:
+    args = _tool_parser().parse_args(argv)
+    overrides = [f"{key}={getattr(args, flag)}" for flag, key in _FLAG_KEYS.items()
+                 if getattr(args, flag, None) is not None]
+    if args.tool == "python" and args.history:
+        overrides.append("tools.python.session=true")
+    from appo.tools.registry import build_tools
+
+    try:
+        cfg = load_config(None, overrides + args.set).tools
+        runner = build_tools(dataclasses.replace(cfg, enabled=[args.tool]))
+    except (ConfigError, ValueError, RuntimeError, OSError) as e:
+        print(f"appo tool: {e}", file=sys.stderr)
+        return 2
+    if args.tool == "python":
+        call = ToolCall("python", args.code if args.code is not None else sys.stdin.read(), tuple(args.history))
+    else:
+        call = ToolCall("search", args.query)
+    with runner:
+        (result,) = runner.run([call])
+    print(result.text)
+    return 0 if result.ok else 1
+
+
+def index_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="appo index", description="Search indexes for the local backend.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    build = sub.add_parser("build", help="build a BM25 index from a JSONL corpus of {id, title, text}")
+    build.add_argument("--corpus", required=True, help="JSONL file, one document per line")
+    build.add_argument("--out", required=True, help="output directory (use it as tools.search.index_dir)")
+    args = parser.parse_args(argv)
+    from appo.tools.search_backends import build_index, read_corpus
+
+    try:
+        docs = read_corpus(args.corpus)
+        out = build_index(docs, args.out)
+    except (ValueError, OSError) as e:
+        print(f"appo index: {e}", file=sys.stderr)
+        return 2
+    print(f"indexed {len(docs)} documents into {out} (use tools.search.backend=local tools.search.index_dir={out})")
+    return 0

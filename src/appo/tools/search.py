@@ -1,0 +1,126 @@
+"""The `<search>` tool: a backend behind a persistent cache, with retries, and the reference's formatting.
+
+A backend returns the result snippets for a query; this module owns everything around that: the
+query clean-up (`"` removed, as the reference), the SQLite cache, a deadline of `tools.timeout` per
+call, bounded retries with exponential backoff for transient failures, and the text the model sees:
+`Page i: snippet` lines, or `No search results found.`, or a one-line `Search failed: ...` message.
+A search failure never raises into the rollout.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Protocol
+
+from appo.config import SearchToolConfig
+from appo.tools.base import ToolCall, ToolResult
+from appo.tools.search_cache import SqliteCache
+
+NO_RESULTS = "No search results found."
+_PAGE = re.compile(r"Page (\d+): ")
+
+
+class SearchError(Exception):
+    """A failure worth reporting to the model as is; retrying would not help (bad key, cache miss)."""
+
+
+class TransientSearchError(SearchError):
+    """A failure that may pass: timeouts, connection errors, HTTP 429/5xx, malformed responses."""
+
+
+class SearchBackend(Protocol):
+    name: str
+    signature: str   # identifies the backend and the settings that change its answers (cache key prefix)
+
+    def search(self, query: str, k: int, timeout: float) -> list[str]:
+        """Up to `k` result snippets, best first; raise SearchError/TransientSearchError on failure."""
+        ...
+
+
+def format_results(snippets: list[str], max_results: int, result_length: int) -> str:
+    """The reference's observation text: unique non-empty snippets, `Page i: ` numbered, each cut."""
+    unique: list[str] = []
+    for s in snippets:
+        s = s.strip()
+        if s and s not in unique:
+            unique.append(s)
+    if not unique:
+        return NO_RESULTS
+    return "\n".join(f"Page {i}: {s[:result_length]}" for i, s in enumerate(unique[:max_results], 1))
+
+
+def parse_results(text: str) -> list[str]:
+    """Inverse of `format_results` (for the reference's cache values); a line that does not start the next
+    page continues the current snippet."""
+    if text.strip() == NO_RESULTS:
+        return []
+    snippets: list[str] = []
+    for line in text.split("\n"):
+        m = _PAGE.match(line)
+        if m and int(m.group(1)) == len(snippets) + 1:
+            snippets.append(line[m.end():])
+        elif snippets:
+            snippets[-1] += "\n" + line
+        else:
+            snippets.append(line)
+    return snippets
+
+
+class SearchTool:
+    name = "search"
+
+    def __init__(self, cfg: SearchToolConfig, backend: SearchBackend, timeout: float = 20.0, attempts: int = 1,
+                 cache: SqliteCache | None = None):
+        self.cfg = cfg
+        self.backend = backend
+        self.timeout = timeout
+        self.attempts = max(1, attempts)
+        self.cache = cache
+
+    def __call__(self, call: ToolCall) -> ToolResult:
+        start = time.time()
+        query = call.payload.replace('"', "").strip()
+        if not query:
+            return self._result("Search failed: the query is empty.", False, start, {})
+        key = f"{self.backend.signature}|k={self.cfg.max_results}|{query}"
+        cached = self.cache.get(key) if self.cache is not None else None
+        if cached is not None:
+            text = format_results(json.loads(cached), self.cfg.max_results, self.cfg.result_length)
+            return self._result(text, True, start, {"cache": "hit", "attempts": 0})
+        try:
+            snippets, attempts = self._search_with_retries(query)
+        except SearchError as e:
+            return self._result(f"Search failed: {e}", False, start, {})
+        if self.cache is not None:
+            self.cache.put(key, json.dumps(snippets, ensure_ascii=False))
+        text = format_results(snippets, self.cfg.max_results, self.cfg.result_length)
+        return self._result(text, True, start, {"cache": "off" if self.cache is None else "miss", "attempts": attempts})
+
+    def _search_with_retries(self, query: str) -> tuple[list[str], int]:
+        """Snippets and the attempts it took; transient failures are retried while attempts and the
+        call's deadline allow, waiting retry_backoff, then twice as long each time."""
+        deadline = time.monotonic() + self.timeout
+        wait = self.cfg.retry_backoff
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = max(deadline - time.monotonic(), 0.001)
+            try:
+                return self.backend.search(query, self.cfg.max_results, min(self.cfg.request_timeout, remaining)), attempt
+            except TransientSearchError as e:
+                if attempt >= self.attempts or time.monotonic() + wait >= deadline:
+                    suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
+                    raise SearchError(f"{e}{suffix}") from e
+                time.sleep(wait)
+                wait *= 2
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+    @staticmethod
+    def _result(text: str, ok: bool, start: float, meta: dict) -> ToolResult:
+        end = time.time()
+        return ToolResult(text=text, ok=ok, seconds=end - start, meta={**meta, "start": start, "end": end})

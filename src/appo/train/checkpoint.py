@@ -1,0 +1,111 @@
+"""Checkpoints: a Hugging Face directory that `from_pretrained` loads (LoRA merged in), plus the trainer
+state that makes `--resume` continue exactly (optimizer, scheduler, RNG streams, position, history).
+
+Layout: `<output_dir>/checkpoints/step_<N>/{hf/, trainer_state.pt}` and `<output_dir>/checkpoints/latest`
+(the name of the newest complete checkpoint, written last, so a kill mid-save never points at a torn one).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def checkpoint_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def merged_state_dict(model) -> dict[str, torch.Tensor]:
+    """The plain-model state dict; for a peft model, base weights plus each adapter's delta (out of place,
+    so the live adapters are untouched and training continues bit-identically)."""
+    if not hasattr(model, "peft_config"):
+        return {k: v.detach() for k, v in model.state_dict().items()}
+    from peft.tuners.lora import LoraLayer
+
+    inner = model.get_base_model()
+    merged = {}
+    for key, value in inner.state_dict().items():
+        if "lora_" in key:
+            continue
+        merged[key.replace(".base_layer.", ".")] = value.detach()
+    for name, module in inner.named_modules():
+        if isinstance(module, LoraLayer) and module.active_adapters:
+            weight = merged[f"{name}.weight"]
+            for adapter in module.active_adapters:
+                weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
+            merged[f"{name}.weight"] = weight
+    return merged
+
+
+def save_hf(model, tokenizer, out_dir: str | Path) -> Path:
+    """Save a loadable Hugging Face checkpoint (adapters merged) with its tokenizer."""
+    out = Path(out_dir)
+    if hasattr(model, "peft_config"):
+        model.get_base_model().save_pretrained(out, state_dict=merged_state_dict(model), safe_serialization=True)
+    else:
+        model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, trainer_state: dict[str, Any],
+                    keep_last: int | None = None) -> Path:
+    """Write step_<step>/ (HF dir + trainer_state.pt) atomically and point `latest` at it."""
+    root = checkpoint_root(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step}"
+    tmp = root / f".step_{step}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_hf(model, tokenizer, tmp / "hf")
+    state = dict(trainer_state, step=step, rng=rng_state())
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        state["adapter"] = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(model).items()}
+    torch.save(state, tmp / "trainer_state.pt")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    pointer = root / "latest.tmp"
+    pointer.write_text(final.name)
+    os.replace(pointer, root / "latest")
+    if keep_last:
+        steps = sorted((int(p.name.split("_")[1]) for p in root.glob("step_*")), reverse=True)
+        for old in steps[keep_last:]:
+            shutil.rmtree(root / f"step_{old}", ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    pointer = checkpoint_root(output_dir) / "latest"
+    if not pointer.exists():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return path if (path / "trainer_state.pt").exists() else None
+
+
+def load_trainer_state(ckpt_dir: str | Path) -> dict[str, Any]:
+    # Our own file: it holds optimizer tensors and RNG tuples, which need the full unpickler.
+    return torch.load(Path(ckpt_dir) / "trainer_state.pt", map_location="cpu", weights_only=False)

@@ -1,0 +1,151 @@
+"""`appo train`: the whole pipeline. With no arguments it runs the `quickstart` preset:
+
+    eval (base) -> cold-start SFT -> eval (after SFT) -> RL -> eval (after RL) -> report.md
+
+`--resume` continues a killed run from its latest checkpoint (finished stages are not repeated; an
+interrupted SFT restarts). Stage results live in <output_dir>/pipeline.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from appo.config import Config, ConfigError, load_config, preset_names
+
+
+def load_prompt_sets(cfg: Config, tokenizer) -> tuple[list, list]:
+    """Training and held-out prompts: a built-in task's generated splits, or data.train_files/val_files.
+    A task with a search corpus gets its BM25 index built under output_dir (when search is enabled with the
+    local backend and no index_dir), and `cfg.tools.search.index_dir` is pointed at it."""
+    from appo.data.datasets import build_prompts, load_prompts
+
+    log = logging.getLogger(__name__)
+    if cfg.data.task is not None:
+        from appo.data.tasks import build_task
+
+        task = build_task(cfg.data.task, cfg.data.num_train, cfg.data.num_val, seed=cfg.data.seed)
+        search = cfg.tools.search
+        if task.corpus and "search" in cfg.tools.enabled and search.backend == "local" and not search.index_dir:
+            from appo.tools.search_backends import build_index
+
+            search.index_dir = str(build_index(task.corpus, Path(cfg.trainer.output_dir) / "search_index"))
+        return [build_prompts(rows, tokenizer, cfg.data, source=cfg.data.task)[0] for rows in (task.train, task.val)]
+    if not cfg.data.train_files:
+        raise ConfigError("no training data: set data.task (a built-in task) or data.train_files=[...]")
+    sets = []
+    for files in (cfg.data.train_files, cfg.data.val_files):
+        prompts = []
+        for path in files:
+            got, report = load_prompts(path, tokenizer, cfg.data)
+            if report.dropped:
+                log.warning("%s: %s", path, report)
+            prompts += got
+        sets.append(prompts)
+    return sets[0], sets[1]
+
+
+class Pipeline:
+    """The stages of `appo train` with their results persisted, so `--resume` skips finished ones."""
+
+    def __init__(self, cfg: Config, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.out = Path(cfg.trainer.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.out / "pipeline.json"
+
+    def _load_state(self, resume: bool) -> dict:
+        if resume and self.state_path.exists():
+            return json.loads(self.state_path.read_text())
+        return {"evals": {}, "start_path": None, "rl_done": False}
+
+    def _save_state(self, state: dict) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_path)
+
+    def run(self, resume: bool = False) -> dict:
+        import torch
+
+        from appo.models import load_model, load_tokenizer
+        from appo.train import checkpoint as ckpt
+        from appo.train.report import write_report
+        from appo.train.sft import train_sft
+        from appo.train.trainer import Trainer, resolve_device
+
+        cfg, state = self.cfg, self._load_state(resume)
+        device = resolve_device(cfg.trainer.device)
+        tokenizer = load_tokenizer(cfg.model.path, cfg.model.cache_dir)
+        train, val = load_prompt_sets(cfg, tokenizer)
+        print(f"[appo] {len(train)} training prompts, {len(val)} held-out prompts; output: {self.out}", flush=True)
+        torch.manual_seed(cfg.trainer.seed)
+        latest = ckpt.latest_checkpoint(self.out) if resume else None
+        evaluate = cfg.trainer.eval_before and bool(val)
+
+        if latest is not None and cfg.model.lora.rank == 0:
+            model = load_model(str(latest / "hf"), cfg.model.dtype, device=device)
+        else:
+            model = load_model(state["start_path"] or cfg.model.path, cfg.model.dtype, cfg.model.cache_dir, device)
+        if state["start_path"] is None:
+            if evaluate and "base" not in state["evals"]:
+                state["evals"]["base"] = self._eval(model, tokenizer, val, "base")
+                self._save_state(state)
+            if cfg.sft.enabled and (cfg.sft.files or cfg.data.task is not None):
+                state["start_path"] = str(train_sft(cfg, self.out / "sft", model, tokenizer, self.progress))
+                if evaluate:
+                    state["evals"]["sft"] = self._eval(model, tokenizer, val, "sft")
+            else:
+                state["start_path"] = cfg.model.path
+            self._save_state(state)
+
+        trainer = Trainer(cfg, model, tokenizer, train, val, start_path=state["start_path"], progress=self.progress)
+        try:
+            if not state["rl_done"]:
+                trainer.fit(resume=resume)
+                state["rl_done"] = True
+                self._save_state(state)
+            if evaluate and "rl" not in state["evals"]:
+                state["evals"]["rl"] = trainer.validate("rl")
+                self._save_state(state)
+        finally:
+            trainer.close()
+        report = write_report(self.out, _eval_table(state["evals"]))
+        final = ckpt.latest_checkpoint(self.out)
+        print(f"[appo] done. report: {report}\n[appo] model (Hugging Face dir): {final / 'hf' if final else '-'}\n"
+              f"[appo] metrics: {self.out / 'metrics.jsonl'}; rollouts: {self.out / 'rollouts'}; "
+              f"evaluations: {self.out / 'eval'}", flush=True)
+        return state
+
+    def _eval(self, model, tokenizer, val, name: str) -> dict:
+        from appo.eval.evaluate import evaluate
+
+        summary = evaluate(model, tokenizer, val, self.cfg, name=name, output_dir=self.out / "eval" / name,
+                           progress=self.progress)
+        return {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _eval_table(evals: dict[str, dict]) -> dict[str, dict]:
+    names = {"base": "base model", "sft": "after SFT", "rl": "after RL"}
+    return {names.get(k, k): v for k, v in evals.items()}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="appo train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="quickstart",
+                        help=f"Preset ({', '.join(preset_names())}) or a YAML file (may say `defaults: <preset>`).")
+    parser.add_argument("--resume", action="store_true", help="Continue the run in trainer.output_dir.")
+    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    parser.add_argument("overrides", nargs="*", help="Dotted overrides: rollout.n=16 actor.lr=1e-6 ...")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[appo] %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"appo train: {e}", file=sys.stderr)
+        return 2
+    Pipeline(cfg, progress=not args.no_progress).run(resume=args.resume)
+    return 0

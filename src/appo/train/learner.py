@@ -1,0 +1,287 @@
+"""The learner: teacher-forced log-probs of response tokens and the PPO actor update.
+
+Rows are (prompt ids, response ids) pairs. The LM head runs only on response positions, so the
+[rows x positions x vocab] logits never exist for prompt tokens (49k-wide vocabularies make that the
+dominant memory cost). Mini-batches are split into micro-batches for gradient accumulation, and every
+micro-batch loss is normalised by the WHOLE mini-batch's token (or sequence) count, so the accumulated
+gradient equals that of one big batch.
+
+Scaling note: the model code is single-process, structured so FSDP2 can wrap it: `fully_shard` each
+decoder layer, then the embedding, final norm and LM head owners too (this module calls the decoder and
+the LM head directly, not the root module's forward). Across ranks the normaliser must become the
+all-reduced mini-batch count and each rank's loss be multiplied by the world size, because FSDP averages
+gradients over ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from appo.config import ActorConfig, LoraConfig, ModelConfig
+from appo.core.branching import entropy_from_logits
+from appo.core.loss import agg_loss, future_kl_loss, kl_penalty, ppo_loss
+
+
+@dataclass
+class UpdateBatch:
+    """What one actor update consumes; tensors are [rows, max response length], aligned with responses."""
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    loss_mask: torch.Tensor
+    old_log_probs: torch.Tensor
+    advantages: torch.Tensor
+    ref_log_probs: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def select(self, idx: list[int]) -> UpdateBatch:
+        t = torch.tensor(idx, dtype=torch.long)
+        return UpdateBatch([self.prompt_ids[i] for i in idx], [self.response_ids[i] for i in idx],
+                           self.loss_mask[t], self.old_log_probs[t], self.advantages[t],
+                           None if self.ref_log_probs is None else self.ref_log_probs[t])
+
+
+ADDITIVE = ("actor/pg_loss", "actor/kl_loss", "actor/entropy")
+
+
+def lr_multiplier(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Linear warm-up over `warmup` optimizer steps, then constant / linear / cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return 1.0 - progress
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown lr schedule '{schedule}'; choose one of: constant, linear, cosine")
+
+
+def apply_lora(model, lora: LoraConfig):
+    """Wrap `model` with peft LoRA adapters (rank > 0); the frozen base doubles as the KL reference."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    targets = "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
+    return get_peft_model(model, PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                target_modules=targets, task_type="CAUSAL_LM"))
+
+
+def pad_rows(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int):
+    """Right-padded [prompt | response] ids, their attention mask, the positions whose hidden state predicts
+    each response token, the response tokens and the response mask (all [rows, L] except the first two)."""
+    rows = len(prompt_ids)
+    width = max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True))
+    resp_len = max(1, max(len(r) for r in response_ids))
+    ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((rows, width), dtype=torch.long)
+    where = torch.zeros((rows, resp_len), dtype=torch.long)
+    targets = torch.full((rows, resp_len), pad_id, dtype=torch.long)
+    mask = torch.zeros((rows, resp_len))
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True)):
+        seq = list(p) + list(r)
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attn[i, : len(seq)] = 1
+        n = len(r)
+        if n:
+            where[i, :n] = torch.arange(len(p) - 1, len(p) - 1 + n)
+            targets[i, :n] = torch.tensor(r, dtype=torch.long)
+            mask[i, :n] = 1.0
+    return ids, attn, where, targets, mask
+
+
+def _chunks(n: int, size: int) -> Iterator[list[int]]:
+    for start in range(0, n, size):
+        yield list(range(start, min(n, start + size)))
+
+
+class Learner:
+    """Owns the policy (optionally LoRA-wrapped), its frozen reference, AdamW and the LR schedule."""
+
+    def __init__(self, model, actor: ActorConfig, model_cfg: ModelConfig, pad_id: int, device: str = "cpu",
+                 total_optimizer_steps: int = 1, ref_model=None, temperature: float = 1.0):
+        self.actor, self.model_cfg = actor, model_cfg
+        self.device = torch.device(device)
+        self.pad_id = pad_id
+        self.temperature = temperature
+        if model_cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        if model_cfg.lora.rank > 0 and not hasattr(model, "peft_config"):
+            if model_cfg.gradient_checkpointing:
+                model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input
+            model = apply_lora(model, model_cfg.lora)
+        self.model = model.to(self.device)
+        self.ref_model = ref_model.to(self.device).eval().requires_grad_(False) if ref_model is not None else None
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=actor.lr, betas=tuple(actor.betas),
+                                           weight_decay=actor.weight_decay)
+        self.total_optimizer_steps = max(1, total_optimizer_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_multiplier(s, actor.warmup_steps, self.total_optimizer_steps,
+                                                    actor.lr_schedule))
+        self.skipped_steps = 0
+        self.optimizer_steps = 0
+
+    @property
+    def is_lora(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+    @property
+    def has_reference(self) -> bool:
+        return self.ref_model is not None or self.is_lora
+
+    # ------------------------------------------------------------------------------------------ forward
+
+    def _autocast(self):
+        if self.model_cfg.autocast == "none":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=getattr(torch, self.model_cfg.autocast))
+
+    def _forward(self, model, prompt_ids, response_ids, with_entropy: bool):
+        ids, attn, where, targets, mask = (t.to(self.device) for t in pad_rows(prompt_ids, response_ids,
+                                                                             self.pad_id))
+        causal = model.get_base_model() if hasattr(model, "peft_config") else model
+        with self._autocast():
+            hidden = causal.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
+            picked = hidden.gather(1, where.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            logits = causal.get_output_embeddings()(picked)
+        logits = logits.float() / self.temperature
+        log_probs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+        entropy = entropy_from_logits(logits) if with_entropy else None
+        return log_probs * mask, (entropy * mask if entropy is not None else None), mask
+
+    @torch.no_grad()
+    def log_probs(self, prompt_ids: list[list[int]], response_ids: list[list[int]], with_entropy: bool = False,
+                  reference: bool = False, micro_batch_size: int | None = None):
+        """Teacher-forced log-probs [rows, L] (and entropies) of the response tokens, micro-batched.
+        `reference=True` scores with the frozen reference (LoRA: the base model with adapters disabled)."""
+        if reference and not self.has_reference:
+            raise RuntimeError("no reference model: set actor.use_kl_loss=true or use LoRA")
+        size = micro_batch_size or self.actor.micro_batch_size
+        width = max(1, max(len(r) for r in response_ids))
+        out_lp = torch.zeros(len(prompt_ids), width)
+        out_ent = torch.zeros(len(prompt_ids), width) if with_entropy else None
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for idx in _chunks(len(prompt_ids), size):
+                p, r = [prompt_ids[i] for i in idx], [response_ids[i] for i in idx]
+                if reference and self.ref_model is not None:
+                    lp, ent, _ = self._forward(self.ref_model, p, r, with_entropy)
+                elif reference:
+                    with self.model.disable_adapter():
+                        lp, ent, _ = self._forward(self.model, p, r, with_entropy)
+                else:
+                    lp, ent, _ = self._forward(self.model, p, r, with_entropy)
+                out_lp[idx[0]: idx[-1] + 1, : lp.shape[1]] = lp.cpu()
+                if with_entropy:
+                    out_ent[idx[0]: idx[-1] + 1, : ent.shape[1]] = ent.cpu()
+        finally:
+            self.model.train(was_training)
+        return out_lp, out_ent
+
+    # ------------------------------------------------------------------------------------------- update
+
+    def _policy_loss(self, log_prob, old, adv, mask, normaliser):
+        a = self.actor
+        common = dict(clip_low=a.clip_ratio_low, clip_high=a.clip_ratio_high, clip_c=a.clip_ratio_c,
+                      agg=a.loss_agg_mode, normalizer=normaliser)
+        if a.loss_mode == "future_kl":
+            f = a.future_kl
+            return future_kl_loss(log_prob, old, adv, mask, decay_rate=f.decay_rate, fkl_clip=f.clip_ratio,
+                                  fkl_clip_high_only=f.clip_high_only, fkl_weight=f.weight,
+                                  safety_thresh=f.safety_thresh, **common)
+        return ppo_loss(log_prob, old, adv, mask, **common)
+
+    def update(self, batch: UpdateBatch) -> dict[str, float]:
+        """`ppo_epochs` passes of mini-batches (in order, no shuffle: the reference's setting), one optimizer
+        step each; returns the mean of each metric over optimizer steps."""
+        a = self.actor
+        rows = len(batch)
+        if rows == 0:
+            return {}
+        mini = a.mini_batch_size or rows
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+
+        def record(name, value):
+            sums[name] = sums.get(name, 0.0) + float(value)
+            counts[name] = counts.get(name, 0) + 1
+
+        self.model.train()
+        for _ in range(a.ppo_epochs):
+            for mini_idx in _chunks(rows, mini):
+                mb = batch.select(mini_idx)
+                normaliser = self._normaliser(mb.loss_mask)
+                self.optimizer.zero_grad(set_to_none=True)
+                micro = [self._micro_step(mb.select(idx), normaliser) for idx in _chunks(len(mb), a.micro_batch_size)]
+                for k in micro[0]:
+                    values = [m[k] for m in micro]
+                    # Loss terms are already mini-batch-normalised per micro-batch, so they add up.
+                    record(k, sum(values) if k in ADDITIVE else sum(values) / len(values))
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, a.grad_clip if a.grad_clip > 0 else
+                                                           float("inf"))
+                if not torch.isfinite(grad_norm):
+                    # A non-finite gradient would poison AdamW's moments for good: skip, count, go on.
+                    self.skipped_steps += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                    continue
+                record("actor/grad_norm", grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer_steps += 1
+        out = {k: sums[k] / counts[k] for k in sums}
+        out["actor/lr"] = self.optimizer.param_groups[0]["lr"]
+        out["actor/skipped_steps"] = float(self.skipped_steps)
+        out["actor/optimizer_steps"] = float(self.optimizer_steps)
+        return out
+
+    def _normaliser(self, mask: torch.Tensor) -> float:
+        """The mini-batch-wide denominator of the configured aggregation."""
+        if self.actor.loss_agg_mode == "token-mean":
+            return float(mask.sum().clamp(min=1.0))
+        return float((mask.sum(-1) > 0).sum().clamp(min=1.0))
+
+    def _micro_step(self, mb: UpdateBatch, normaliser: float) -> dict[str, float]:
+        a = self.actor
+        need_entropy = a.entropy_coeff != 0
+        log_prob, entropy, _ = self._forward(self.model, mb.prompt_ids, mb.response_ids, need_entropy)
+        width = log_prob.shape[1]
+        mask = mb.loss_mask[:, :width].to(self.device)
+        old = mb.old_log_probs[:, :width].to(self.device)
+        adv = mb.advantages[:, :width].to(self.device)
+        loss, metrics = self._policy_loss(log_prob, old, adv, mask, normaliser)
+        metrics = {f"actor/{k}": float(v) for k, v in metrics.items()}
+        metrics["actor/pg_loss"] = float(loss.detach())
+        if a.use_kl_loss and a.kl_loss_coef > 0:
+            if mb.ref_log_probs is None:
+                raise RuntimeError("actor.use_kl_loss=true but the batch has no reference log-probs")
+            kl = kl_penalty(log_prob, mb.ref_log_probs[:, :width].to(self.device), kind=a.kl_loss_type)
+            kl_loss = agg_loss(kl, mask, a.loss_agg_mode, normalizer=normaliser)
+            loss = loss + a.kl_loss_coef * kl_loss
+            metrics["actor/kl_loss"] = float(kl_loss.detach())
+        if need_entropy:
+            ent_loss = agg_loss(entropy, mask, a.loss_agg_mode, normalizer=normaliser)
+            loss = loss - a.entropy_coeff * ent_loss
+            metrics["actor/entropy"] = float(ent_loss.detach())
+        loss.backward()
+        return metrics
+
+    # ------------------------------------------------------------------------------------------ resume
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "skipped_steps": self.skipped_steps, "optimizer_steps": self.optimizer_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.skipped_steps = state["skipped_steps"]
+        self.optimizer_steps = state["optimizer_steps"]

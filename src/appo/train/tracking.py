@@ -1,0 +1,86 @@
+"""Where metrics go: JSONL, TensorBoard, wandb and the console, behind one small `Tracker`.
+
+The JSONL file is the source of truth (the report and resume read it); the others are views.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+CONSOLE_KEYS = ("reward/mean", "reward/accuracy", "rollout/tool_calls_mean", "rollout/response_length_mean",
+                "actor/pg_loss", "actor/grad_norm", "time/step")
+
+
+class Tracker:
+    """Fan metrics out to the enabled loggers; `resume_step` truncates history written after a checkpoint."""
+
+    def __init__(self, output_dir: str | Path, loggers: list[str], experiment_name: str = "appo",
+                 config: dict | None = None, resume_step: int | None = None):
+        self.dir = Path(output_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.loggers = list(loggers)
+        self.metrics_path = self.dir / "metrics.jsonl"
+        self._tb = None
+        self._wandb = None
+        if "jsonl" in self.loggers:
+            if resume_step is None:
+                self.metrics_path.write_text("")
+            else:
+                kept = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= resume_step]
+                self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        if "tensorboard" in self.loggers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.dir / "tensorboard"),
+                                     purge_step=None if resume_step is None else resume_step + 1)
+        if "wandb" in self.loggers:
+            try:
+                import wandb
+            except ImportError as e:
+                raise RuntimeError("trainer.loggers includes 'wandb' but wandb is not installed: "
+                                   "pip install 'appo[wandb]' (or drop wandb from trainer.loggers)") from e
+            # The API key comes from WANDB_API_KEY or `wandb login`, never from our config.
+            self._wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "appo"), name=experiment_name,
+                                     config=config or {}, dir=str(self.dir), resume="allow")
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        clean = {k: _plain(v) for k, v in metrics.items()}
+        if "jsonl" in self.loggers:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps({"step": step, **clean}) + "\n")
+        numeric = {k: v for k, v in clean.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self._tb is not None:
+            for k, v in numeric.items():
+                self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(numeric, step=step)
+        if "console" in self.loggers:
+            shown = " ".join(f"{k.split('/')[-1]}={numeric[k]:.4g}" for k in CONSOLE_KEYS if k in numeric)
+            print(f"[appo] step {step}: {shown}", flush=True)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _plain(v: Any) -> Any:
+    """JSON-safe scalars: tensors and numpy numbers become floats; NaN/inf become None."""
+    if hasattr(v, "item") and getattr(v, "ndim", 0) == 0:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v

@@ -1,0 +1,309 @@
+"""The RL trainer. `Trainer.rl_step` is the whole algorithm on one page:
+
+    rollouts (strategy) -> rewards -> old / ref log-probs -> advantages -> actor update -> weight sync
+    -> logging -> checkpoint
+
+Everything else here is bookkeeping: which prompts a step sees, which rows the learner trains on, and
+how the state is saved so that a killed run resumes to the same numbers. Determinism: the data order of
+an epoch is a permutation seeded by (data.seed, epoch), and each step seeds sampling with
+(rollout.seed, step) and torch with (trainer.seed, step), so step N is the same computation whether
+or not the run was interrupted before it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from appo.config import Config, to_dict
+from appo.core.advantage import appo_advantages, grpo_advantages
+from appo.core.branching import mean_reward_scale_m
+from appo.rollout.engine import derive_seed, make_engine
+from appo.rollout.strategies import sample_groups
+from appo.rollout.trajectory import RolloutGroup, Trajectory
+from appo.train import checkpoint as ckpt
+from appo.train.learner import Learner, UpdateBatch
+from appo.train.tracking import Tracker, read_metrics
+
+log = logging.getLogger(__name__)
+
+
+class StepTimer:
+    """Seconds per named phase of one step (time/<phase> metrics)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu or auto")
+    return name
+
+
+def batch_for_step(num_prompts: int, batch_size: int, step: int, seed: int, shuffle: bool) -> tuple[int, list[int]]:
+    """(epoch, prompt indices) of RL step `step` (1-based); the last partial batch of an epoch is dropped."""
+    per_epoch = num_prompts // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"data.batch_size={batch_size} is larger than the {num_prompts} training prompts")
+    epoch, slot = divmod(step - 1, per_epoch)
+    order = list(range(num_prompts))
+    if shuffle:
+        random.Random(derive_seed(seed, "epoch", epoch)).shuffle(order)
+    return epoch, order[slot * batch_size:(slot + 1) * batch_size]
+
+
+def score_groups(groups: list[RolloutGroup], reward_fn, tokenizer) -> None:
+    """Set `reward` on every row (initial and branch) from its decoded response."""
+    for group in groups:
+        for traj in group.rows:
+            traj.reward = reward_fn(traj.response_text(tokenizer), group.prompt)
+
+
+def flatten(groups: list[RolloutGroup]) -> tuple[list[Trajectory], list[int], list[tuple[int, int, int]]]:
+    """Rows in group order (each group's inits, then its branches), their group ids, and the
+    (init row, branch row, split position) links APPO's advantage maps branch credit through."""
+    rows, group_ids, splits = [], [], []
+    for g, group in enumerate(groups):
+        first = len(rows)
+        rows += group.inits + group.branches
+        group_ids += [g] * (len(group.inits) + len(group.branches))
+        for j, branch in enumerate(group.branches):
+            if branch.parent is not None and branch.split_pos is not None:
+                splits.append((first + branch.parent, first + len(group.inits) + j, branch.split_pos))
+    return rows, group_ids, splits
+
+
+def loss_mask(rows: list[Trajectory], mask_branches: bool) -> torch.Tensor:
+    """[rows, L]: 1 on tokens the policy sampled. With `mask_branches` (APPO) branch rows are fully masked:
+    their outcome reaches the loss only through their parent's advantage. ARPO/GRPO train every row."""
+    width = max(1, max(len(t) for t in rows))
+    mask = torch.zeros(len(rows), width)
+    for i, t in enumerate(rows):
+        if not (mask_branches and t.kind == "branch"):
+            mask[i, : len(t)] = torch.tensor(t.generated, dtype=torch.float32)
+    return mask
+
+
+def scaled_scores(rows: list[Trajectory], splits, cfg: Config) -> torch.Tensor:
+    """Row scores, with the reference's reward scale M applied to initial rows when enabled ('faithful':
+    the sparse reward sits on the last token, so only a branch point at the last token changes it)."""
+    scores = torch.tensor([t.reward for t in rows], dtype=torch.float64)
+    if cfg.algorithm.reward_scale_m == "off" or not splits:
+        return scores
+    max_score = max((rows[b].branch_score or 0.0) for _, b, _ in splits)
+    by_origin: dict[int, list[tuple[int, float]]] = {}
+    for o, b, pos in splits:
+        by_origin.setdefault(o, []).append((pos, rows[b].branch_score or 0.0))
+    for o, branches in by_origin.items():
+        length = max(1, len(rows[o]))
+        m = mean_reward_scale_m(branches, max_score, length, cfg.algorithm.reward_scale_discount)
+        scores[o] = scores[o] * float(m[-1])
+    return scores
+
+
+def advantages(rows: list[Trajectory], group_ids: list[int], splits, mask: torch.Tensor, cfg: Config) -> torch.Tensor:
+    scores = scaled_scores(rows, splits, cfg)
+    a = cfg.algorithm
+    if a.adv_estimator == "grpo":
+        return grpo_advantages(scores, group_ids, mask, norm_by_std=a.norm_adv_by_std)
+    is_branch = torch.tensor([t.kind == "branch" for t in rows])
+    return appo_advantages(scores, group_ids, is_branch, mask, splits, norm_by_std=a.norm_adv_by_std)
+
+
+def rollout_metrics(rows: list[Trajectory]) -> dict[str, float]:
+    rewards = [t.reward for t in rows]
+    inits = [t for t in rows if t.kind == "init"]
+    return {
+        "reward/mean": sum(rewards) / len(rewards),
+        "reward/init_mean": sum(t.reward for t in inits) / max(1, len(inits)),
+        # Full credit (>= 1): exact answers under the built-in and deep-research rewards.
+        "reward/accuracy": sum(r >= 1.0 for r in rewards) / len(rewards),
+        "rollout/tool_calls_mean": sum(t.tool_calls for t in rows) / len(rows),
+        "rollout/response_length_mean": sum(len(t) for t in rows) / len(rows),
+        "rollout/truncated_frac": sum(t.finish_reason == "length" for t in rows) / len(rows),
+    }
+
+
+class Trainer:
+    """Holds the learner, engine, tools, reward and data for an RL run; `fit()` runs it (resumable)."""
+
+    def __init__(self, cfg: Config, model, tokenizer, train_prompts: list, val_prompts: list | None = None,
+                 start_path: str | None = None, progress: bool = True):
+        from appo.models import load_model
+        from appo.rewards import get_reward_fn
+        from appo.tools import build_tools
+
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.train_prompts, self.val_prompts = train_prompts, val_prompts or []
+        self.out = Path(cfg.trainer.output_dir)
+        self.progress = progress
+        self.device = resolve_device(cfg.trainer.device)
+        self.start_path = start_path or cfg.model.path
+        b = cfg.data.batch_size
+        self.steps_per_epoch = len(train_prompts) // b
+        self.total_steps = cfg.trainer.total_steps or self.steps_per_epoch * cfg.trainer.total_epochs
+        ref = None
+        if cfg.actor.use_kl_loss and cfg.model.lora.rank == 0:
+            ref = load_model(cfg.model.ref_path or self.start_path, cfg.model.dtype, cfg.model.cache_dir)
+        self.learner = Learner(model, cfg.actor, cfg.model, pad_id=tokenizer.pad_token_id, device=self.device,
+                               total_optimizer_steps=self.total_steps * self._optimizer_steps_per_rl_step(),
+                               ref_model=ref, temperature=cfg.rollout.temperature or 1.0)
+        self.engine = make_engine(cfg.rollout, self.learner.model, tokenizer)
+        self.tools = build_tools(cfg.tools)
+        self.reward_fn = get_reward_fn(cfg.algorithm)
+        self.step = 0
+
+    def _optimizer_steps_per_rl_step(self) -> int:
+        r, a = self.cfg.rollout, self.cfg.actor
+        per_prompt = r.initial_rollouts if self._drops_branches() else r.n
+        rows = self.cfg.data.batch_size * per_prompt
+        return a.ppo_epochs * -(-rows // (a.mini_batch_size or rows))
+
+    def _drops_branches(self) -> bool:
+        return self.cfg.algorithm.adv_estimator == "appo" and self.cfg.algorithm.drop_branch_rows
+
+    # ------------------------------------------------------------------------------- the RL step
+
+    def rl_step(self, step: int) -> dict[str, float]:
+        cfg, learner, timer = self.cfg, self.learner, StepTimer()
+        torch.manual_seed(derive_seed(cfg.trainer.seed, "step", step))
+        epoch, idx = batch_for_step(len(self.train_prompts), cfg.data.batch_size, step, cfg.data.seed,
+                                    cfg.data.shuffle)
+        prompts = [self.train_prompts[i] for i in idx]
+
+        # 1. rollouts: initial rows, then branches (appo) or in-loop copies (arpo)
+        with timer("rollout"):
+            groups, roll_stats = sample_groups(self.engine, self.tools, prompts, cfg, step=step,
+                                               scorer=self._scorer())
+        # 2. rewards for every row, branch rows included (they feed the initial rows' advantages)
+        with timer("reward"):
+            score_groups(groups, self.reward_fn, self.tokenizer)
+        rows, group_ids, splits = flatten(groups)
+        mask = loss_mask(rows, mask_branches=cfg.algorithm.adv_estimator == "appo")
+        # 3. advantages over all rows; then keep the rows that carry loss (branch rows dropped, B6)
+        adv = advantages(rows, group_ids, splits, mask, cfg)
+        keep = [i for i, t in enumerate(rows) if not (self._drops_branches() and t.kind == "branch")]
+        trained = [rows[i] for i in keep]
+        batch = UpdateBatch([t.prompt_ids for t in trained], [t.token_ids for t in trained],
+                            mask[keep], torch.zeros(0), adv[keep])
+        # 4. old log-probs (the PPO ratio's denominator) and reference log-probs, on the kept rows only
+        with timer("old_log_probs"):
+            batch.old_log_probs, _ = learner.log_probs(batch.prompt_ids, batch.response_ids)
+            if cfg.actor.use_kl_loss:
+                batch.ref_log_probs, _ = learner.log_probs(batch.prompt_ids, batch.response_ids, reference=True)
+        # 5. actor update
+        with timer("update"):
+            update_metrics = learner.update(batch)
+        # 6. weight sync (a no-op when the engine samples with the learner's own module)
+        with timer("sync"):
+            if getattr(self.engine, "model", None) is not learner.model:
+                self.engine.load_weights(ckpt.merged_state_dict(learner.model))
+        # 7. metrics and rollout dump
+        metrics = {"epoch": epoch, **rollout_metrics(rows), **update_metrics, **roll_stats,
+                   "rollout/update_rows": len(trained)}
+        tool_s = roll_stats.get("rollout/tool_seconds", 0.0)
+        metrics.update({"time/generate": timer.seconds["rollout"] - tool_s, "time/tools": tool_s,
+                        "time/reward": timer.seconds["reward"],
+                        "time/learner": timer.seconds["old_log_probs"] + timer.seconds["update"],
+                        "time/sync": timer.seconds["sync"], "time/step": sum(timer.seconds.values())})
+        if cfg.trainer.dump_rollouts:
+            self._dump(step, rows, adv)
+        return metrics
+
+    def _scorer(self):
+        """The learner's current log-probs for APPO's future value (unused unless fv_source needs them)."""
+        if self.cfg.rollout.strategy != "appo" or self.cfg.rollout.appo.fv_source == "none":
+            return None
+
+        def score(trajs: list[Trajectory]) -> list[list[float]]:
+            lp, _ = self.learner.log_probs([t.prompt_ids for t in trajs], [t.token_ids for t in trajs])
+            return [lp[i, : len(t)].tolist() for i, t in enumerate(trajs)]
+
+        return score
+
+    def _dump(self, step: int, rows: list[Trajectory], adv: torch.Tensor) -> None:
+        folder = self.out / "rollouts"
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / f"step_{step}.jsonl").open("w") as f:
+            for i, t in enumerate(rows):
+                record = t.to_dict(self.tokenizer)
+                record["advantage_first_token"] = float(adv[i, 0]) if adv.shape[1] else 0.0
+                f.write(json.dumps(record) + "\n")
+
+    # ---------------------------------------------------------------------------------- the loop
+
+    def validate(self, name: str) -> dict:
+        from appo.eval.evaluate import evaluate
+
+        return evaluate(self.learner.model, self.tokenizer, self.val_prompts, self.cfg, name=name,
+                        output_dir=self.out / "eval" / name, engine=self.engine, tools=self.tools,
+                        progress=self.progress)
+
+    def state(self) -> dict:
+        return {"learner": self.learner.state_dict(), "start_path": self.start_path,
+                "total_steps": self.total_steps, "history": read_metrics(self.out / "metrics.jsonl")}
+
+    def restore(self, ckpt_dir: Path) -> None:
+        state = ckpt.load_trainer_state(ckpt_dir)
+        if self.learner.is_lora and "adapter" in state:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.learner.model, state["adapter"])
+        self.learner.load_state_dict(state["learner"])
+        ckpt.set_rng_state(state["rng"])
+        self.step = state["step"]
+
+    def fit(self, resume: bool = False) -> dict:
+        """Run RL from step 1 (or after the latest checkpoint with `resume`); returns the last metrics."""
+        cfg = self.cfg
+        resume_from = ckpt.latest_checkpoint(self.out) if resume else None
+        if resume_from is not None:
+            self.restore(resume_from)
+            log.info("resuming after step %d from %s", self.step, resume_from)
+        tracker = Tracker(self.out, cfg.trainer.loggers, cfg.trainer.experiment_name, to_dict(cfg),
+                          resume_step=self.step if resume_from is not None else None)
+        deadline = time.time() + cfg.trainer.max_minutes * 60 if cfg.trainer.max_minutes else None
+        last: dict = {}
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="rl", unit="step", disable=not self.progress,
+                   dynamic_ncols=True)
+        try:
+            while self.step < self.total_steps:
+                if deadline is not None and time.time() > deadline:
+                    log.info("trainer.max_minutes reached after step %d", self.step)
+                    break
+                step = self.step + 1
+                last = self.rl_step(step)
+                if cfg.trainer.test_freq and step % cfg.trainer.test_freq == 0 and self.val_prompts:
+                    last.update({f"val/{k}": v for k, v in self.validate(f"step_{step}").items()
+                                 if isinstance(v, (int, float))})
+                tracker.log(last, step)
+                self.step = step
+                bar.update(1)
+                bar.set_postfix(reward=f"{last['reward/mean']:.3f}")
+                if cfg.trainer.save_freq and step % cfg.trainer.save_freq == 0:
+                    ckpt.save_checkpoint(self.out, step, self.learner.model, self.tokenizer, self.state())
+            if self.step and ckpt.latest_checkpoint(self.out) != ckpt.checkpoint_root(self.out) / f"step_{self.step}":
+                ckpt.save_checkpoint(self.out, self.step, self.learner.model, self.tokenizer, self.state())
+        finally:
+            bar.close()
+            tracker.close()
+        return last
+
+    def close(self) -> None:
+        self.tools.close()

@@ -1,0 +1,153 @@
+"""The HF engine: log-probs and entropies of the sampled distribution, seeds, stops, EOS, lengths."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from appo.rollout.engine import GenRequest
+from appo.rollout.hf import HFEngine, make_scorer, teacher_forced_logprobs, truncate_logits
+from appo.rollout.trajectory import Trajectory
+
+
+@pytest.fixture()
+def engine(tiny_model, tiny_tokenizer):
+    return HFEngine(tiny_model, tiny_tokenizer, seed=0)
+
+
+def _prompt(tok, text="Calculate 12 + 7."):
+    text = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+    return tok.encode(text, add_special_tokens=False)
+
+
+def _recompute(model, prompt_ids, result, temperature=1.0):
+    ids = torch.tensor([prompt_ids + result.token_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt_ids) - 1:-1].float() / temperature
+    logp = torch.log_softmax(logits, -1)
+    chosen = logp.gather(-1, torch.tensor(result.token_ids)[:, None]).squeeze(-1)
+    return chosen, torch.special.entr(logp.exp()).sum(-1), logp
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_and_entropy_match_a_teacher_forced_recompute(engine, tiny_model, tiny_tokenizer, temperature):
+    prompts = [_prompt(tiny_tokenizer), _prompt(tiny_tokenizer, "Who wrote the first film?")]
+    results = engine.generate([GenRequest(p, 16, temperature=temperature, seed=i) for i, p in enumerate(prompts)])
+    for p, res in zip(prompts, results):
+        chosen, entropy, _ = _recompute(tiny_model, p, res, temperature)
+        assert len(res.token_ids) == len(res.logprobs) == len(res.entropies) == 16
+        assert torch.allclose(torch.tensor(res.logprobs), chosen, atol=1e-4)
+        assert torch.allclose(torch.tensor(res.entropies), entropy, atol=1e-4)
+        assert res.finish_reason == "length" and res.stop_str is None
+
+
+def test_scorer_agrees_with_sampler_for_mixed_lengths(engine, tiny_model, tiny_tokenizer):
+    prompts = [_prompt(tiny_tokenizer), _prompt(tiny_tokenizer, "x")]
+    results = engine.generate([GenRequest(p, n, seed=3) for p, n in zip(prompts, (5, 11))])
+    trajs = [Trajectory(prompt_ids=p, token_ids=r.token_ids) for p, r in zip(prompts, results)]
+    trajs.append(Trajectory(prompt_ids=prompts[0]))  # empty response
+    scored = teacher_forced_logprobs(tiny_model, trajs, batch_size=3)
+    assert [len(s) for s in scored] == [5, 11, 0]
+    for s, r in zip(scored, results):
+        assert max(abs(a - b) for a, b in zip(s, r.logprobs)) < 1e-4
+    assert make_scorer(tiny_model)(trajs[:1])[0] == pytest.approx(scored[0], abs=1e-6)
+
+
+def test_top_logprobs_are_of_the_sampled_distribution(engine, tiny_model, tiny_tokenizer):
+    p = _prompt(tiny_tokenizer)
+    (res,) = engine.generate([GenRequest(p, 6, logprobs=5, seed=1)])
+    _, _, logp = _recompute(tiny_model, p, res)
+    for t, (entry, tok) in enumerate(zip(res.top_logprobs, res.token_ids)):
+        top = logp[t].topk(5)
+        expected = dict(zip(top.indices.tolist(), top.values.tolist()))
+        expected.setdefault(tok, float(logp[t, tok]))
+        assert entry.keys() == expected.keys()
+        assert all(abs(entry[k] - expected[k]) < 1e-4 for k in entry)
+
+
+def test_same_seed_same_sample_whatever_the_batch(engine, tiny_tokenizer):
+    a, b = _prompt(tiny_tokenizer), _prompt(tiny_tokenizer, "What is the capital of the country?")
+    alone = engine.generate([GenRequest(a, 12, seed=7)])[0]
+    batched = engine.generate([GenRequest(b, 3, seed=1), GenRequest(a, 12, seed=7), GenRequest(b, 12, seed=2)])
+    assert batched[1].token_ids == alone.token_ids
+    other = engine.generate([GenRequest(a, 12, seed=8)])[0]
+    assert other.token_ids != alone.token_ids
+
+
+def test_greedy_reports_the_t1_distribution(engine, tiny_model, tiny_tokenizer):
+    p = _prompt(tiny_tokenizer)
+    (res,) = engine.generate([GenRequest(p, 8, temperature=0.0, seed=5)])
+    chosen, entropy, logp = _recompute(tiny_model, p, res)
+    assert res.token_ids == logp.argmax(-1).tolist()
+    assert torch.allclose(torch.tensor(res.logprobs), chosen, atol=1e-4)
+    assert torch.allclose(torch.tensor(res.entropies), entropy, atol=1e-4)
+
+
+def test_truncation_keeps_top_k_then_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.5, 0.3, 0.15, 0.05], [0.4, 0.3, 0.2, 0.1]]))
+    out = truncate_logits(logits, torch.tensor([2, -1, -1]), torch.tensor([1.0, 0.7, 1.0]))
+    kept = torch.isfinite(out)
+    assert kept.tolist() == [[True, True, False, False], [True, True, False, False], [True] * 4]
+    assert torch.allclose(torch.softmax(out[0], -1)[:2], torch.tensor([0.625, 0.375]))
+
+
+def test_top_k_sampling_never_leaves_the_top_k(engine, tiny_model, tiny_tokenizer):
+    p = _prompt(tiny_tokenizer)
+    (res,) = engine.generate([GenRequest(p, 10, top_k=3, seed=11)])
+    _, _, logp = _recompute(tiny_model, p, res)
+    for t, tok in enumerate(res.token_ids):
+        assert tok in logp[t].topk(3).indices.tolist()
+    # the reported entropy is that of the renormalised top-3 distribution: at most ln 3
+    assert max(res.entropies) <= math.log(3) + 1e-5
+
+
+def test_stop_string_split_across_tokens_ends_the_row_right_after_it(scripted_lm, tiny_tokenizer):
+    tok = tiny_tokenizer
+    assert len(tok.tokenize("x)</python>")) > 2  # the closing tag really is several tokens
+    seq = tok.encode("<python>print(6*7)</python> <result>\n42\n</result>", add_special_tokens=False)
+    model = scripted_lm(seq)
+    engine = HFEngine(model, tok)
+    prompt = seq[:3]
+    (res,) = engine.generate([GenRequest(prompt, 40, temperature=0, stop=["</python>", "</search>"])])
+    text = tok.decode(res.token_ids)
+    assert res.finish_reason == "stop" and res.stop_str == "</python>"
+    assert text.endswith("</python>") and tok.decode(prompt) + text == "<python>print(6*7)</python>"
+
+
+def test_rows_finish_at_different_times_and_leave_the_batch(scripted_lm, tiny_tokenizer):
+    tok = tiny_tokenizer
+    seq = tok.encode("a b c d e f g h i j k l m n o p q r s t u v w x y z", add_special_tokens=False)
+    seq += [tok.eos_token_id]
+    model = scripted_lm(seq)
+    engine = HFEngine(model, tok)
+    prompts = [seq[:20], seq[:4], seq[:12]]  # the longest prompt reaches EOS first
+    results = engine.generate([GenRequest(p, 100, temperature=0) for p in prompts])
+    for p, res in zip(prompts, results):
+        assert p + res.token_ids == seq
+        assert res.finish_reason == "eos" and res.token_ids[-1] == tok.eos_token_id
+    assert len(model.batch_sizes) > 3 and model.batch_sizes[-1] == 1  # finished rows stopped being computed
+
+
+def test_length_limit_and_zero_budget(engine, tiny_tokenizer):
+    p = _prompt(tiny_tokenizer)
+    res = engine.generate([GenRequest(p, 0, seed=1), GenRequest(p, 3, seed=1)])
+    assert res[0].token_ids == [] and res[0].finish_reason == "length"
+    assert len(res[1].token_ids) == 3 and res[1].finish_reason == "length"
+    with pytest.raises(ValueError, match="empty"):
+        engine.generate([GenRequest([], 3)])
+
+
+def test_generate_keeps_the_shared_module_training_state_and_weights(tiny_model, tiny_tokenizer):
+    tiny_model.train()
+    engine = HFEngine(tiny_model, tiny_tokenizer)
+    engine.generate([GenRequest(_prompt(tiny_tokenizer), 2, seed=0)])
+    assert tiny_model.training
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    engine.load_weights(tiny_model.state_dict())  # shared module: nothing to copy
+    new = {k: v + 1 for k, v in before.items()}
+    engine.load_weights(new)
+    assert all(torch.equal(tiny_model.state_dict()[k], new[k]) for k in new)
+    with pytest.raises(KeyError, match="unknown parameter"):
+        engine.load_weights({"nope": torch.zeros(1)})

@@ -1,0 +1,237 @@
+"""Sampling strategies: exactly n rows per prompt whatever happens, branches from token prefixes that may
+call tools, candidate filters (B8), FV fallbacks, determinism, and ARPO's rule on fixed draws."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from appo.rollout.hf import HFEngine, make_scorer
+from appo.rollout.strategies import candidate_mask, sample_groups
+from appo.rollout.trajectory import Trajectory
+
+from .conftest import ScriptedEngine, make_cfg
+
+ANSWER = "<answer>\\boxed{3}</answer><|im_end|>"
+
+
+def _prompts(tok, k=2):
+    out = []
+    for i in range(k):
+        chat = tok.apply_chat_template([{"role": "user", "content": f"Calculate {i} + 3."}],
+                                       add_generation_prompt=True, tokenize=False)
+        out.append(types.SimpleNamespace(prompt_ids=tok.encode(chat, add_special_tokens=False), index=i))
+    return out
+
+
+def _response(text):
+    return text.split("<|im_start|>assistant\n")[-1]
+
+
+def _no_tool_then_tool(text, req):
+    """Initial rollouts answer without tools; a continuation from any prefix calls python, then answers."""
+    resp = _response(text)
+    if not resp:
+        return "<think>a b c d e</think><answer>1</answer><|im_end|>"
+    return "<python>print(3)</python>" if "<result>" not in resp else ANSWER
+
+
+def _cfg(**kw):
+    base = {"rollout.n": 4, "rollout.initial_rollouts": 2, "rollout.max_response_length": 64,
+            "rollout.appo.fv_source": "none", "tools.call_limit": 2}
+    return make_cfg(**{**base, **kw})
+
+
+def _check_rows(groups, n):
+    assert all(len(g.rows) == n for g in groups)
+    for g, group in enumerate(groups):
+        assert all(t.group == g for t in group.rows)
+
+
+def test_grpo_samples_n_independent_rollouts(tiny_tokenizer, python_tools):
+    engine = ScriptedEngine(tiny_tokenizer, _no_tool_then_tool)
+    cfg = _cfg(**{"rollout.strategy": "grpo", "algorithm.adv_estimator": "grpo"})
+    groups, metrics = sample_groups(engine, python_tools, _prompts(tiny_tokenizer, 3), cfg)
+    _check_rows(groups, 4)
+    assert all(not g.branches for g in groups) and metrics["rollout/init_rows"] == 12
+    assert len({req.seed for req in engine.calls}) == 12
+
+
+def test_appo_branches_continue_token_prefixes_and_call_tools(tiny_tokenizer, python_tools):
+    tok = tiny_tokenizer
+    engine = ScriptedEngine(tok, _no_tool_then_tool)
+    groups, metrics = sample_groups(engine, python_tools, _prompts(tok), _cfg())
+    _check_rows(groups, 4)
+    for group in groups:
+        assert [t.kind for t in group.inits] == ["init"] * 2 and [t.kind for t in group.branches] == ["branch"] * 2
+        for b in group.branches:
+            parent = group.inits[b.parent]
+            cut = b.split_pos + 1
+            assert b.token_ids[:cut] == parent.token_ids[:cut]
+            assert b.logprobs[:cut] == parent.logprobs[:cut] and b.generated[:cut] == parent.generated[:cut]
+            assert b.tool_calls == 1 and b.tool_log[0]["payload"] == "print(3)" and b.tool_log[0]["ok"]
+            assert b.tool_log[0]["start"] > b.split_pos and b.finish_reason == "eos"
+            assert tok.decode([parent.token_ids[b.split_pos]]).strip()  # never a whitespace-only token
+            assert b.split_pos < len(parent) - 1 and parent.token_ids[b.split_pos] != tok.eos_token_id
+    assert metrics["rollout/fv_used"] == 0 and metrics["rollout/branch_rows"] == 4
+    assert metrics["rollout/strict_points"] == 4 and metrics["rollout/generate_seconds"] > 0
+    assert metrics["rollout/tool_calls"] == 4 and "rollout/branch_seconds" in metrics
+
+
+@pytest.mark.parametrize("init_text", ["<|im_end|>", "  \n \n<|im_end|>"])
+def test_no_candidates_refills_with_fresh_rollouts(tiny_tokenizer, python_tools, init_text):
+    """Empty or whitespace-only initial rollouts have no branch point: the prompt still gets n rows (B7)."""
+    tok = tiny_tokenizer
+
+    # the first engine call holds the 4 initial rollouts; later calls are the refills
+    engine = ScriptedEngine(tok, lambda text, req: init_text if len(engine.calls) <= 4 else ANSWER)
+    groups, metrics = sample_groups(engine, python_tools, _prompts(tok), _cfg())
+    _check_rows(groups, 4)
+    assert metrics["rollout/refill_rows"] == 4
+    for group in groups:
+        assert all(b.parent is None and b.split_pos is None and b.meta["refill"] for b in group.branches)
+        assert all(b.response_text(tok) == "<answer>\\boxed{3}</answer>" for b in group.branches)
+
+
+def test_budget_beyond_candidates_repeats_points_cyclically(tiny_tokenizer, python_tools):
+    tok = tiny_tokenizer
+    engine = ScriptedEngine(tok, lambda text, req: "ab<|im_end|>" if not _response(text) else ANSWER)
+    cfg = _cfg(**{"rollout.n": 9, "rollout.initial_rollouts": 1})
+    groups, metrics = sample_groups(engine, python_tools, _prompts(tok, 1), cfg)
+    _check_rows(groups, 9)
+    (init,) = groups[0].inits
+    candidates = [p for p in range(len(init) - 1) if init.token_ids[p] != tok.eos_token_id]
+    assert 0 < len(candidates) < 8
+    splits = [b.split_pos for b in groups[0].branches]
+    assert set(splits) == set(candidates)
+    assert metrics["rollout/repeated_points"] == 8 - len(candidates)
+    assert splits[len(candidates):] == splits[:8 - len(candidates)]
+
+
+def test_candidate_filter_excludes_split_closing_tags_eos_and_final_token(tiny_tokenizer, python_tools):
+    """The tiny tokenizer writes `print(1)</python>` ending in ')</', 'python', '>': splitting after ')</'
+    or 'python' would hide the stop string from the continuation (B8). The tag's last token stays a
+    candidate."""
+    tok = tiny_tokenizer
+    engine = ScriptedEngine(tok, lambda text, req: "<python>print(1)</python>" if "<result>" not in text else ANSWER)
+    cfg = _cfg(**{"rollout.n": 2, "rollout.initial_rollouts": 2})
+    (group,), _ = sample_groups(engine, python_tools, _prompts(tok, 1), cfg)
+    traj = group.inits[0]
+    pieces = [tok.decode([t]) for t in traj.token_ids]
+    end = traj.tool_log[0]["start"]  # the result starts right after the closing tag
+    assert pieces[end - 3:end] == [")</", "python", ">"]
+    stops, eos = ["</python>", "</search>"], {tok.eos_token_id}
+    fixed = candidate_mask([traj], tok, stops, eos, 64, "fixed", len(traj))[0]
+    ref = candidate_mask([traj], tok, stops, eos, 64, "reference", len(traj))[0]
+    assert fixed[end - 3:end].tolist() == [False, False, True] and ref[end - 3:end].tolist() == [True] * 3
+    assert not fixed[traj.tool_log[0]["start"]:traj.tool_log[0]["end"]].any()  # tool-result tokens
+    assert not fixed[-1] and ref[-1]  # the EOS (also the final token) only in reference mode
+    assert not candidate_mask([traj], tok, stops, eos, len(traj) - 2, "reference", len(traj))[0][-3:].any()
+
+
+def _with_scorer(tok, python_tools, scorer, **kw):
+    engine = ScriptedEngine(tok, _no_tool_then_tool)
+    cfg = _cfg(**{"rollout.appo.fv_source": "stale_policy", **kw})
+    return sample_groups(engine, python_tools, _prompts(tok), cfg, scorer=scorer)
+
+
+def test_future_value_from_the_scorer_and_its_fallbacks(tiny_tokenizer, python_tools):
+    tok = tiny_tokenizer
+    seen = []
+
+    def drifted(trajs):
+        seen.extend(trajs)
+        return [[lp + 0.05 * ((i * 7) % 5 - 2) for i, lp in enumerate(t.logprobs)] for t in trajs]
+
+    groups, metrics = _with_scorer(tok, python_tools, drifted)
+    assert metrics["rollout/fv_used"] == 1 and "rollout/fv_zero_variance_groups" not in metrics
+    assert all(t.kind == "init" for t in seen) and len(seen) == 4
+    _check_rows(groups, 4)
+
+    _, metrics = _with_scorer(tok, python_tools, lambda trajs: [list(t.logprobs) for t in trajs])
+    assert metrics["rollout/fv_used"] == 1 and metrics["rollout/fv_zero_variance_groups"] == 2
+
+    groups, metrics = _with_scorer(tok, python_tools, None)
+    assert metrics["rollout/fv_used"] == 0
+    _check_rows(groups, 4)
+
+
+def test_topk_entropy_source_requests_top_logprobs_for_initial_rollouts_only(tiny_tokenizer, python_tools):
+    engine = ScriptedEngine(tiny_tokenizer, _no_tool_then_tool)
+    cfg = _cfg(**{"rollout.appo.entropy_source": "topk", "rollout.appo.entropy_topk": 5})
+    groups, _ = sample_groups(engine, python_tools, _prompts(tiny_tokenizer), cfg)
+    assert {req.logprobs for req in engine.calls[:4]} == {5} and {req.logprobs for req in engine.calls[4:]} == {0}
+    _check_rows(groups, 4)
+    assert all(len(t.top_logprobs) == len(t) for g in groups for t in g.rows)
+
+
+def test_appo_with_the_real_engine_is_reproducible(tiny_model, tiny_tokenizer, python_tools):
+    engine = HFEngine(tiny_model, tiny_tokenizer)
+    cfg = _cfg(**{"rollout.max_response_length": 12, "rollout.appo.fv_source": "train_infer_mismatch",
+                  "rollout.seed": 5})
+    prompts = _prompts(tiny_tokenizer)
+    runs = [sample_groups(engine, python_tools, prompts, cfg, step=3, scorer=make_scorer(tiny_model))[0]
+            for _ in range(2)]
+    flat = [[(t.token_ids, t.split_pos, t.parent) for g in groups for t in g.rows] for groups in runs]
+    assert flat[0] == flat[1]
+    _check_rows(runs[0], 4)
+    other = sample_groups(engine, python_tools, prompts, cfg, step=4, scorer=make_scorer(tiny_model))[0]
+    assert [t.token_ids for g in other for t in g.rows] != [t[0] for t in flat[0]]
+
+
+# ------------------------------------------------------------------------------------------ arpo
+
+
+def _arpo_cfg(**kw):
+    base = {"rollout.strategy": "arpo", "algorithm.adv_estimator": "grpo", "rollout.arpo.beam_size": 2,
+            "rollout.arpo.entropy_weight": 0.2, "rollout.arpo.branch_probability": 0.5}
+    return _cfg(**{**base, **kw})
+
+
+def test_arpo_branches_on_fixed_draws(tiny_tokenizer, python_tools):
+    """n=4, m=2, two tool rounds. Round 1 draws 0.9 (row 0: no) and 0.2 (row 1: copy); round 2 has one
+    open slot: 0.3 copies row 0 and then no slot is left, so no further draw happens."""
+    tok = tiny_tokenizer
+    call = "<python>print(3)</python>"
+    engine = ScriptedEngine(tok, lambda text, req: ANSWER if _response(text).count("<result>") >= 2 else call)
+    draws = iter([0.9, 0.2, 0.3])
+    used = []
+
+    def draw():
+        used.append(next(draws))
+        return used[-1]
+
+    (group,), metrics = sample_groups(engine, python_tools, _prompts(tok, 1), _arpo_cfg(), draw=draw)
+    assert used == [0.9, 0.2, 0.3]
+    _check_rows([group], 4)
+    assert [t.kind for t in group.inits] == ["init", "init"]
+    first, second = group.branches
+    assert (first.parent, second.parent) == (1, 0)
+    assert first.split_pos == group.inits[1].tool_log[0]["end"] - 1 < second.split_pos
+    assert first.token_ids[:first.split_pos + 1] == group.inits[1].token_ids[:first.split_pos + 1]
+    assert all(t.tool_calls == 2 and t.finish_reason == "eos" for t in group.rows)
+    assert first.generated[:first.split_pos + 1] == group.inits[1].generated[:first.split_pos + 1]
+    assert metrics["rollout/refill_rows"] == 0
+    assert {req.logprobs for req in engine.calls} == {10}
+
+
+def test_arpo_refills_a_prompt_whose_rows_all_ended(tiny_tokenizer, python_tools):
+    engine = ScriptedEngine(tiny_tokenizer, lambda text, req: ANSWER)
+    cfg = _arpo_cfg(**{"rollout.n": 3, "rollout.initial_rollouts": 1})
+    groups, metrics = sample_groups(engine, python_tools, _prompts(tiny_tokenizer, 2), cfg,
+                                    draw=lambda: pytest.fail("no live row, so no draw"))
+    _check_rows(groups, 3)
+    assert metrics["rollout/refill_rows"] == 4
+    assert all(t.kind == "init" for g in groups for t in g.rows)
+    assert [bool(t.meta.get("refill")) for t in groups[0].rows] == [False, True, True]
+
+
+def test_trajectory_prefix_copies_are_independent():
+    t = Trajectory(prompt_ids=[1], top_logprobs=[])
+    t.append([5, 6, 7], generated=1, logprobs=[-1.0, -2.0, -3.0], entropies=[1.0, 2.0, 3.0],
+             top_logprobs=[{5: -1.0}, {6: -2.0}, {7: -3.0}])
+    p = t.prefix(2)
+    p.append([9], generated=0)
+    assert t.token_ids == [5, 6, 7] and p.token_ids == [5, 6, 9]
+    assert p.top_logprobs == [{5: -1.0}, {6: -2.0}, {}] and p.logprobs == [-1.0, -2.0, 0.0]

@@ -1,0 +1,87 @@
+"""Cold-start SFT: rollout-identical encoding, masks, packing, and that training lowers the loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from appo.config import ModelConfig, SftConfig
+from appo.rollout.tool_loop import result_token_ids
+from appo.train.sft import _pack, collate, encode_conversation, run_sft, sft_loss
+
+SHAREGPT = {"conversations": [
+    {"from": "system", "value": "Use tools."},
+    {"from": "human", "value": "Calculate 12 * 7."},
+    {"from": "gpt", "value": "<think>Use python.</think><python>print(12 * 7)</python>"
+                             " <result>\n84\n</result><answer>\\boxed{84}</answer>"},
+]}
+MESSAGES = {"messages": [
+    {"role": "system", "content": "Use tools."},
+    {"role": "user", "content": "Calculate 12 * 7."},
+    {"role": "assistant", "content": "<think>Use python.</think><python>print(12 * 7)</python>"},
+    {"role": "tool", "content": "84"},
+    {"role": "assistant", "content": "<answer>\\boxed{84}</answer>"},
+]}
+
+
+def _conv(a: int, b: int) -> dict:
+    return {"messages": [
+        {"role": "user", "content": f"Calculate {a} + {b}."},
+        {"role": "assistant", "content": f"<think>Use python.</think><python>print({a} + {b})</python>"},
+        {"role": "tool", "content": str(a + b)},
+        {"role": "assistant", "content": f"<answer>\\boxed{{{a + b}}}</answer>"},
+    ]}
+
+
+def test_encoding_is_the_rollout_token_sequence(tiny_tokenizer):
+    tok = tiny_tokenizer
+    ex = encode_conversation(tok, SHAREGPT)
+    prompt = tok.encode(tok.apply_chat_template([{"role": "system", "content": "Use tools."},
+                                                 {"role": "user", "content": "Calculate 12 * 7."}],
+                                                add_generation_prompt=True, tokenize=False), add_special_tokens=False)
+    gen1 = tok.encode("<think>Use python.</think><python>print(12 * 7)</python>", add_special_tokens=False)
+    result = result_token_ids(tok, "84")
+    gen2 = tok.encode("<answer>\\boxed{84}</answer>", add_special_tokens=False)
+    assert ex.prompt_ids == prompt
+    assert ex.response_ids == gen1 + result + gen2 + [tok.eos_token_id]
+    assert ex.loss_mask == [1] * len(gen1) + [0] * len(result) + [1] * (len(gen2) + 1)
+
+
+def test_sharegpt_inline_and_messages_tool_turns_agree(tiny_tokenizer):
+    a, b = encode_conversation(tiny_tokenizer, SHAREGPT), encode_conversation(tiny_tokenizer, MESSAGES)
+    assert (a.prompt_ids, a.response_ids, a.loss_mask) == (b.prompt_ids, b.response_ids, b.loss_mask)
+
+
+def test_bad_rows_are_explained(tiny_tokenizer):
+    with pytest.raises(ValueError, match="'messages' or 'conversations'"):
+        encode_conversation(tiny_tokenizer, {"text": "hi"})
+    with pytest.raises(ValueError, match="unknown turn role 'bot'"):
+        encode_conversation(tiny_tokenizer, {"conversations": [{"from": "bot", "value": "x"}]})
+
+
+def test_collate_targets_only_generated_tokens(tiny_tokenizer):
+    ex = encode_conversation(tiny_tokenizer, MESSAGES)
+    batch = collate([[ex]], tiny_tokenizer.pad_token_id)
+    trained = batch["targets"][0][batch["targets"][0] >= 0].tolist()
+    assert trained == [t for t, m in zip(ex.response_ids, ex.loss_mask, strict=True) if m]
+
+
+def test_packing_gives_the_padded_loss(tiny_model, tiny_tokenizer):
+    examples = [encode_conversation(tiny_tokenizer, _conv(a, b)) for a, b in ((3, 4), (10, 25), (7, 700))]
+    packed = _pack(examples, max_length=1000)
+    assert len(packed) == 1
+    with torch.no_grad():
+        loss_p, n_p = sft_loss(tiny_model, collate(packed, tiny_tokenizer.pad_token_id))
+        loss_d, n_d = sft_loss(tiny_model, collate([[e] for e in examples], tiny_tokenizer.pad_token_id))
+    assert n_p == n_d
+    torch.testing.assert_close(loss_p, loss_d, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_sft_lowers_the_loss_on_the_tiny_model(tiny_model, tiny_tokenizer, packing):
+    convs = [_conv(a, 2 * a + 1) for a in range(16)]
+    cfg = SftConfig(num_examples=16, epochs=4, batch_size=8, lr=3e-3, warmup_steps=0, max_length=256,
+                    packing=packing)
+    history = run_sft(tiny_model, tiny_tokenizer, convs, cfg, ModelConfig(autocast="none"), progress=False)
+    assert len(history) == 8
+    assert history[-1]["loss"] < 0.75 * history[0]["loss"]
