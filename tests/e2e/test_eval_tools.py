@@ -67,7 +67,7 @@ def _overfit(model, seqs, steps=400):
     width = max(len(ids) for ids, _ in seqs)
     x = torch.tensor([ids + [0] * (width - len(ids)) for ids, _ in seqs])
     m = torch.tensor([mask + [0] * (width - len(mask)) for _, mask in seqs], dtype=torch.bool)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
     for step in range(steps):
         logits = model(x[:, :-1]).logits
@@ -76,7 +76,6 @@ def _overfit(model, seqs, steps=400):
         loss.backward()
         opt.step()
         if step % 10 == 9 and bool((logits.argmax(-1)[m[:, 1:]] == x[:, 1:][m[:, 1:]]).all()):
-            print(f"memorised after {step + 1} steps")
             break
     model.eval()
     with torch.no_grad():

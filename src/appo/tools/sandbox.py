@@ -10,6 +10,7 @@ sandbox's process group; the pid namespace takes every descendant (orphans inclu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import marshal
 import os
@@ -265,7 +266,5 @@ def _pump(proc: subprocess.Popen, payload: bytes, deadline: float, out: CappedBu
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -1,6 +1,7 @@
 """Runs inside the sandbox, under the sandbox's own interpreter (stdlib only, Python >= 3.8).
 
-It reads one job (a marshal-encoded dict of plain types) from stdin: resource limits, earlier cells to replay silently, and the cell to run.
+It reads one job (a marshal-encoded dict of plain types) from stdin: resource limits, earlier cells to
+replay silently, and the cell to run.
 Limits are set here, after the interpreter has started and before any model code runs, with soft = hard
 so the code cannot raise them again; inside the sandbox's user namespace RLIMIT_NPROC then counts only
 this call's processes and threads.
@@ -56,7 +57,7 @@ def _report(error, tb):
 def main():
     job = marshal.loads(sys.stdin.buffer.read())
     sys.stdin.close()
-    sys.stdin = open(os.devnull)
+    sys.stdin = open(os.devnull)  # noqa: SIM115 -- stays open for the cell: input() sees EOF
     _set_limits(job["limits"])
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
     out, err = sys.stdout, sys.stderr

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import urllib.error
 import urllib.parse
@@ -50,11 +49,11 @@ def post_json(url: str, body: dict, headers: dict[str, str], timeout: float, sec
         if e.code == 429 or e.code >= 500:
             raise TransientSearchError(message) from None
         raise SearchError(message) from None
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         raise TransientSearchError(f"{host} did not answer within {timeout:g}s") from None
     except (urllib.error.URLError, ConnectionError, OSError) as e:
         reason = getattr(e, "reason", e)
-        if isinstance(reason, (TimeoutError, socket.timeout)):
+        if isinstance(reason, TimeoutError):
             raise TransientSearchError(f"{host} did not answer within {timeout:g}s") from None
         raise TransientSearchError(_redact(f"cannot reach {host}: {reason}", secrets)) from None
     try:
@@ -188,7 +187,7 @@ class LocalBM25Backend:
             return []
         with self._lock:  # bm25s keeps per-call state on the retriever
             docs, scores = self.retriever.retrieve(tokens, k=min(k, self.num_docs), show_progress=False)
-        return [_doc_snippet(d) for d, s in zip(docs[0], scores[0]) if s > 0]
+        return [_doc_snippet(d) for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
 
 
 def _doc_snippet(doc: dict) -> str:

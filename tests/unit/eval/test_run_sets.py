@@ -120,3 +120,18 @@ def test_enabling_the_judge_later_judges_stored_samples_without_resampling(engin
     assert all(r["judge"] is not None for r in records)
     assert all(r["correct"] == (r["rule_equal"] or r["judge"]["status"] == "correct") for r in records)
     assert s["llm_equal"] == pytest.approx(sum(r["correct"] for r in records) / 6)
+
+
+def test_library_evaluate_returns_flat_summary_and_writes_files(tiny_model, tiny_tokenizer, tmp_path):
+    from appo.data.datasets import Prompt
+    from appo.eval.evaluate import evaluate
+
+    cfg = _cfg(**{"eval.k": 1, "eval.temperature": 0.0})
+    prompts = [Prompt(p.messages, p.prompt_ids, p.ground_truth, "appo/arithmetic", "math", p.index)
+               for p in _sets(tiny_tokenizer, 2)[0].prompts]
+    summary = evaluate(tiny_model.eval(), tiny_tokenizer, prompts, cfg, name="after_rl", kind="reward",
+                       output_dir=tmp_path, progress=False)
+    assert summary["questions"] == 2 and summary["samples"] == 2 and summary["kind"] == "reward"
+    assert "reward" in summary and summary["pass@1"] == 0.0
+    assert json.loads((tmp_path / "summary.json").read_text())["benchmarks"]["after_rl"]["samples"] == 2
+    assert evaluate(tiny_model, tiny_tokenizer, prompts, cfg, name="x", kind="math", progress=False)["samples"] == 2

