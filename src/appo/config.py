@@ -74,10 +74,14 @@ class DataConfig:
     filter_overlong_prompts: bool = opt(True, "Drop overlong prompts (reporting how many); false raises instead.")
     fix_backspace: bool = opt(True, "Repair the reference system prompt's backspace (0x08) where '\\b' of "
                                     "'\\boxed' was meant.")
-    system_prompt: str | None = opt(None, "Replace the system prompt of every row (null keeps the data's).")
+    system_prompt: str | None = opt(None, "Replace the system prompt of every row (null keeps the data's): a "
+                                          "named prompt ('reference', 'quickstart', 'none' = no system turn) "
+                                          "or the prompt text itself.")
     shuffle: bool = opt(True, "Shuffle the training prompts each epoch.")
     num_train: int = opt(2000, "Number of problems a built-in task generates for training.", low=1)
     num_val: int = opt(200, "Number of held-out problems a built-in task generates.", low=1)
+    multihop_fraction: float = opt(0.5, "Share of multihop (search) problems in the 'quickstart' task; the "
+                                        "rest are arithmetic (python).", low=0, high=1)
     seed: int = opt(1, "Seed of the data order and of built-in task generation.")
 
 
@@ -239,6 +243,11 @@ class SftConfig:
     warmup_steps: int = opt(10, "Warm-up steps, then linear decay.", low=0)
     max_length: int = opt(512, "Longer conversations are truncated.", low=1)
     packing: bool = opt(False, "Pack several conversations per row instead of padding.")
+    p_notool: float = opt(0.6, "Share of generated traces that answer without calling the tool, so the "
+                               "SFT policy often skips it and RL has headroom (quickstart_calibration).",
+                          low=0, high=1)
+    p_wrong: float = opt(0.0, "Share of generated arithmetic traces that run a corrupted expression (one "
+                              "digit changed) and answer with its real, wrong output.", low=0, high=1)
 
 
 @dataclass

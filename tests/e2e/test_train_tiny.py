@@ -99,3 +99,20 @@ def test_kill_and_resume_gives_the_uninterrupted_metrics(tmp_path, tiny_model_di
     a, b = _metrics(tmp_path / "a" / "run"), _metrics(tmp_path / "b" / "run")
     assert [r["step"] for r in b] == [1, 2, 3]
     assert a == b
+
+
+def test_quickstart_pipeline_on_the_tiny_preset(tmp_path, tiny_model_dir):
+    """`appo train --config tiny`: eval -> SFT (task traces, real tools) -> eval -> RL -> eval -> report."""
+    from appo.train.cli import main
+
+    out = tmp_path / "run"
+    assert main(["--config", "tiny", "--no-progress", f"model.path={tiny_model_dir}", f"trainer.output_dir={out}",
+                 "trainer.eval_before=true", "trainer.device=cpu"]) == 0
+    state = json.loads((out / "pipeline.json").read_text())
+    assert set(state["evals"]) == {"base", "sft", "rl"} and state["rl_done"]
+    sft_log = [json.loads(line) for line in (out / "sft" / "sft_log.jsonl").read_text().splitlines()]
+    assert sft_log and sft_log[-1]["loss"] < sft_log[0]["loss"]
+    assert (out / "sft" / "config.json").exists()
+    report = (out / "report.md").read_text()
+    assert "after SFT" in report and "after RL" in report
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]

@@ -37,12 +37,12 @@ class DataError(ValueError):
 
 @dataclass
 class Prompt:
-    messages: list[dict]               # chat messages up to the assistant turn
-    prompt_ids: list[int]              # chat template with the generation prompt, tokenized
-    ground_truth: str | list[str]      # one answer or a list of aliases
+    messages: list[dict]  # chat messages up to the assistant turn
+    prompt_ids: list[int]  # chat template with the generation prompt, tokenized
+    ground_truth: str | list[str]  # one answer or a list of aliases
     data_source: str
-    ability: str | None = None         # "math" / "qa" / None
-    index: int = 0                     # extra_info.index when the row has one, else its position
+    ability: str | None = None  # "math" / "qa" / None
+    index: int = 0  # extra_info.index when the row has one, else its position
     extra: dict = field(default_factory=dict)
 
 
@@ -70,8 +70,10 @@ class DropReport:
         text = f"kept {self.kept}/{self.total} rows"
         if not self.counts:
             return text
-        parts = [f"{reason}: {n} (first rows: {', '.join(map(str, self.examples[reason]))})"
-                 for reason, n in sorted(self.counts.items())]
+        parts = [
+            f"{reason}: {n} (first rows: {', '.join(map(str, self.examples[reason]))})"
+            for reason, n in sorted(self.counts.items())
+        ]
         return f"{text}; dropped {self.dropped}: " + "; ".join(parts)
 
 
@@ -107,8 +109,10 @@ def _read_hf(name: str, split: str) -> list[dict]:
     try:
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:
-        raise DataError(f"cannot load Hugging Face dataset '{name}' split '{split}' (offline: it must be in the "
-                        f"local cache or be a local path): {e}") from e
+        raise DataError(
+            f"cannot load Hugging Face dataset '{name}' split '{split}' (offline: it must be in the "
+            f"local cache or be a local path): {e}"
+        ) from e
     return [dict(r) for r in ds]
 
 
@@ -128,7 +132,7 @@ def _read_dir(path: Path) -> list[dict]:
 
 
 def load_rows(path: str | Path) -> list[dict]:
-    """Rows of a parquet/jsonl/json file, a saved or local Hugging Face dataset dir, or `hf:<name>[:split]`."""
+    """Rows of a parquet/jsonl/json file, a saved or local Hugging Face dataset, or `hf:<name>[:split]`."""
     text = str(path)
     if text.startswith("hf:"):
         name, _, split = text[3:].partition(":")
@@ -146,15 +150,17 @@ def load_rows(path: str | Path) -> list[dict]:
         return _read_jsonl(p)
     if p.suffix == ".json":
         return _read_json(p)
-    raise DataError(f"{p}: unsupported data format '{p.suffix}'; use .parquet, .jsonl, .json, a dataset "
-                    f"directory or hf:<name>[:split]")
+    raise DataError(
+        f"{p}: unsupported data format '{p.suffix}'; use .parquet, .jsonl, .json, a dataset "
+        f"directory or hf:<name>[:split]"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ rows
 
 
 def source_name(path: str | Path) -> str:
-    """The data source of a benchmark file: its folder for generic names (`hotpotqa/test.jsonl`), else its stem."""
+    """A benchmark file's data source: its folder for generic names (`hotpotqa/test.jsonl`), else its stem."""
     text = str(path)
     if text.startswith("hf:"):
         return text[3:].partition(":")[0]
@@ -176,7 +182,9 @@ def _ground_truth(value: Any, where: str) -> str | list[str]:
         if len(aliases) != len(value):
             raise DataError(f"{where}: ground truth list must hold strings, got {value!r}")
         return aliases
-    raise DataError(f"{where}: ground truth must be a string or a list of strings, got {type(value).__name__}")
+    raise DataError(
+        f"{where}: ground truth must be a string or a list of strings, got {type(value).__name__}"
+    )
 
 
 def _messages(value: Any, where: str) -> list[dict]:
@@ -184,7 +192,11 @@ def _messages(value: Any, where: str) -> list[dict]:
         raise DataError(f"{where}: the prompt must be a non-empty list of {{role, content}} messages")
     out = []
     for m in value:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
+        ):
             raise DataError(f"{where}: bad message {m!r}; each needs string 'role' and 'content'")
         out.append({"role": m["role"], "content": m["content"]})
     if not any(m["role"] == "user" and m["content"].strip() for m in out):
@@ -200,7 +212,7 @@ def _first(row: dict, keys: tuple[str, ...]) -> tuple[str | None, Any]:
 
 
 def _parse_row(row: Any, position: int, source: str | None, prompt_key: str) -> dict:
-    """One row in either layout -> messages (system prompt as in the data), ground truth, source, ability, extra."""
+    """One row in either layout -> messages (system prompt as in the data), gold, source, ability, extra."""
     where = f"{source or '<rows>'} row {position}"
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a mapping, got {type(row).__name__}")
@@ -215,12 +227,17 @@ def _parse_row(row: Any, position: int, source: str | None, prompt_key: str) -> 
     else:
         q_key, question = (prompt_key, row[prompt_key]) if prompt_key in row else _first(row, _QUESTION_KEYS)
         if not isinstance(question, str) or not question.strip():
-            raise DataError(f"{where}: empty prompt (expected a non-empty string under one of "
-                            f"{', '.join(dict.fromkeys((prompt_key,) + _QUESTION_KEYS))})")
+            raise DataError(
+                f"{where}: empty prompt (expected a non-empty string under one of "
+                f"{', '.join(dict.fromkeys((prompt_key,) + _QUESTION_KEYS))})"
+            )
         a_key, gold = _first(row, _ANSWER_KEYS)
         if isinstance(gold, str) and (m := _GSM8K_FINAL.search(gold)):
             gold = m.group(1).replace(",", "")
-        messages = [{"role": "system", "content": REFERENCE_SYSTEM_PROMPT}, {"role": "user", "content": question}]
+        messages = [
+            {"role": "system", "content": REFERENCE_SYSTEM_PROMPT},
+            {"role": "user", "content": question},
+        ]
         data_source = row.get("data_source") or (source_name(source) if source else "unknown")
         ability = row.get("ability") or ("math" if data_source.lower() in MATH_SOURCES else "qa")
         extra = {k: v for k, v in row.items() if k not in (q_key, a_key) and k not in _SCHEMA_KEYS}
@@ -241,7 +258,9 @@ def _apply_system_prompt(messages: list[dict], data_cfg) -> list[dict]:
         rest = [m for m in messages if m["role"] != "system"]
         return rest if system is None else [{"role": "system", "content": system}] + rest
     if data_cfg.fix_backspace:
-        return [dict(m, content=fix_backspace(m["content"])) if m["role"] == "system" else m for m in messages]
+        return [
+            dict(m, content=fix_backspace(m["content"])) if m["role"] == "system" else m for m in messages
+        ]
     return messages
 
 
@@ -249,11 +268,13 @@ def _tokenize(texts: list[str], tokenizer) -> list[list[int]]:
     ids: list[list[int]] = []
     chunks = range(0, len(texts), _TOKENIZE_CHUNK)
     for start in tqdm(chunks, desc="tokenizing prompts", unit="chunk", disable=len(chunks) < 4, leave=False):
-        ids += tokenizer(texts[start:start + _TOKENIZE_CHUNK], add_special_tokens=False)["input_ids"]
+        ids += tokenizer(texts[start : start + _TOKENIZE_CHUNK], add_special_tokens=False)["input_ids"]
     return ids
 
 
-def build_prompts(rows: list[dict], tokenizer, data_cfg, source: str | None = None) -> tuple[list[Prompt], DropReport]:
+def build_prompts(
+    rows: list[dict], tokenizer, data_cfg, source: str | None = None
+) -> tuple[list[Prompt], DropReport]:
     """Template and tokenize `rows`, dropping (or rejecting) prompts longer than `data_cfg.max_prompt_length`.
 
     `source` (the file the rows came from) names the file in errors and is the default data source.
@@ -268,15 +289,19 @@ def build_prompts(rows: list[dict], tokenizer, data_cfg, source: str | None = No
             continue
         p["messages"] = _apply_system_prompt(p["messages"], data_cfg)
         parsed.append((position, p))
-    texts = [tokenizer.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False)
-             for _, p in parsed]
+    texts = [
+        tokenizer.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False)
+        for _, p in parsed
+    ]
     prompts = []
     for (position, p), ids in zip(parsed, _tokenize(texts, tokenizer), strict=True):
         if len(ids) > data_cfg.max_prompt_length:
             if not data_cfg.filter_overlong_prompts:
-                raise DataError(f"{source or '<rows>'} row {position}: prompt has {len(ids)} tokens, more than "
-                                f"data.max_prompt_length={data_cfg.max_prompt_length} (set "
-                                f"data.filter_overlong_prompts=true to drop such rows)")
+                raise DataError(
+                    f"{source or '<rows>'} row {position}: prompt has {len(ids)} tokens, more than "
+                    f"data.max_prompt_length={data_cfg.max_prompt_length} (set "
+                    f"data.filter_overlong_prompts=true to drop such rows)"
+                )
             report.drop("too_long", position)
             continue
         prompts.append(Prompt(prompt_ids=list(ids), **p))

@@ -38,7 +38,9 @@ _MIN_WRITERS = 400
 class TaskData:
     train: list[dict]
     val: list[dict]
-    corpus: list[dict] = field(default_factory=list)   # search documents {id, title, text}; empty without multihop
+    corpus: list[dict] = field(
+        default_factory=list
+    )  # search documents {id, title, text}; empty without multihop
 
     def write_corpus(self, path: str | Path) -> Path:
         """Write the corpus as JSONL for `appo index build` / `tools.search_backends.build_index`."""
@@ -50,10 +52,20 @@ class TaskData:
         return path
 
 
-def _row(source: str, ability: str, question: str, answer: str, index: int, split: str, system_prompt: str | None,
-         plan: list[dict], **extra) -> dict:
+def _row(
+    source: str,
+    ability: str,
+    question: str,
+    answer: str,
+    index: int,
+    split: str,
+    system_prompt: str | None,
+    plan: list[dict],
+    **extra,
+) -> dict:
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        {"role": "user", "content": question}]
+        {"role": "user", "content": question}
+    ]
     return {
         "data_source": source,
         "prompt": messages,
@@ -94,7 +106,7 @@ def _arithmetic_stream(seed: int, size: int) -> list[dict]:
 
 
 def _unique_arithmetic(seed: int, n: int, exclude: set[str]) -> list[dict]:
-    """n entries with distinct questions not in `exclude`, each answer confirmed by evaluating its expression."""
+    """n entries with distinct questions not in `exclude`, each answer confirmed by evaluating it here."""
     size = n + n // 4 + 16
     while True:
         picked, seen = [], set(exclude)
@@ -115,65 +127,167 @@ def _arithmetic_rows(entries: list[dict], split: str, system_prompt: str | None)
     for i, entry in enumerate(entries):
         expr = entry["metadata"]["expression"]
         plan = [{"tool": "python", "payload": f"print({expr})", "think": "Use python."}]
-        rows.append(_row(ARITHMETIC_SOURCE, "math", entry["question"], entry["answer"], i, split, system_prompt,
-                         plan, expression=expr))
+        rows.append(
+            _row(
+                ARITHMETIC_SOURCE,
+                "math",
+                entry["question"],
+                entry["answer"],
+                i,
+                split,
+                system_prompt,
+                plan,
+                expression=expr,
+            )
+        )
     return rows
 
 
 # -------------------------------------------------------------------------------------------- multihop
 
-_SYLLABLES = ["bar", "cel", "dor", "fen", "gal", "hal", "jor", "kel", "lan", "mor", "nor", "ost", "pel",
-              "quar", "ros", "sel", "tor", "ul", "vay", "wen", "yor", "zan", "ath", "bel", "cor", "dra",
-              "eth", "fal", "gim", "hes", "ith", "kal", "lum", "mar", "nev", "ol", "pra", "ril", "sur", "tam",
-              "ven", "wyn", "brim", "cas", "dun", "esk", "fir"]
+_SYLLABLES = [
+    "bar",
+    "cel",
+    "dor",
+    "fen",
+    "gal",
+    "hal",
+    "jor",
+    "kel",
+    "lan",
+    "mor",
+    "nor",
+    "ost",
+    "pel",
+    "quar",
+    "ros",
+    "sel",
+    "tor",
+    "ul",
+    "vay",
+    "wen",
+    "yor",
+    "zan",
+    "ath",
+    "bel",
+    "cor",
+    "dra",
+    "eth",
+    "fal",
+    "gim",
+    "hes",
+    "ith",
+    "kal",
+    "lum",
+    "mar",
+    "nev",
+    "ol",
+    "pra",
+    "ril",
+    "sur",
+    "tam",
+    "ven",
+    "wyn",
+    "brim",
+    "cas",
+    "dun",
+    "esk",
+    "fir",
+]
 _COUNTRY_END = ("ia", "and", "ora", "mark", "enia", "istan")
 _CITY_END = ("holt", "burg", "mere", "ford", "wick", "haven", "port", "dale", "stead", "gate")
 _FIRST_END = ("a", "o", "in", "en", "is", "ar", "el")
 _LAST_END = ("son", "ley", "ner", "ick", "berg", "wood", "ton")
-_ADJECTIVES = ["Silent", "Hidden", "Broken", "Golden", "Distant", "Bitter", "Quiet", "Burning", "Frozen",
-               "Endless", "Hollow", "Crimson", "Pale", "Wandering", "Last", "Secret", "Gentle", "Iron",
-               "Lonely", "Painted"]
-_NOUNS = ["Harbor", "Orchard", "Tower", "Letter", "River", "Garden", "Mirror", "Winter", "Crown", "Lantern",
-          "Bridge", "Forest", "Voyage", "Shadow", "Promise", "Island", "Road", "Bell", "Meadow", "Star"]
+_ADJECTIVES = [
+    "Silent",
+    "Hidden",
+    "Broken",
+    "Golden",
+    "Distant",
+    "Bitter",
+    "Quiet",
+    "Burning",
+    "Frozen",
+    "Endless",
+    "Hollow",
+    "Crimson",
+    "Pale",
+    "Wandering",
+    "Last",
+    "Secret",
+    "Gentle",
+    "Iron",
+    "Lonely",
+    "Painted",
+]
+_NOUNS = [
+    "Harbor",
+    "Orchard",
+    "Tower",
+    "Letter",
+    "River",
+    "Garden",
+    "Mirror",
+    "Winter",
+    "Crown",
+    "Lantern",
+    "Bridge",
+    "Forest",
+    "Voyage",
+    "Shadow",
+    "Promise",
+    "Island",
+    "Road",
+    "Bell",
+    "Meadow",
+    "Star",
+]
 _RIVERS = ["Amber", "Slate", "Willow", "Heron", "Thistle", "Copper", "Moss", "Falcon", "Birch", "Cinder"]
 
 
-def _namer(rng: random.Random, used: set[str]):
-    def make(syllables: int, endings: tuple[str, ...]) -> str:
+def _namer(rng: random.Random):
+    """Makes names that are new among all names it has made (titles must not collide in the corpus)."""
+    used: set[str] = set()
+
+    def word(syllables: int, endings: tuple[str, ...]) -> str:
+        return ("".join(rng.choice(_SYLLABLES) for _ in range(syllables)) + rng.choice(endings)).capitalize()
+
+    def make(*parts: tuple[int, tuple[str, ...]]) -> str:
         while True:
-            name = ("".join(rng.choice(_SYLLABLES) for _ in range(syllables)) + rng.choice(endings)).capitalize()
+            name = " ".join(word(n, endings) for n, endings in parts)
             if name not in used:
                 used.add(name)
                 return name
+
     return make
 
 
 @dataclass
 class _World:
-    docs: dict[str, str]          # title -> text
-    questions: list[dict]         # {question, answer, plan}
+    docs: dict[str, str]  # title -> text
+    questions: list[dict]  # {question, answer, plan}
 
 
 def _build_world(seed: int, n_writers: int) -> _World:
     rng = random.Random(seed)
-    used: set[str] = set()
-    name = _namer(rng, used)
+    name = _namer(rng)
     n_countries = max(6, n_writers // 25)
-    countries = [name(2, _COUNTRY_END) for _ in range(n_countries)]
-    cities = [(name(2, _CITY_END), country) for country in countries for _ in range(max(3, n_writers // (6 * n_countries)))]
+    countries = [name((2, _COUNTRY_END)) for _ in range(n_countries)]
+    per_country = max(3, n_writers // (6 * n_countries))
+    cities = [(name((2, _CITY_END)), country) for country in countries for _ in range(per_country)]
     capital = {}
     for city, country in cities:
         capital.setdefault(country, city)
     writers = []
     for _ in range(n_writers):
-        full = f"{name(1, _FIRST_END)} {name(2, _LAST_END)}"
+        full = name((1, _FIRST_END), (2, _LAST_END))
         city, country = rng.choice(cities)
         writers.append({"name": full, "city": city, "country": country, "year": rng.randint(1850, 1990)})
     titles: set[str] = set()
     for w in writers:
         title = f"The {rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)}"
         while title in titles:
-            title = f"The {rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)} of {name(2, _CITY_END)}"
+            title = f"The {rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)} of {name((2, _CITY_END))}"
         titles.add(title)
         w["book"] = title
         w["published"] = w["year"] + rng.randint(20, 60)
@@ -186,8 +300,10 @@ def _build_world(seed: int, n_writers: int) -> _World:
     }
     docs: dict[str, str] = {}
     for country in countries:
-        docs[country] = (f"{country} is a country. {facts['capital'](country, capital[country])} "
-                         f"Its currency is the {country[:-1]}an mark.")
+        docs[country] = (
+            f"{country} is a country. {facts['capital'](country, capital[country])} "
+            f"Its longest river is the {rng.choice(_RIVERS)}."
+        )
     for city, country in cities:
         role = f"It is the capital of {country}. " if capital[country] == city else ""
         docs[city] = f"{facts['in_country'](city, country)} {role}It lies on the {rng.choice(_RIVERS)} river."
@@ -200,34 +316,74 @@ def _build_world(seed: int, n_writers: int) -> _World:
 
     questions = []
     for w in writers:
-        questions.append({"question": f"In which country was {w['name']} born?", "answer": w["country"], "plan": [
-            step(w["name"], facts["born"](w), f"Find where {w['name']} was born."),
-            step(w["city"], facts["in_country"](w["city"], w["country"]),
-                 f"{w['name']} was born in {w['city']}. Find the country of {w['city']}.")]})
-        questions.append({"question": f"In which city was the author of {w['book']} born?", "answer": w["city"],
-                          "plan": [step(w["book"], facts["wrote"](w), f"Find the author of {w['book']}."),
-                                   step(w["name"], facts["born"](w),
-                                        f"{w['book']} is by {w['name']}. Find where {w['name']} was born.")]})
-        questions.append({"question": f"In what year was the author of {w['book']} born?", "answer": str(w["year"]),
-                          "plan": [step(w["book"], facts["wrote"](w), f"Find the author of {w['book']}."),
-                                   step(w["name"], facts["born"](w),
-                                        f"{w['book']} is by {w['name']}. Find when {w['name']} was born.")]})
+        questions.append(
+            {
+                "question": f"In which country was {w['name']} born?",
+                "answer": w["country"],
+                "plan": [
+                    step(w["name"], facts["born"](w), f"Find where {w['name']} was born."),
+                    step(
+                        w["city"],
+                        facts["in_country"](w["city"], w["country"]),
+                        f"{w['name']} was born in {w['city']}. Find the country of {w['city']}.",
+                    ),
+                ],
+            }
+        )
+        questions.append(
+            {
+                "question": f"In which city was the author of {w['book']} born?",
+                "answer": w["city"],
+                "plan": [
+                    step(w["book"], facts["wrote"](w), f"Find the author of {w['book']}."),
+                    step(
+                        w["name"],
+                        facts["born"](w),
+                        f"{w['book']} is by {w['name']}. Find where {w['name']} was born.",
+                    ),
+                ],
+            }
+        )
+        questions.append(
+            {
+                "question": f"In what year was the author of {w['book']} born?",
+                "answer": str(w["year"]),
+                "plan": [
+                    step(w["book"], facts["wrote"](w), f"Find the author of {w['book']}."),
+                    step(
+                        w["name"],
+                        facts["born"](w),
+                        f"{w['book']} is by {w['name']}. Find when {w['name']} was born.",
+                    ),
+                ],
+            }
+        )
     for city, country in cities:
         if capital[country] != city:
-            questions.append({
-                "question": f"What is the capital of the country where {city} is located?",
-                "answer": capital[country],
-                "plan": [step(city, facts["in_country"](city, country), f"Find the country of {city}."),
-                         step(country, facts["capital"](country, capital[country]),
-                              f"{city} is in {country}. Find the capital of {country}.")]})
+            questions.append(
+                {
+                    "question": f"What is the capital of the country where {city} is located?",
+                    "answer": capital[country],
+                    "plan": [
+                        step(city, facts["in_country"](city, country), f"Find the country of {city}."),
+                        step(
+                            country,
+                            facts["capital"](country, capital[country]),
+                            f"{city} is in {country}. Find the capital of {country}.",
+                        ),
+                    ],
+                }
+            )
     return _World(docs, questions)
 
 
 def check_question(question: dict, docs: dict[str, str]) -> bool:
     """Each hop's fact is written in the document the hop looks up, and the last fact names the answer."""
     plan = question["plan"]
-    return (all(step["fact"] in docs.get(step["payload"], "") for step in plan)
-            and question["answer"] in plan[-1]["fact"])
+    return (
+        all(step["fact"] in docs.get(step["payload"], "") for step in plan)
+        and question["answer"] in plan[-1]["fact"]
+    )
 
 
 def _multihop(seed: int, num_train: int, num_val: int, system_prompt: str | None) -> TaskData:
@@ -239,24 +395,36 @@ def _multihop(seed: int, num_train: int, num_val: int, system_prompt: str | None
             break
         n_writers *= 2
     random.Random(seed).shuffle(questions)
-    held_out, train = questions[:num_val], questions[num_val:num_val + num_train]
+    held_out, train = questions[:num_val], questions[num_val : num_val + num_train]
 
     def rows(items: list[dict], split: str) -> list[dict]:
-        return [_row(MULTIHOP_SOURCE, "qa", q["question"], q["answer"], i, split, system_prompt, q["plan"])
-                for i, q in enumerate(items)]
+        return [
+            _row(MULTIHOP_SOURCE, "qa", q["question"], q["answer"], i, split, system_prompt, q["plan"])
+            for i, q in enumerate(items)
+        ]
 
-    corpus = [{"id": str(i), "title": title, "text": text} for i, (title, text) in enumerate(world.docs.items())]
+    corpus = [
+        {"id": str(i), "title": title, "text": text} for i, (title, text) in enumerate(world.docs.items())
+    ]
     return TaskData(rows(train, "train"), rows(held_out, "val"), corpus)
 
 
 def _arithmetic(seed: int, num_train: int, num_val: int, system_prompt: str | None) -> TaskData:
     held_out = _unique_arithmetic(seed + _HELD_OUT_SEED_OFFSET, num_val, set())
     train = _unique_arithmetic(seed, num_train, {e["question"] for e in held_out})
-    return TaskData(_arithmetic_rows(train, "train", system_prompt), _arithmetic_rows(held_out, "val", system_prompt))
+    return TaskData(
+        _arithmetic_rows(train, "train", system_prompt), _arithmetic_rows(held_out, "val", system_prompt)
+    )
 
 
-def build_task(name: str, num_train: int, num_val: int, seed: int = 1, multihop_fraction: float = 0.5,
-               system_prompt: str | None = QUICKSTART_SYSTEM_PROMPT) -> TaskData:
+def build_task(
+    name: str,
+    num_train: int,
+    num_val: int,
+    seed: int = 1,
+    multihop_fraction: float = 0.5,
+    system_prompt: str | None = QUICKSTART_SYSTEM_PROMPT,
+) -> TaskData:
     """Rows of a built-in task (`quickstart`, `arithmetic`, `multihop`), identical for identical arguments."""
     if name == "arithmetic":
         return _arithmetic(seed, num_train, num_val, system_prompt)
@@ -277,3 +445,10 @@ def build_task(name: str, num_train: int, num_val: int, seed: int = 1, multihop_
         for i, row in enumerate(split_rows):
             row["extra_info"]["index"] = i
     return TaskData(train, val, mh.corpus)
+
+
+def task_from_config(data_cfg) -> TaskData:
+    """The built-in task `data.task` with the config's sizes, seed and mix."""
+    return build_task(
+        data_cfg.task, data_cfg.num_train, data_cfg.num_val, data_cfg.seed, data_cfg.multihop_fraction
+    )

@@ -80,7 +80,7 @@ def last_boxed(text: str) -> str | None:
         elif text[i] == "}":
             depth -= 1
             if depth == 0:
-                return text[idx:i + 1]
+                return text[idx : i + 1]
     return None
 
 
@@ -89,9 +89,9 @@ def unbox(boxed: str | None) -> str | None:
     if boxed is None:
         return None
     if "\\boxed " in boxed:
-        return boxed[len("\\boxed "):] if boxed.startswith("\\boxed ") else None
+        return boxed[len("\\boxed ") :] if boxed.startswith("\\boxed ") else None
     if boxed.startswith("\\boxed{") and boxed.endswith("}"):
-        return boxed[len("\\boxed{"):-1]
+        return boxed[len("\\boxed{") : -1]
     return None
 
 

@@ -1,4 +1,4 @@
-"""Math answers judged by equivalence (math-verify), not by token overlap: `12` = `12.0`, `\\frac{1}{2}` = `0.5`.
+"""Math answers judged by equivalence (math-verify), not token overlap: `12` = `12.0`, `\\frac{1}{2}` = `0.5`.
 
 math-verify can spin for a long time on adversarial LaTeX (`10^{10^{10}}`), and its own timeout uses
 SIGALRM, which only works in the main thread and cannot interrupt a long C call. So every comparison that
@@ -27,7 +27,7 @@ _ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 def _strip_text_wrapper(answer: str) -> str:
     if answer.startswith("\\text{") and answer.endswith("}"):
-        return answer[len("\\text{"):-1]
+        return answer[len("\\text{") : -1]
     return answer
 
 
@@ -160,5 +160,5 @@ def math_equal(pred: str | None, gold, timeout: float = DEFAULT_TIMEOUT) -> bool
 
 
 def math_score(response: str, ground_truth, timeout: float = DEFAULT_TIMEOUT) -> float:
-    """1.0 when the response's final answer (see `extract_math_answer`) is equivalent to the gold, else 0.0."""
+    """1.0 when the final answer (see `extract_math_answer`) is equivalent to the gold, else 0.0."""
     return float(math_equal(extract_math_answer(response), ground_truth, timeout))

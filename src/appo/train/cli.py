@@ -17,23 +17,30 @@ from pathlib import Path
 from appo.config import Config, ConfigError, load_config, preset_names
 
 
-def load_prompt_sets(cfg: Config, tokenizer) -> tuple[list, list]:
-    """Training and held-out prompts: a built-in task's generated splits, or data.train_files/val_files.
-    A task with a search corpus gets its BM25 index built under output_dir (when search is enabled with the
-    local backend and no index_dir), and `cfg.tools.search.index_dir` is pointed at it."""
+def prepare_task(cfg: Config):
+    """The built-in task's rows (`appo.data.tasks.TaskData`). When the task has a search corpus and search
+    is enabled with the local backend and no index_dir, its BM25 index is built under output_dir and
+    `cfg.tools.search.index_dir` is pointed at it."""
+    from appo.data.tasks import build_task
+
+    task = build_task(cfg.data.task, cfg.data.num_train, cfg.data.num_val, seed=cfg.data.seed,
+                      multihop_fraction=cfg.data.multihop_fraction)
+    search = cfg.tools.search
+    if task.corpus and "search" in cfg.tools.enabled and search.backend == "local" and not search.index_dir:
+        from appo.tools.search_backends import build_index
+
+        search.index_dir = str(build_index(task.corpus, Path(cfg.trainer.output_dir) / "search_index"))
+    return task
+
+
+def load_prompt_sets(cfg: Config, tokenizer, task=None) -> tuple[list, list]:
+    """Training and held-out prompts: a built-in task's generated splits, or data.train_files/val_files."""
     from appo.data.datasets import build_prompts, load_prompts
 
-    log = logging.getLogger(__name__)
     if cfg.data.task is not None:
-        from appo.data.tasks import build_task
-
-        task = build_task(cfg.data.task, cfg.data.num_train, cfg.data.num_val, seed=cfg.data.seed)
-        search = cfg.tools.search
-        if task.corpus and "search" in cfg.tools.enabled and search.backend == "local" and not search.index_dir:
-            from appo.tools.search_backends import build_index
-
-            search.index_dir = str(build_index(task.corpus, Path(cfg.trainer.output_dir) / "search_index"))
-        return [build_prompts(rows, tokenizer, cfg.data, source=cfg.data.task)[0] for rows in (task.train, task.val)]
+        task = task or prepare_task(cfg)
+        return tuple(build_prompts(rows, tokenizer, cfg.data, source=cfg.data.task)[0]
+                     for rows in (task.train, task.val))
     if not cfg.data.train_files:
         raise ConfigError("no training data: set data.task (a built-in task) or data.train_files=[...]")
     sets = []
@@ -42,7 +49,7 @@ def load_prompt_sets(cfg: Config, tokenizer) -> tuple[list, list]:
         for path in files:
             got, report = load_prompts(path, tokenizer, cfg.data)
             if report.dropped:
-                log.warning("%s: %s", path, report)
+                logging.getLogger(__name__).warning("%s: %s", path, report)
             prompts += got
         sets.append(prompts)
     return sets[0], sets[1]
@@ -79,7 +86,8 @@ class Pipeline:
         cfg, state = self.cfg, self._load_state(resume)
         device = resolve_device(cfg.trainer.device)
         tokenizer = load_tokenizer(cfg.model.path, cfg.model.cache_dir)
-        train, val = load_prompt_sets(cfg, tokenizer)
+        task = prepare_task(cfg) if cfg.data.task is not None else None
+        train, val = load_prompt_sets(cfg, tokenizer, task)
         print(f"[appo] {len(train)} training prompts, {len(val)} held-out prompts; output: {self.out}", flush=True)
         torch.manual_seed(cfg.trainer.seed)
         latest = ckpt.latest_checkpoint(self.out) if resume else None
@@ -94,7 +102,8 @@ class Pipeline:
                 state["evals"]["base"] = self._eval(model, tokenizer, val, "base")
                 self._save_state(state)
             if cfg.sft.enabled and (cfg.sft.files or cfg.data.task is not None):
-                state["start_path"] = str(train_sft(cfg, self.out / "sft", model, tokenizer, self.progress))
+                state["start_path"] = str(train_sft(cfg, self.out / "sft", model, tokenizer, self.progress,
+                                                    task_rows=task.train if task is not None else None))
                 if evaluate:
                     state["evals"]["sft"] = self._eval(model, tokenizer, val, "sft")
             else:
@@ -127,9 +136,13 @@ class Pipeline:
         return {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+EVAL_COLUMNS = ("questions", "acc", "pass@1", "reward", "f1", "tool_use_rate", "tool_calls_per_sample",
+                "response_tokens_mean", "truncated_rate")
+
+
 def _eval_table(evals: dict[str, dict]) -> dict[str, dict]:
     names = {"base": "base model", "sft": "after SFT", "rl": "after RL"}
-    return {names.get(k, k): v for k, v in evals.items()}
+    return {names.get(k, k): {c: v[c] for c in EVAL_COLUMNS if c in v} for k, v in evals.items()}
 
 
 def main(argv: list[str]) -> int:
@@ -141,7 +154,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     parser.add_argument("overrides", nargs="*", help="Dotted overrides: rollout.n=16 actor.lr=1e-6 ...")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[appo] %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="[appo] %(message)s")
+    logging.getLogger("appo").setLevel(logging.INFO)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:

@@ -8,7 +8,7 @@ from appo.train.tracking import read_metrics
 
 PLOTS = {
     "reward": ("reward/mean", "mean reward"),
-    "accuracy": ("reward/accuracy", "accuracy (reward > 0)"),
+    "accuracy": ("reward/accuracy", "accuracy (full reward)"),
     "tool_calls": ("rollout/tool_calls_mean", "tool calls per response"),
     "response_length": ("rollout/response_length_mean", "response length (tokens)"),
 }

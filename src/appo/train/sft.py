@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import re
 import sys
@@ -83,14 +84,20 @@ def response_segments(turns: list[dict]) -> list[tuple[str, bool]]:
 
 
 def encode_conversation(tokenizer, conv: dict, max_length: int | None = None) -> SftExample:
+    """Prompt ids, response ids and loss mask of one conversation. A generated trace's explicit
+    `segments` ({text, train, tool_output}) are used as they are; otherwise segments are parsed."""
     turns = normalise_messages(conv)
     first = next((i for i, t in enumerate(turns) if t["role"] == "assistant"), None)
     if first is None:
         raise ValueError("an SFT conversation needs at least one assistant turn")
     prompt_text = tokenizer.apply_chat_template(turns[:first], add_generation_prompt=True, tokenize=False)
     prompt_ids = tokenizer.encode(prompt_text, add_special_tokens=False)
+    if "segments" in conv:
+        segments = [(s["text"] if s["train"] else s["tool_output"], bool(s["train"])) for s in conv["segments"]]
+    else:
+        segments = response_segments(turns[first:])
     response, mask = [], []
-    for text, generated in response_segments(turns[first:]):
+    for text, generated in segments:
         ids = tokenizer.encode(text, add_special_tokens=False) if generated else result_token_ids(tokenizer, text)
         response += ids
         mask += [int(generated)] * len(ids)
@@ -191,9 +198,14 @@ def run_sft(model, tokenizer, conversations: list[dict], sft: SftConfig, model_c
     """Train `model` in place; returns per-step records {step, loss, lr, tokens}. `log(record)` is called
     each step when given. Each optimizer step sees `sft.batch_size` conversations."""
     examples = [encode_conversation(tokenizer, c, sft.max_length) for c in conversations]
-    examples = [ex for ex in examples if any(ex.loss_mask)]
-    if not examples:
-        raise ValueError("no SFT conversation has a trained token")
+    kept = [ex for ex in examples if any(ex.loss_mask)]
+    if not kept:
+        raise ValueError(f"no SFT conversation keeps a trained token within sft.max_length={sft.max_length}")
+    if len(kept) < len(examples):
+        logging.getLogger(__name__).warning("sft: %d of %d conversations have no trained token within "
+                                            "sft.max_length=%d and are skipped", len(examples) - len(kept),
+                                            len(examples), sft.max_length)
+    examples = kept
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=sft.lr, weight_decay=0.0)
     steps_per_epoch = -(-len(examples) // sft.batch_size)
@@ -230,18 +242,27 @@ def run_sft(model, tokenizer, conversations: list[dict], sft: SftConfig, model_c
     return history
 
 
-def sft_conversations(cfg: Config) -> list[dict]:
-    """`sft.files` when given, else the built-in task's generated traces."""
+def sft_conversations(cfg: Config, task_rows: list[dict] | None = None) -> list[dict]:
+    """`sft.files` when given, else traces generated from the built-in task's training rows (with real
+    tool results: the sandbox and the task's search index)."""
     if cfg.sft.files:
         return load_conversations(cfg.sft.files)
     if cfg.data.task is None:
-        raise ConfigError("SFT needs sft.files (or a built-in data.task that generates traces)")
-    from appo.data.tasks import make_sft_traces
+        raise ConfigError("SFT needs sft.files=[...] or a built-in data.task that generates traces")
+    from appo.data.traces import make_sft_traces
+    from appo.tools import build_tools
 
-    return make_sft_traces(cfg.data.task, cfg.sft.num_examples, seed=cfg.data.seed, data_cfg=cfg.data)
+    if task_rows is None:
+        from appo.train.cli import prepare_task
+
+        task_rows = prepare_task(cfg).train
+    with build_tools(cfg.tools) as tools:
+        return make_sft_traces(task_rows, cfg.sft.num_examples, seed=cfg.data.seed, p_notool=cfg.sft.p_notool,
+                               p_wrong=cfg.sft.p_wrong, tools=tools, system_prompt=cfg.data.system_prompt)
 
 
-def train_sft(cfg: Config, out_dir: str | Path, model=None, tokenizer=None, progress: bool = True) -> Path:
+def train_sft(cfg: Config, out_dir: str | Path, model=None, tokenizer=None, progress: bool = True,
+              task_rows: list[dict] | None = None) -> Path:
     """Run SFT as configured and save a Hugging Face directory that `appo train model.path=...` starts from."""
     from appo.models import load_model, load_tokenizer
     from appo.train.checkpoint import save_hf
@@ -252,17 +273,18 @@ def train_sft(cfg: Config, out_dir: str | Path, model=None, tokenizer=None, prog
     if model is None:
         torch.manual_seed(cfg.trainer.seed)
         model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.cache_dir, device=_device(cfg))
+    conversations = sft_conversations(cfg, task_rows)
     with (out / "sft_log.jsonl").open("w") as f:
         def log(record):
             f.write(json.dumps(record) + "\n")
             f.flush()
 
         t0 = time.time()
-        history = run_sft(model, tokenizer, sft_conversations(cfg), cfg.sft, cfg.model, seed=cfg.trainer.seed,
+        history = run_sft(model, tokenizer, conversations, cfg.sft, cfg.model, seed=cfg.trainer.seed,
                           progress=progress, log=log)
     save_hf(model, tokenizer, out)
-    print(f"[appo] sft: {len(history)} steps in {time.time() - t0:.0f}s, loss {history[0]['loss']:.3f} -> "
-          f"{history[-1]['loss']:.3f}; model saved to {out}", flush=True)
+    print(f"[appo] sft: {len(conversations)} conversations, {len(history)} steps in {time.time() - t0:.0f}s, "
+          f"loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; model saved to {out}", flush=True)
     return out
 
 

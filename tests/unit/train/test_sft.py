@@ -85,3 +85,19 @@ def test_sft_lowers_the_loss_on_the_tiny_model(tiny_model, tiny_tokenizer, packi
     history = run_sft(tiny_model, tiny_tokenizer, convs, cfg, ModelConfig(autocast="none"), progress=False)
     assert len(history) == 8
     assert history[-1]["loss"] < 0.75 * history[0]["loss"]
+
+
+def test_generated_task_traces_encode_like_the_data_module(tiny_tokenizer):
+    from appo.data.tasks import build_task
+    from appo.data.traces import encode_trace, make_sft_traces
+
+    rows = build_task("arithmetic", num_train=8, num_val=2, seed=3).train
+    traces = make_sft_traces(rows, 6, seed=0, p_notool=0.3)
+    for trace in traces:
+        ex = encode_conversation(tiny_tokenizer, trace)
+        ids, mask = encode_trace(trace, tiny_tokenizer)
+        assert ex.prompt_ids + ex.response_ids == ids
+        assert [0] * len(ex.prompt_ids) + ex.loss_mask == mask
+        if trace["variant"] != "notool":  # notool traces split <think>/<answer> into separately tokenised segments
+            plain = encode_conversation(tiny_tokenizer, {"messages": trace["messages"]})  # inline <result> parsing
+            assert plain.response_ids == ex.response_ids and plain.loss_mask == ex.loss_mask

@@ -1,0 +1,188 @@
+"""Cold-start SFT conversations for the built-in tasks, in the same token layout the rollout produces.
+
+A trace is one assistant turn split into segments:
+
+    <think>Use python.</think><python>print(12 * 3)</python>      model text    (trained)
+     <result>\\n36\\n</result>                                      tool result   (not trained)
+    <answer>\\boxed{36}</answer>                                    model text    (trained), then EOS
+
+`messages` holds the same turn as plain text (sharegpt/messages format); `segments` says what is
+trained. `encode_trace` tokenizes each segment on its own, exactly as the rollout does (model text
+generated up to the stop string, the result spliced with the rollout's own `result_token_ids`), so an
+SFT example and a rollout of the same behaviour are the same token ids.
+
+Tool results are real: calls go through the `ToolRunner` you pass (the sandbox, the BM25 index); without
+one, python results are computed here by evaluating the (generated, arithmetic-only) expression, which
+prints exactly what the interpreter prints, and search traces are refused. A search step whose result
+does not contain the fact it relies on is not turned into a trace (the row is skipped).
+
+Headroom knobs (quickstart_calibration.md): `p_notool` answers directly without the tool (the greedy SFT
+policy then often skips the tool, and RL has something to fix); `p_wrong` runs a corrupted arithmetic
+expression (one digit changed) and answers with its real, wrong output.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from appo.data.tasks import evaluate_expression
+from appo.data.templates import resolve_system_prompt
+
+NOTOOL_THINK = "Easy."
+_PRINTED = re.compile(r"print\((.*)\)", re.DOTALL)
+
+
+def _local_python(payload: str) -> str:
+    match = _PRINTED.fullmatch(payload)
+    if match is None:
+        raise ValueError(f"without a ToolRunner only print(<arithmetic>) cells can be run, got {payload!r}")
+    return str(evaluate_expression(match.group(1)))
+
+
+def _corrupt(expr: str, rng: random.Random) -> str | None:
+    """`expr` with one digit changed so that its value changes and it still runs; None if no such digit."""
+    value = evaluate_expression(expr)
+    positions = [i for i, ch in enumerate(expr) if ch.isdigit()]
+    rng.shuffle(positions)
+    for i in positions:
+        leading = i == 0 or not expr[i - 1].isdigit()
+        choices = [d for d in "0123456789" if d != expr[i] and not (leading and d == "0")]
+        wrong = expr[:i] + rng.choice(choices) + expr[i + 1 :]
+        try:
+            if evaluate_expression(wrong) != value:
+                return wrong
+        except ZeroDivisionError:
+            continue
+    return None
+
+
+def _run_calls(calls: list[tuple[str, str]], tools) -> list[tuple[str, bool]]:
+    if tools is not None:
+        from appo.tools.base import ToolCall
+
+        return [(r.text, r.ok) for r in tools.run([ToolCall(tool, payload) for tool, payload in calls])]
+    if any(tool != "python" for tool, _ in calls):
+        raise ValueError(
+            "search traces need the real search tool: pass tools=build_tools(cfg.tools) with a "
+            "search index over the task's corpus"
+        )
+    return [(_local_python(payload), True) for _, payload in calls]
+
+
+def make_sft_traces(
+    rows: list[dict],
+    n: int,
+    seed: int = 0,
+    p_notool: float = 0.0,
+    p_wrong: float = 0.0,
+    tools=None,
+    system_prompt: str | None = None,
+) -> list[dict]:
+    """`n` traces from built-in task rows (cycled in a seeded order), with real tool results.
+
+    `system_prompt` replaces the rows' system prompt as `data.system_prompt` does (None keeps it), so the
+    traces' prompts match the RL prompts. Returns dicts with messages, segments, data_source,
+    ground_truth, index and variant ('tool' | 'notool' | 'wrong').
+    """
+    for name, p in (("p_notool", p_notool), ("p_wrong", p_wrong)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name}={p} must be within [0, 1]")
+    usable = [r for r in rows if r.get("extra_info", {}).get("plan")]
+    if not usable:
+        raise ValueError(
+            "no rows with a tool plan: traces are made from built-in task rows (appo.data.tasks)"
+        )
+    rng = random.Random(seed)
+    order = list(range(len(usable)))
+    rng.shuffle(order)
+    traces: list[dict] = []
+    attempts = 0
+    while len(traces) < n:
+        if attempts >= 2 * n + len(usable):
+            raise RuntimeError(
+                f"only {len(traces)} of {n} traces could be made: the tool results did not "
+                f"contain the facts the plans need (is the search index built over the task corpus?)"
+            )
+        plans = []
+        for _ in range(n - len(traces)):
+            row = usable[order[attempts % len(order)]]
+            attempts += 1
+            plans.append(_plan(row, rng, p_notool, p_wrong))
+        calls = [(step["tool"], step["payload"]) for _, _, steps in plans for step in steps]
+        results = iter(_run_calls(calls, tools))
+        for row, variant, steps in plans:
+            outputs = [next(results) for _ in steps]
+            trace = _trace(row, variant, steps, outputs, system_prompt)
+            if trace is not None:
+                traces.append(trace)
+    return traces
+
+
+def _plan(row: dict, rng: random.Random, p_notool: float, p_wrong: float) -> tuple[dict, str, list[dict]]:
+    if rng.random() < p_notool:
+        return row, "notool", []
+    steps = [dict(step) for step in row["extra_info"]["plan"]]
+    expr = row["extra_info"].get("expression")
+    if expr is not None and rng.random() < p_wrong and (wrong := _corrupt(expr, rng)) is not None:
+        steps[0]["payload"] = f"print({wrong})"
+        return row, "wrong", steps
+    return row, "tool", steps
+
+
+def _trace(
+    row: dict, variant: str, steps: list[dict], outputs: list[tuple[str, bool]], system_prompt: str | None
+) -> dict | None:
+    from appo.rollout.tool_loop import RESULT_TEMPLATE
+
+    gold = row["reward_model"]["ground_truth"]
+    segments = []
+    for step, (output, ok) in zip(steps, outputs, strict=True):
+        if not ok or ("fact" in step and step["fact"] not in output):
+            return None
+        tool = step["tool"]
+        segments.append(
+            {"text": f"<think>{step['think']}</think><{tool}>{step['payload']}</{tool}>", "train": True}
+        )
+        segments.append({"text": RESULT_TEMPLATE.format(text=output), "train": False, "tool_output": output})
+    if not steps:
+        segments.append({"text": f"<think>{NOTOOL_THINK}</think>", "train": True})
+    # Arithmetic answers copy the interpreter's output (wrong for a corrupted expression); search answers
+    # name the entity the last retrieved fact states.
+    answer = outputs[-1][0] if steps and steps[-1]["tool"] == "python" else gold
+    segments.append({"text": f"<answer>\\boxed{{{answer}}}</answer>", "train": True})
+    messages = [dict(m) for m in row["prompt"]]
+    if system_prompt is not None:
+        system = resolve_system_prompt(system_prompt)
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            m for m in messages if m["role"] != "system"
+        ]
+    content = "".join(s["text"] for s in segments)
+    return {
+        "messages": messages + [{"role": "assistant", "content": content}],
+        "segments": segments,
+        "data_source": row["data_source"],
+        "ground_truth": gold,
+        "index": row["extra_info"]["index"],
+        "variant": variant,
+    }
+
+
+def encode_trace(trace: dict, tokenizer) -> tuple[list[int], list[int]]:
+    """(input_ids, loss_mask) of a trace: the prompt as `build_prompts` tokenizes it (mask 0), each
+    segment tokenized on its own (mask 1 for model text, 0 for tool results), then EOS (mask 1)."""
+    from appo.rollout.tool_loop import result_token_ids
+
+    prompt = tokenizer.apply_chat_template(trace["messages"][:-1], add_generation_prompt=True, tokenize=False)
+    ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    mask = [0] * len(ids)
+    for seg in trace["segments"]:
+        if seg["train"]:
+            part = tokenizer(seg["text"], add_special_tokens=False)["input_ids"]
+        else:
+            part = result_token_ids(tokenizer, seg["tool_output"])
+        ids += part
+        mask += [int(seg["train"])] * len(part)
+    ids.append(tokenizer.eos_token_id)
+    mask.append(1)
+    return ids, mask
