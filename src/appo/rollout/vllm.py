@@ -35,7 +35,8 @@ class VLLMEngine:
         self.eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                       enable_prefix_caching=True, enforce_eager=enforce_eager, max_logprobs=max(entropy_topk, 20))
+                       enable_prefix_caching=True, enforce_eager=enforce_eager, max_logprobs=max(entropy_topk, 20),
+                       logprobs_mode="processed_logprobs")
 
     @classmethod
     def from_config(cls, rollout_cfg, model, tokenizer) -> VLLMEngine:
@@ -87,7 +88,7 @@ class VLLMEngine:
         sd = {k: v.detach() for k, v in state_dict.items()}
         if "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:
             # Tied embeddings: without an explicit lm_head the reload succeeds but the outputs silently differ.
-            pass
+            sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
         self.llm.collective_rpc(_push_weights, args=(sd,))
         self.llm.reset_prefix_cache()
 
