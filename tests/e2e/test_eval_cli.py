@@ -9,7 +9,7 @@ import pytest
 
 from appo.eval.evaluate import main
 from appo.eval.store import SampleStore
-from unit.eval.judge_server import JudgeServer  # tests/ is on sys.path (rootdir conftest)
+from tests.unit.eval.judge_server import JudgeServer
 
 pytestmark = pytest.mark.slow
 
