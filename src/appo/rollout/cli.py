@@ -54,13 +54,13 @@ def sample(cfg, num_prompts: int, split: str, step: int, out: Path):
     """Load the policy, prompts, tools and rewards named by `cfg`, and sample `num_prompts` groups."""
     import torch
 
+    from appo.data.prompt_sets import load_prompt_sets
     from appo.models import load_model, load_tokenizer
     from appo.rewards import get_reward_fn
     from appo.rollout.engine import make_engine
     from appo.rollout.hf import make_scorer
     from appo.rollout.strategies import sample_groups
     from appo.tools import build_tools
-    from appo.train.cli import load_prompt_sets
 
     device = cfg.trainer.device
     if device == "auto":

@@ -253,7 +253,7 @@ def sft_conversations(cfg: Config, task_rows: list[dict] | None = None) -> list[
     from appo.tools import build_tools
 
     if task_rows is None:
-        from appo.train.cli import prepare_task
+        from appo.data.prompt_sets import prepare_task
 
         task_rows = prepare_task(cfg).train
     with build_tools(cfg.tools) as tools:
