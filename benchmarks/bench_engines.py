@@ -12,6 +12,8 @@ import os
 import tempfile
 import time
 
+import torch
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -55,7 +57,8 @@ def main() -> None:
     requests = [GenRequest(p, args.new_tokens, temperature=1.0, seed=i) for i, p in enumerate(prompts)]
 
     hf_s, hf_n = timed(HFEngine(load_model(path, dtype=args.dtype), tok), requests)
-    print(f"hf    {args.model} {args.dtype}: {hf_n} tokens in {hf_s:.2f}s = {hf_n / hf_s:.0f} tok/s", flush=True)
+    print(f"hf    {args.model} {args.dtype}: {hf_n} tokens in {hf_s:.2f}s = {hf_n / hf_s:.0f} tok/s "
+          f"({torch.get_num_threads()} threads)", flush=True)
 
     from appo.rollout.vllm import VLLMEngine
 
@@ -64,7 +67,7 @@ def main() -> None:
     init_s = time.perf_counter() - t0
     vl_s, vl_n = timed(engine, requests)
     print(f"vllm  {args.model} {args.dtype} eager={args.eager}: {vl_n} tokens in {vl_s:.2f}s = "
-          f"{vl_n / vl_s:.0f} tok/s (engine start {init_s:.1f}s)")
+          f"{vl_n / vl_s:.0f} tok/s (engine start {init_s:.1f}s, {torch.get_num_threads()} threads)")
     print(f"ratio vllm/hf tok/s: {(vl_n / vl_s) / (hf_n / hf_s):.2f}")
 
 

