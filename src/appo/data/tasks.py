@@ -107,6 +107,8 @@ def _arithmetic_stream(seed: int, size: int) -> list[dict]:
 
 def _unique_arithmetic(seed: int, n: int, exclude: set[str]) -> list[dict]:
     """n entries with distinct questions not in `exclude`, each answer confirmed by evaluating it here."""
+    if n <= 0:
+        return []
     size = n + n // 4 + 16
     while True:
         picked, seen = [], set(exclude)

@@ -95,3 +95,11 @@ def test_write_corpus(tmp_path, quick):
     path = quick.write_corpus(tmp_path / "corpus" / "docs.jsonl")
     docs = [json.loads(line) for line in path.read_text().splitlines()]
     assert docs == quick.corpus and set(docs[0]) == {"id", "title", "text"}
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0])
+def test_pure_mixes_generate_only_one_kind(fraction):
+    task = build_task("quickstart", 12, 4, seed=3, multihop_fraction=fraction)
+    kinds = {row["data_source"] for row in task.train + task.val}
+    assert len(task.train) == 12 and len(task.val) == 4
+    assert kinds == ({"appo/multihop"} if fraction == 1.0 else {"appo/arithmetic"})
