@@ -90,10 +90,11 @@ class DataConfig:
 @dataclass
 class AppoBranchConfig:
     fv_source: str = opt("stale_policy",
-                         "Where the future value's 'current' log-probs come from: 'none' ranks by entropy "
-                         "only; 'train_infer_mismatch' is the reference (learner recompute vs sampler, same "
-                         "weights: numerical noise); 'stale_policy' compares the learner's current weights "
-                         "against the behaviour log-probs.",
+                         "The log-ratio inside the future value: 'stale_policy' compares the sampling policy "
+                         "with the policy before the last update (where the update moved probability; keeps "
+                         "one copy of the trainable weights; entropy-only at the first step); "
+                         "'train_infer_mismatch' is the reference (learner recompute vs sampler, same weights: "
+                         "numerical noise); 'none' ranks by entropy only.",
                          choices=("none", "train_infer_mismatch", "stale_policy"))
     fv_gamma: float = opt(1.0, "Discount of the future value over positions (the reference uses algorithm.gamma=1.0).",
                           low=0, high=1)

@@ -26,6 +26,7 @@ def _cfg(tmp_path, tiny_model_dir, qa_file, *extra):
     return load_config("tiny", [f"model.path={tiny_model_dir}", f"trainer.output_dir={tmp_path / 'run'}",
                                 "data.task=null", f"data.train_files=[{qa_file}]", "sft.enabled=false",
                                 "trainer.device=cpu", "data.system_prompt=quickstart", "data.max_prompt_length=512",
+                                "tools.enabled=[python]",
                                 *extra])
 
 
@@ -52,6 +53,9 @@ def test_two_steps_of_each_algorithm(tmp_path, tiny_model_dir, qa_file, preset_o
     assert len(dumped) == cfg.data.batch_size * cfg.rollout.n
     if cfg.rollout.strategy == "appo":  # branch rows are dropped before the update
         assert rows[0]["rollout/update_rows"] == cfg.data.batch_size * cfg.rollout.initial_rollouts
+        # stale_policy: no previous policy at step 1 (entropy only), the pre-update weights at step 2
+        assert cfg.rollout.appo.fv_source == "stale_policy"
+        assert [r["rollout/fv_used"] for r in rows] == [0, 1]
     else:
         assert rows[0]["rollout/update_rows"] == cfg.data.batch_size * cfg.rollout.n
     assert (out / "report.md").exists() and (out / "reward.png").exists()

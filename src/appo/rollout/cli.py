@@ -58,7 +58,7 @@ def sample(cfg, num_prompts: int, split: str, step: int, out: Path):
     from appo.models import load_model, load_tokenizer
     from appo.rewards import get_reward_fn
     from appo.rollout.engine import make_engine
-    from appo.rollout.hf import make_scorer
+    from appo.rollout.hf import make_mismatch_scorer
     from appo.rollout.strategies import sample_groups
     from appo.tools import build_tools
 
@@ -73,12 +73,15 @@ def sample(cfg, num_prompts: int, split: str, step: int, out: Path):
     prompts = (train if split == "train" else val)[:num_prompts]
     if not prompts:
         raise SystemExit(f"appo rollout: the {split} set has no prompts")
-    scorer = None
-    if cfg.rollout.strategy == "appo" and cfg.rollout.appo.fv_source != "none":
-        # No training happens here, so the "current" policy is the sampler itself: the FV is the
-        # recompute-vs-sampler mismatch (the reference's train_infer_mismatch), whatever fv_source says.
-        scorer = make_scorer(model, temperature=cfg.rollout.temperature or 1.0,
-                             pad_id=tokenizer.pad_token_id or 0)
+    # Without training there is no previous policy, so fv_source=stale_policy ranks by entropy alone
+    # (reported as rollout/fv_used=0); train_infer_mismatch compares a recompute with the sampler.
+    def no_previous_policy(trajectories):
+        return None
+
+    scorer = no_previous_policy
+    if cfg.rollout.strategy == "appo" and cfg.rollout.appo.fv_source == "train_infer_mismatch":
+        scorer = make_mismatch_scorer(model, temperature=cfg.rollout.temperature or 1.0,
+                                      pad_id=tokenizer.pad_token_id or 0)
     engine = make_engine(cfg.rollout, model, tokenizer)
     reward_fn = get_reward_fn(cfg.algorithm)
     with build_tools(cfg.tools) as tools:

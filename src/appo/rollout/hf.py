@@ -245,8 +245,13 @@ def _score_chunk(model, chunk, device, temperature: float, pad_id: int) -> list[
     return [chosen[i, keep - len(t.token_ids):].tolist() for i, t in enumerate(chunk)]
 
 
-def make_scorer(model, *, batch_size: int = 8, temperature: float = 1.0, pad_id: int = 0):
-    """A `strategies.Scorer` backed by `model` (the learner, or the sampler itself for the reference's
-    train/inference-mismatch future value)."""
-    return lambda trajectories: teacher_forced_logprobs(model, trajectories, batch_size=batch_size,
-                                                        temperature=temperature, pad_id=pad_id)
+def make_mismatch_scorer(model, *, batch_size: int = 8, temperature: float = 1.0, pad_id: int = 0):
+    """A `strategies.Scorer` for `fv_source=train_infer_mismatch` (the reference): a teacher-forced recompute
+    under `model` minus the sampler's own log-probs. With the same weights on both sides this is only
+    numerical noise, which is why it is not the default."""
+    def score(trajectories):
+        current = teacher_forced_logprobs(model, trajectories, batch_size=batch_size, temperature=temperature,
+                                          pad_id=pad_id)
+        return [[c - b for c, b in zip(cur, t.logprobs)] for cur, t in zip(current, trajectories)]
+
+    return score

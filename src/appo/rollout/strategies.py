@@ -20,8 +20,10 @@ from appo.rollout.trajectory import RolloutGroup, Trajectory
 
 log = logging.getLogger(__name__)
 
-# The learner's current log-prob of every response token of each trajectory (aligned with token_ids).
-Scorer = Callable[[list[Trajectory]], list[list[float]]]
+# Per response token of each trajectory: log π_current(a) − log π_behind(a), the log-ratio inside APPO's
+# future value (see `rollout.appo.fv_source`); None when the source has nothing to compare yet (e.g. no
+# previous policy at the first step), which ranks by entropy alone.
+Scorer = Callable[[list[Trajectory]], list[list[float]] | None]
 
 
 def sample_groups(engine: Engine, tools, prompts: Sequence, cfg, *, step: int = 0, scorer: Scorer | None = None,
@@ -128,15 +130,17 @@ def choose_branch_points(inits: list[Trajectory], tokenizer, stops: list[str], e
     entropy = _entropies(inits, appo_cfg, width)
     candidates = candidate_mask(inits, tokenizer, stops, eos_ids, max_len, appo_cfg.exclude, width) & valid
 
-    use_fv = appo_cfg.fv_source != "none"
-    if use_fv and scorer is None:
-        log.warning("rollout.appo.fv_source=%s needs the learner's log-probs but no scorer was given; "
-                    "ranking by entropy only", appo_cfg.fv_source)
-        use_fv = False
+    ratios = None
+    if appo_cfg.fv_source != "none":
+        if scorer is None:
+            log.warning("rollout.appo.fv_source=%s needs a scorer for the future value but none was given; "
+                        "ranking by entropy only", appo_cfg.fv_source)
+        else:
+            ratios = scorer(inits)
+    use_fv = ratios is not None
     stats["fv_used"] = int(use_fv)
     if use_fv:
-        current = _padded(scorer(inits), width, 0.0)
-        log_ratio = torch.where(valid, current - _padded([t.logprobs for t in inits], width, 0.0), 0.0)
+        log_ratio = torch.where(valid, _padded(ratios, width, 0.0), 0.0)
     else:
         log_ratio = torch.zeros(len(inits), width)
     ez, fz, score = branching_scores(entropy, log_ratio, valid, appo_cfg.fv_gamma, appo_cfg.fv_clip)

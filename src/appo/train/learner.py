@@ -128,6 +128,7 @@ class Learner:
                                                     actor.lr_schedule))
         self.skipped_steps = 0
         self.optimizer_steps = 0
+        self.previous: list[torch.Tensor] | None = None  # trainable weights before the last update
 
     @property
     def is_lora(self) -> bool:
@@ -186,6 +187,31 @@ class Learner:
         finally:
             self.model.train(was_training)
         return out_lp, out_ent
+
+    def snapshot(self) -> None:
+        """Keep a copy of the trainable weights as they are now (before an update): the previous policy
+        that `fv_source=stale_policy` compares the current one with. Costs one copy of the trainable
+        parameters (all weights for a full fine-tune, the adapters only with LoRA)."""
+        self.previous = [p.detach().clone() for p in self.params]
+
+    @contextlib.contextmanager
+    def _previous_weights(self):
+        """Swap the snapshot into the module for the duration (tensor swaps, no copies)."""
+        for p, old in zip(self.params, self.previous, strict=True):
+            p.data, old.data = old.data, p.data
+        try:
+            yield
+        finally:
+            for p, old in zip(self.params, self.previous, strict=True):
+                p.data, old.data = old.data, p.data
+
+    @torch.no_grad()
+    def previous_log_probs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> torch.Tensor | None:
+        """Teacher-forced log-probs under the snapshot taken before the last update; None before the first."""
+        if self.previous is None:
+            return None
+        with self._previous_weights():
+            return self.log_probs(prompt_ids, response_ids)[0]
 
     # ------------------------------------------------------------------------------------------- update
 
@@ -278,9 +304,12 @@ class Learner:
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "skipped_steps": self.skipped_steps, "optimizer_steps": self.optimizer_steps}
+                "skipped_steps": self.skipped_steps, "optimizer_steps": self.optimizer_steps,
+                "previous": self.previous}
 
     def load_state_dict(self, state: dict) -> None:
+        previous = state.get("previous")
+        self.previous = [t.to(self.device) for t in previous] if previous is not None else None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.skipped_steps = state["skipped_steps"]

@@ -207,8 +207,10 @@ class Trainer:
             batch.old_log_probs, _ = learner.log_probs(batch.prompt_ids, batch.response_ids)
             if cfg.actor.use_kl_loss:
                 batch.ref_log_probs, _ = learner.log_probs(batch.prompt_ids, batch.response_ids, reference=True)
-        # 5. actor update
+        # 5. actor update (keeping the weights it starts from when the future value compares policies)
         with timer("update"):
+            if cfg.rollout.strategy == "appo" and cfg.rollout.appo.fv_source == "stale_policy":
+                learner.snapshot()
             update_metrics = learner.update(batch)
         # 6. weight sync (a no-op when the engine samples with the learner's own module)
         with timer("sync"):
@@ -227,13 +229,26 @@ class Trainer:
         return metrics
 
     def _scorer(self):
-        """The learner's current log-probs for APPO's future value (unused unless fv_source needs them)."""
-        if self.cfg.rollout.strategy != "appo" or self.cfg.rollout.appo.fv_source == "none":
+        """The log-ratio inside APPO's future value, per `rollout.appo.fv_source`:
+        - stale_policy: the sampling policy (θ_k, its own log-probs) against the policy before the last
+          update (θ_{k−1}, recomputed): where the latest update moved probability. None at step 1.
+        - train_infer_mismatch (the reference): a learner recompute against the sampler, same weights.
+        """
+        source = self.cfg.rollout.appo.fv_source
+        if self.cfg.rollout.strategy != "appo" or source == "none":
             return None
+        learner = self.learner
 
-        def score(trajs: list[Trajectory]) -> list[list[float]]:
-            lp, _ = self.learner.log_probs([t.prompt_ids for t in trajs], [t.token_ids for t in trajs])
-            return [lp[i, : len(t)].tolist() for i, t in enumerate(trajs)]
+        def score(trajs: list[Trajectory]) -> list[list[float]] | None:
+            prompts, responses = [t.prompt_ids for t in trajs], [t.token_ids for t in trajs]
+            if source == "stale_policy":
+                behind = learner.previous_log_probs(prompts, responses)
+                if behind is None:
+                    return None
+                return [[a - b for a, b in zip(t.logprobs, behind[i, : len(t)].tolist())]
+                        for i, t in enumerate(trajs)]
+            current, _ = learner.log_probs(prompts, responses)
+            return [[a - b for a, b in zip(current[i, : len(t)].tolist(), t.logprobs)] for i, t in enumerate(trajs)]
 
         return score
 

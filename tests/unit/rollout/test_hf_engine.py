@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from appo.rollout.engine import GenRequest
-from appo.rollout.hf import HFEngine, make_scorer, teacher_forced_logprobs, truncate_logits
+from appo.rollout.hf import HFEngine, make_mismatch_scorer, teacher_forced_logprobs, truncate_logits
 from appo.rollout.trajectory import Trajectory
 
 
@@ -52,7 +52,10 @@ def test_scorer_agrees_with_sampler_for_mixed_lengths(engine, tiny_model, tiny_t
     assert [len(s) for s in scored] == [5, 11, 0]
     for s, r in zip(scored, results):
         assert max(abs(a - b) for a, b in zip(s, r.logprobs)) < 1e-4
-    assert make_scorer(tiny_model)(trajs[:1])[0] == pytest.approx(scored[0], abs=1e-6)
+    trajs[0].logprobs = list(results[0].logprobs)
+    mismatch = make_mismatch_scorer(tiny_model)(trajs[:1])[0]
+    assert mismatch == pytest.approx([s - b for s, b in zip(scored[0], results[0].logprobs)], abs=1e-6)
+    assert max(abs(x) for x in mismatch) < 1e-4  # same weights on both sides: numerical noise only
 
 
 def test_top_logprobs_are_of_the_sampled_distribution(engine, tiny_model, tiny_tokenizer):

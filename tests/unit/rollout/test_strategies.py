@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from appo.rollout.hf import HFEngine, make_scorer
+from appo.rollout.hf import HFEngine, make_mismatch_scorer
 from appo.rollout.strategies import candidate_mask, sample_groups
 from appo.rollout.trajectory import Trajectory
 
@@ -142,19 +142,21 @@ def test_future_value_from_the_scorer_and_its_fallbacks(tiny_tokenizer, python_t
 
     def drifted(trajs):
         seen.extend(trajs)
-        return [[lp + 0.05 * ((i * 7) % 5 - 2) for i, lp in enumerate(t.logprobs)] for t in trajs]
+        return [[0.05 * ((i * 7) % 5 - 2) for i in range(len(t))] for t in trajs]
 
     groups, metrics = _with_scorer(tok, python_tools, drifted)
     assert metrics["rollout/fv_used"] == 1 and "rollout/fv_zero_variance_groups" not in metrics
     assert all(t.kind == "init" for t in seen) and len(seen) == 4
     _check_rows(groups, 4)
 
-    _, metrics = _with_scorer(tok, python_tools, lambda trajs: [list(t.logprobs) for t in trajs])
+    _, metrics = _with_scorer(tok, python_tools, lambda trajs: [[0.0] * len(t) for t in trajs])
     assert metrics["rollout/fv_used"] == 1 and metrics["rollout/fv_zero_variance_groups"] == 2
 
-    groups, metrics = _with_scorer(tok, python_tools, None)
-    assert metrics["rollout/fv_used"] == 0
-    _check_rows(groups, 4)
+    # No previous policy yet (first step), and no scorer at all: entropy alone.
+    for scorer in (lambda trajs: None, None):
+        groups, metrics = _with_scorer(tok, python_tools, scorer)
+        assert metrics["rollout/fv_used"] == 0
+        _check_rows(groups, 4)
 
 
 def test_topk_entropy_source_requests_top_logprobs_for_initial_rollouts_only(tiny_tokenizer, python_tools):
@@ -171,12 +173,12 @@ def test_appo_with_the_real_engine_is_reproducible(tiny_model, tiny_tokenizer, p
     cfg = _cfg(**{"rollout.max_response_length": 12, "rollout.appo.fv_source": "train_infer_mismatch",
                   "rollout.seed": 5})
     prompts = _prompts(tiny_tokenizer)
-    runs = [sample_groups(engine, python_tools, prompts, cfg, step=3, scorer=make_scorer(tiny_model))[0]
+    runs = [sample_groups(engine, python_tools, prompts, cfg, step=3, scorer=make_mismatch_scorer(tiny_model))[0]
             for _ in range(2)]
     flat = [[(t.token_ids, t.split_pos, t.parent) for g in groups for t in g.rows] for groups in runs]
     assert flat[0] == flat[1]
     _check_rows(runs[0], 4)
-    other = sample_groups(engine, python_tools, prompts, cfg, step=4, scorer=make_scorer(tiny_model))[0]
+    other = sample_groups(engine, python_tools, prompts, cfg, step=4, scorer=make_mismatch_scorer(tiny_model))[0]
     assert [t.token_ids for g in other for t in g.rows] != [t[0] for t in flat[0]]
 
 

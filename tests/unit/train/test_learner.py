@@ -165,3 +165,19 @@ def test_scheduler_drives_the_optimizer(tiny_model, tiny_tokenizer):
     assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
     learner.update(_batch(learner, prompts, responses))
     assert learner.optimizer_steps == 4 and learner.optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+
+
+def test_snapshot_scores_with_the_weights_before_the_update(tiny_model, tiny_tokenizer):
+    prompts, responses = _rows(tiny_tokenizer, n=4)
+    learner = _learner(tiny_model, tiny_tokenizer)
+    assert learner.previous_log_probs(prompts, responses) is None  # nothing to compare with yet
+    before, _ = learner.log_probs(prompts, responses)
+    learner.snapshot()
+    learner.update(_batch(learner, prompts, responses))
+    after, _ = learner.log_probs(prompts, responses)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(learner.previous_log_probs(prompts, responses), before)
+    torch.testing.assert_close(learner.log_probs(prompts, responses)[0], after)  # weights swapped back
+    restored = _learner(tiny_model, tiny_tokenizer)
+    restored.load_state_dict(learner.state_dict())
+    torch.testing.assert_close(restored.previous_log_probs(prompts, responses), before)
