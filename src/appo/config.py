@@ -129,7 +129,8 @@ class RolloutConfig:
     top_p: float = opt(1.0, "Nucleus sampling mass.", low=0, high=1)
     top_k: int = opt(-1, "Top-k sampling; -1 disables.")
     max_response_length: int = opt(256, "Response budget in tokens, tool results included.", low=1)
-    gen_batch_size: int = opt(64, "Rows generated together per engine call.", low=1)
+    gen_batch_size: int = opt(64, "Rows decoded together (one engine batch); larger batches use the CPU/GPU "
+                                  "better until the longest row dominates.", low=1)
     seed: int = opt(0, "Base seed of sampling; each step and row derives its own.")
     gpu_memory_utilization: float = opt(0.5, "vLLM: fraction of GPU memory for weights + KV cache.", low=0, high=1)
     appo: AppoBranchConfig = opt(help="APPO branching settings.", factory=AppoBranchConfig)

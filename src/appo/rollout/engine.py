@@ -57,7 +57,7 @@ def make_engine(rollout_cfg, model, tokenizer) -> Engine:
     if rollout_cfg.engine == "hf":
         from appo.rollout.hf import HFEngine
 
-        return HFEngine(model, tokenizer, seed=rollout_cfg.seed)
+        return HFEngine(model, tokenizer, max_batch_size=rollout_cfg.gen_batch_size, seed=rollout_cfg.seed)
     if rollout_cfg.engine == "vllm":
         from appo.rollout import vllm as vllm_engine
 

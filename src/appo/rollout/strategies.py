@@ -27,21 +27,23 @@ Scorer = Callable[[list[Trajectory]], list[list[float]] | None]
 
 
 def sample_groups(engine: Engine, tools, prompts: Sequence, cfg, *, step: int = 0, scorer: Scorer | None = None,
-                  draw: Callable[[], float] | None = None) -> tuple[list[RolloutGroup], dict]:
+                  draw: Callable[[], float] | None = None, first_group: int = 0) -> tuple[list[RolloutGroup], dict]:
     """Sample `cfg.rollout.n` rows for each prompt (objects with `prompt_ids`) with `cfg.rollout.strategy`.
 
     `scorer` feeds APPO's future value (see `rollout.appo.fv_source`); `draw` replaces ARPO's seeded
-    uniform draws (tests). Returns the groups and metrics (counts, and seconds spent generating and in tools).
+    uniform draws (tests). `first_group` is the step-wide index of `prompts[0]`: seeds derive from the
+    step-wide group index, so a rank sampling a slice of the step's prompts draws exactly the rows one
+    process would. Returns the groups and metrics (counts, and seconds spent generating and in tools).
     """
     stats: dict = {}
     t0 = time.perf_counter()
     strategy = cfg.rollout.strategy
     if strategy == "grpo":
-        groups = grpo_rollouts(engine, tools, prompts, cfg, step, stats)
+        groups = grpo_rollouts(engine, tools, prompts, cfg, step, stats, first_group)
     elif strategy == "arpo":
-        groups = arpo_rollouts(engine, tools, prompts, cfg, step, stats, draw)
+        groups = arpo_rollouts(engine, tools, prompts, cfg, step, stats, draw, first_group)
     elif strategy == "appo":
-        groups = appo_rollouts(engine, tools, prompts, cfg, step, stats, scorer)
+        groups = appo_rollouts(engine, tools, prompts, cfg, step, stats, scorer, first_group)
     else:
         raise ValueError(f"rollout.strategy={strategy!r} is not valid; choose one of: grpo, arpo, appo")
     stats["seconds"] = time.perf_counter() - t0
@@ -65,10 +67,10 @@ def _fresh(prompt, group: int, seed: int, kind: str = "init", meta: dict | None 
 # ------------------------------------------------------------------------------------------ grpo
 
 
-def grpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict) -> list[RolloutGroup]:
+def grpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict, first_group: int = 0) -> list[RolloutGroup]:
     n, seed = cfg.rollout.n, cfg.rollout.seed
     settings = RolloutLoopSettings.from_config(cfg.rollout, cfg.tools)
-    starts = [_fresh(p, g, derive_seed(seed, step, g, "init", j)) for g, p in enumerate(prompts) for j in range(n)]
+    starts = [_fresh(p, g, derive_seed(seed, step, first_group + g, "init", j)) for g, p in enumerate(prompts) for j in range(n)]
     trajs = run_tool_loop(engine, tools, starts, settings, stats)
     return [RolloutGroup(p, inits=trajs[g * n:(g + 1) * n]) for g, p in enumerate(prompts)]
 
@@ -77,12 +79,12 @@ def grpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict) -> list[R
 
 
 def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
-                  scorer: Scorer | None = None) -> list[RolloutGroup]:
+                  scorer: Scorer | None = None, first_group: int = 0) -> list[RolloutGroup]:
     r, a = cfg.rollout, cfg.rollout.appo
     m, budget, seed = r.initial_rollouts, r.n - r.initial_rollouts, r.seed
     topk = a.entropy_topk if a.entropy_source == "topk" else 0
     t0 = time.perf_counter()
-    starts = [_fresh(p, g, derive_seed(seed, step, g, "init", j), top_logprobs=topk > 0)
+    starts = [_fresh(p, g, derive_seed(seed, step, first_group + g, "init", j), top_logprobs=topk > 0)
               for g, p in enumerate(prompts) for j in range(m)]
     inits = run_tool_loop(engine, tools, starts, RolloutLoopSettings.from_config(r, cfg.tools, topk), stats)
     groups = [RolloutGroup(p, inits=inits[g * m:(g + 1) * m]) for g, p in enumerate(prompts)]
@@ -99,7 +101,7 @@ def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
     for g, group in enumerate(groups):
         points = picked.get(g, [])
         for j in range(budget):
-            branch_seed = derive_seed(seed, step, g, "branch", j)
+            branch_seed = derive_seed(seed, step, first_group + g, "branch", j)
             if j < len(points):
                 row, pos, score = points[j]
                 prefix = inits[row].prefix(pos + 1)
@@ -247,22 +249,25 @@ def _straddles(t: Trajectory, tokenizer, stops: list[str]) -> set[int]:
 
 
 def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
-                  draw: Callable[[], float] | None = None) -> list[RolloutGroup]:
+                  draw: Callable[[], float] | None = None, first_group: int = 0) -> list[RolloutGroup]:
     """ARPO: m initial rollouts; after each tool round, every live row of a prompt with open slots may be
     copied (up to beam_size−1 times) when clip(u − w·(H_now − H_init), 0, 1) <= branch_probability.
 
     Fixed relative to the reference (B20): H_init is each rollout's own first-round entropy, recorded
     afresh every call (the reference kept it across training steps); a prompt whose rows have all ended
     with slots still open gets all of its missing rows as fresh rollouts at once (not one per round).
-    Copies keep their prefix's generated flags, as in ARPO, where every row is trained.
+    Copies keep their prefix's generated flags, as in ARPO, where every row is trained. Each prompt draws
+    its uniforms from its own seeded stream (unless `draw` is given), so a slice of prompts draws as the
+    whole batch would.
     """
     r, a = cfg.rollout, cfg.rollout.arpo
     n, m, seed = r.n, r.initial_rollouts, r.seed
-    if draw is None:
-        draw = random.Random(derive_seed(seed, step, "arpo")).random
+    draws = [draw or random.Random(derive_seed(seed, step, "arpo", first_group + g)).random
+             for g in range(len(prompts))]
     vocab = len(engine.tokenizer)
     loop = ToolLoop(engine, tools, RolloutLoopSettings.from_config(r, cfg.tools, a.entropy_topk), stats)
-    rows: list[list[LoopRow]] = [[loop.add(_fresh(p, g, derive_seed(seed, step, g, "init", j), top_logprobs=True))
+    rows: list[list[LoopRow]] = [[loop.add(_fresh(p, g, derive_seed(seed, step, first_group + g, "init", j),
+                                                  top_logprobs=True))
                                   for j in range(m)] for g, p in enumerate(prompts)]
     h_init: dict[int, float] = {}
     root: dict[int, int] = {id(row): j for group in rows for j, row in enumerate(group)}
@@ -277,7 +282,7 @@ def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
                 for _ in range(a.beam_size - 1):
                     if open_slots <= 0:
                         break
-                    branch, _prob = arpo_branch_decision(draw(), h_now[id(row)], h_init[id(row)], a.entropy_weight,
+                    branch, _prob = arpo_branch_decision(draws[g](), h_now[id(row)], h_init[id(row)], a.entropy_weight,
                                                          a.branch_probability)
                     if not branch:
                         continue
@@ -288,8 +293,8 @@ def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
                     open_slots -= 1
             if open_slots > 0 and all(x.done for x in group):
                 for j in range(open_slots):
-                    start = _fresh(prompts[g], g, derive_seed(seed, step, g, "refill", j), meta={"refill": True},
-                                   top_logprobs=True)
+                    start = _fresh(prompts[g], g, derive_seed(seed, step, first_group + g, "refill", j),
+                                   meta={"refill": True}, top_logprobs=True)
                     row = loop.add(start)
                     root[id(row)] = sum(x.traj.kind == "init" for x in group)
                     group.append(row)

@@ -43,10 +43,13 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
     return merged
 
 
-def save_hf(model, tokenizer, out_dir: str | Path) -> Path:
-    """Save a loadable Hugging Face checkpoint (adapters merged) with its tokenizer."""
+def save_hf(model, tokenizer, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Save a loadable Hugging Face checkpoint (adapters merged) with its tokenizer. `state_dict` gives the
+    weights when the module's own are sharded (FSDP2: the full state dict gathered to rank 0)."""
     out = Path(out_dir)
-    if hasattr(model, "peft_config"):
+    if state_dict is not None:
+        model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
+    elif hasattr(model, "peft_config"):
         model.get_base_model().save_pretrained(out, state_dict=merged_state_dict(model), safe_serialization=True)
     else:
         model.save_pretrained(out, safe_serialization=True)
@@ -70,15 +73,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, trainer_state: dict[str, Any],
-                    keep_last: int | None = None) -> Path:
-    """Write step_<step>/ (HF dir + trainer_state.pt) atomically and point `latest` at it."""
+                    keep_last: int | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write step_<step>/ (HF dir + trainer_state.pt) atomically and point `latest` at it; `state_dict`
+    as in `save_hf`."""
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step}"
     tmp = root / f".step_{step}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_hf(model, tokenizer, tmp / "hf")
+    save_hf(model, tokenizer, tmp / "hf", state_dict)
     state = dict(trainer_state, step=step, rng=rng_state())
     if hasattr(model, "peft_config"):
         from peft import get_peft_model_state_dict

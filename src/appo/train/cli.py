@@ -4,6 +4,11 @@
 
 `--resume` continues a killed run from its latest checkpoint (finished stages are not repeated; an
 interrupted SFT restarts). Stage results live in <output_dir>/pipeline.json.
+
+Several processes / GPUs (FSDP2 learner, data-parallel rollouts; rank 0 logs, evaluates and writes):
+
+    torchrun --nproc_per_node=8 -m appo.cli train --config deepsearch-8b trainer.device=cuda
+    torchrun --nproc_per_node=8 $(which appo) train --config deepsearch-8b trainer.device=cuda
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ from pathlib import Path
 
 from appo.config import Config, ConfigError, load_config, preset_names
 from appo.data.prompt_sets import load_prompt_sets, prepare_task
+from appo.train import distributed
 
 
 class Pipeline:
     """The stages of `appo train` with their results persisted, so `--resume` skips finished ones."""
 
     def __init__(self, cfg: Config, progress: bool = True):
-        self.cfg, self.progress = cfg, progress
+        self.cfg, self.progress = cfg, progress and distributed.is_main()
         self.out = Path(cfg.trainer.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.state_path = self.out / "pipeline.json"
@@ -33,6 +39,8 @@ class Pipeline:
         return {"evals": {}, "start_path": None, "rl_done": False}
 
     def _save_state(self, state: dict) -> None:
+        if not distributed.is_main():
+            return
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_path)
@@ -51,7 +59,9 @@ class Pipeline:
         tokenizer = load_tokenizer(cfg.model.path, cfg.model.cache_dir)
         task = prepare_task(cfg) if cfg.data.task is not None else None
         train, val = load_prompt_sets(cfg, tokenizer, task)
-        print(f"[appo] {len(train)} training prompts, {len(val)} held-out prompts; output: {self.out}", flush=True)
+        if distributed.is_main():
+            print(f"[appo] {len(train)} training prompts, {len(val)} held-out prompts; output: {self.out}"
+                  f"{f'; {distributed.world_size()} processes' if distributed.is_distributed() else ''}", flush=True)
         torch.manual_seed(cfg.trainer.seed)
         latest = ckpt.latest_checkpoint(self.out) if resume else None
         evaluate = cfg.trainer.eval_before and bool(val)
@@ -84,6 +94,8 @@ class Pipeline:
                 self._save_state(state)
         finally:
             trainer.close()
+        if not distributed.is_main():
+            return state
         report = write_report(self.out, _eval_table(state["evals"]))
         final = ckpt.latest_checkpoint(self.out)
         print(f"[appo] done. report: {report}\n[appo] model (Hugging Face dir): {final / 'hf' if final else '-'}\n"
@@ -92,10 +104,14 @@ class Pipeline:
         return state
 
     def _eval(self, model, tokenizer, val, name: str) -> dict:
+        """Evaluate the (unsharded) model; under torchrun rank 0 alone, the others wait at a barrier."""
         from appo.eval.evaluate import evaluate
 
-        summary = evaluate(model, tokenizer, val, self.cfg, name=name, output_dir=self.out / "eval" / name,
-                           progress=self.progress)
+        summary = {}
+        if distributed.is_main():
+            summary = evaluate(model, tokenizer, val, self.cfg, name=name, output_dir=self.out / "eval" / name,
+                               progress=self.progress)
+        distributed.barrier()
         return {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
@@ -121,8 +137,17 @@ def main(argv: list[str]) -> int:
     logging.getLogger("appo").setLevel(logging.INFO)
     try:
         cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
+        world = distributed.env_world_size()
+        if world > 1:
+            distributed.check_config(cfg, world)
+    except (ConfigError, ValueError) as e:
         print(f"appo train: {e}", file=sys.stderr)
         return 2
-    Pipeline(cfg, progress=not args.no_progress).run(resume=args.resume)
+    from appo.train.trainer import resolve_device
+
+    distributed.init_from_env(resolve_device(cfg.trainer.device))
+    try:
+        Pipeline(cfg, progress=not args.no_progress).run(resume=args.resume)
+    finally:
+        distributed.shutdown()
     return 0

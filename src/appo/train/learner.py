@@ -6,11 +6,11 @@ dominant memory cost). Mini-batches are split into micro-batches for gradient ac
 micro-batch loss is normalised by the WHOLE mini-batch's token (or sequence) count, so the accumulated
 gradient equals that of one big batch.
 
-Scaling note: the model code is single-process, structured so FSDP2 can wrap it: `fully_shard` each
-decoder layer, then the embedding, final norm and LM head owners too (this module calls the decoder and
-the LM head directly, not the root module's forward). Across ranks the normaliser must become the
-all-reduced mini-batch count and each rank's loss be multiplied by the world size, because FSDP averages
-gradients over ranks.
+Under torchrun (several processes) the policy and the reference are sharded with FSDP2: each decoder
+layer, then `ResponseLogits` (decoder -> picked positions -> LM head) as the root unit. Each rank trains on
+its share of every mini-batch; the normaliser is the all-reduced mini-batch count and each rank's loss is
+multiplied by the world size (FSDP averages gradients over ranks), so an optimizer step equals the
+single-process step on the union of the ranks' rows.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from appo.config import ActorConfig, LoraConfig, ModelConfig
 from appo.core.branching import entropy_from_logits
 from appo.core.loss import agg_loss, future_kl_loss, kl_penalty, ppo_loss
+from appo.train import distributed
 
 
 @dataclass
@@ -97,6 +99,32 @@ def pad_rows(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id:
     return ids, attn, where, targets, mask
 
 
+class ResponseLogits(torch.nn.Module):
+    """Logits at the given positions only: decoder, gather, LM head. One module, so that FSDP2 can make it
+    the root unit that owns the embeddings, the final norm and the (possibly tied) LM head."""
+
+    def __init__(self, causal):
+        super().__init__()
+        self.causal = causal
+
+    def forward(self, ids: torch.Tensor, attn: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        hidden = self.causal.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
+        picked = hidden.gather(1, where.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        return self.causal.get_output_embeddings()(picked)
+
+
+def _swap(param: torch.Tensor, other: torch.Tensor) -> None:
+    """Exchange two tensors' values. FSDP2 all-gathers from a shard's own storage, so DTensor shards are
+    swapped in place (one temporary per parameter); plain tensors just trade storage."""
+    if isinstance(param, DTensor):
+        mine, theirs = param.to_local(), other.to_local()
+        kept = mine.clone()
+        mine.copy_(theirs)
+        theirs.copy_(kept)
+    else:
+        param.data, other.data = other.data, param.data
+
+
 def _chunks(n: int, size: int) -> Iterator[list[int]]:
     for start in range(0, n, size):
         yield list(range(start, min(n, start + size)))
@@ -119,6 +147,16 @@ class Learner:
             model = apply_lora(model, model_cfg.lora)
         self.model = model.to(self.device)
         self.ref_model = ref_model.to(self.device).eval().requires_grad_(False) if ref_model is not None else None
+        self.head = ResponseLogits(model.get_base_model() if self.is_lora else self.model)
+        self.ref_head = ResponseLogits(self.ref_model) if self.ref_model is not None else None
+        self.world = distributed.world_size()
+        if self.world > 1:
+            if self.is_lora:
+                raise ValueError("LoRA (model.lora.rank > 0) runs in one process for now; set model.lora.rank=0 "
+                                 "for a sharded full fine-tune")
+            distributed.shard(self.head, self.model.get_decoder().layers)
+            if self.ref_head is not None:
+                distributed.shard(self.ref_head, self.ref_model.get_decoder().layers)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=actor.lr, betas=tuple(actor.betas),
                                            weight_decay=actor.weight_decay)
@@ -148,11 +186,9 @@ class Learner:
     def _forward(self, model, prompt_ids, response_ids, with_entropy: bool):
         ids, attn, where, targets, mask = (t.to(self.device) for t in pad_rows(prompt_ids, response_ids,
                                                                              self.pad_id))
-        causal = model.get_base_model() if hasattr(model, "peft_config") else model
+        head = self.ref_head if model is self.ref_model else self.head
         with self._autocast():
-            hidden = causal.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
-            picked = hidden.gather(1, where.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-            logits = causal.get_output_embeddings()(picked)
+            logits = head(ids, attn, where)
         logits = logits.float() / self.temperature
         log_probs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
         entropy = entropy_from_logits(logits) if with_entropy else None
@@ -196,14 +232,16 @@ class Learner:
 
     @contextlib.contextmanager
     def _previous_weights(self):
-        """Swap the snapshot into the module for the duration (tensor swaps, no copies)."""
-        for p, old in zip(self.params, self.previous, strict=True):
-            p.data, old.data = old.data, p.data
+        """Swap the snapshot into the module for the duration (storage swaps; in place for FSDP2 shards)."""
+        with torch.no_grad():
+            for p, old in zip(self.params, self.previous, strict=True):
+                _swap(p, old)
         try:
             yield
         finally:
-            for p, old in zip(self.params, self.previous, strict=True):
-                p.data, old.data = old.data, p.data
+            with torch.no_grad():
+                for p, old in zip(self.params, self.previous, strict=True):
+                    _swap(p, old)
 
     @torch.no_grad()
     def previous_log_probs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> torch.Tensor | None:
@@ -228,12 +266,14 @@ class Learner:
 
     def update(self, batch: UpdateBatch) -> dict[str, float]:
         """`ppo_epochs` passes of mini-batches (in order, no shuffle: the reference's setting), one optimizer
-        step each; returns the mean of each metric over optimizer steps."""
+        step each; returns the mean of each metric over optimizer steps. Under torchrun `batch` is this
+        rank's rows and each rank trains on mini_batch_size / world of them per step (loss terms in the
+        metrics are this rank's share: they add up over ranks)."""
         a = self.actor
         rows = len(batch)
         if rows == 0:
             return {}
-        mini = a.mini_batch_size or rows
+        mini = a.mini_batch_size // self.world if a.mini_batch_size else rows
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
 
@@ -254,6 +294,8 @@ class Learner:
                     record(k, sum(values) if k in ADDITIVE else sum(values) / len(values))
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, a.grad_clip if a.grad_clip > 0 else
                                                            float("inf"))
+                if isinstance(grad_norm, DTensor):  # the global norm, replicated: every rank skips alike
+                    grad_norm = grad_norm.full_tensor()
                 if not torch.isfinite(grad_norm):
                     # A non-finite gradient would poison AdamW's moments for good: skip, count, go on.
                     self.skipped_steps += 1
@@ -270,10 +312,12 @@ class Learner:
         return out
 
     def _normaliser(self, mask: torch.Tensor) -> float:
-        """The mini-batch-wide denominator of the configured aggregation."""
+        """The mini-batch-wide denominator of the configured aggregation, summed over ranks."""
         if self.actor.loss_agg_mode == "token-mean":
-            return float(mask.sum().clamp(min=1.0))
-        return float((mask.sum(-1) > 0).sum().clamp(min=1.0))
+            count = float(mask.sum())
+        else:
+            count = float((mask.sum(-1) > 0).sum())
+        return max(1.0, distributed.sum_all(count))
 
     def _micro_step(self, mb: UpdateBatch, normaliser: float) -> dict[str, float]:
         a = self.actor
@@ -297,20 +341,43 @@ class Learner:
             ent_loss = agg_loss(entropy, mask, a.loss_agg_mode, normalizer=normaliser)
             loss = loss - a.entropy_coeff * ent_loss
             metrics["actor/entropy"] = float(ent_loss.detach())
-        loss.backward()
+        # FSDP averages gradients over ranks; the normaliser is already global, so undo the average.
+        (loss * self.world).backward()
         return metrics
 
     # ------------------------------------------------------------------------------------------ resume
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        """Everything `load_state_dict` needs. Sharded (torchrun): full, unsharded tensors, so every rank
+        can restore from rank 0's file; collective, every rank calls it."""
+        optimizer, previous = self.optimizer.state_dict(), self.previous
+        if self.world > 1:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            optimizer = get_optimizer_state_dict(self.head, self.optimizer,
+                                                 options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            previous = [t.full_tensor().cpu() for t in previous] if previous is not None else None
+        return {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                 "skipped_steps": self.skipped_steps, "optimizer_steps": self.optimizer_steps,
-                "previous": self.previous}
+                "previous": previous, "world_size": self.world}
 
     def load_state_dict(self, state: dict) -> None:
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.world:
+            raise ValueError(f"this checkpoint was written by {saved_world} process(es); resume it with the same "
+                             f"number (now {self.world})")
         previous = state.get("previous")
-        self.previous = [t.to(self.device) for t in previous] if previous is not None else None
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.world > 1:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+            from torch.distributed.tensor import distribute_tensor
+
+            self.previous = None if previous is None else [
+                distribute_tensor(t.to(self.device), p.device_mesh, p.placements) for t, p in zip(previous, self.params)]
+            set_optimizer_state_dict(self.head, self.optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            self.previous = [t.to(self.device) for t in previous] if previous is not None else None
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.skipped_steps = state["skipped_steps"]
         self.optimizer_steps = state["optimizer_steps"]

@@ -8,10 +8,16 @@ how the state is saved so that a killed run resumes to the same numbers. Determi
 an epoch is a permutation seeded by (data.seed, epoch), and each step seeds sampling with
 (rollout.seed, step) and torch with (trainer.seed, step), so step N is the same computation whether
 or not the run was interrupted before it.
+
+Under torchrun (see `appo.train.distributed`) each rank samples, scores and computes advantages for a
+contiguous slice of the step's prompts (a prompt's whole group lives on one rank, so group statistics are
+exact), the sharded learner trains on the union, metrics are reduced over ranks, and rank 0 alone logs,
+evaluates and writes rollouts and checkpoints.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -29,6 +35,7 @@ from appo.rollout.engine import derive_seed, make_engine
 from appo.rollout.strategies import sample_groups
 from appo.rollout.trajectory import RolloutGroup, Trajectory
 from appo.train import checkpoint as ckpt
+from appo.train import distributed
 from appo.train.learner import Learner, UpdateBatch
 from appo.train.tracking import Tracker, read_metrics
 
@@ -126,6 +133,28 @@ def advantages(rows: list[Trajectory], group_ids: list[int], splits, mask: torch
     return appo_advantages(scores, group_ids, is_branch, mask, splits, norm_by_std=a.norm_adv_by_std)
 
 
+# Metrics that count things add up over ranks; timings take the slowest rank; the rest are means over
+# ranks, which equal row-weighted means because every rank holds the same number of rows (checked).
+SUMMED = {"rollout/init_rows", "rollout/branch_rows", "rollout/refill_rows", "rollout/candidates",
+          "rollout/strict_points", "rollout/fallback_points", "rollout/repeated_points",
+          "rollout/fv_zero_variance_groups", "rollout/tool_calls", "rollout/generated_tokens",
+          "rollout/limit_hits", "rollout/empty_calls", "rollout/update_rows", "actor/pg_loss", "actor/kl_loss",
+          "actor/entropy"}
+
+
+def reduce_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    out = {}
+    for key in dict.fromkeys(k for m in per_rank for k in m):
+        values = [m[key] for m in per_rank if key in m]
+        if key in SUMMED:
+            out[key] = sum(values)
+        elif key.startswith("time/") or key.endswith("seconds") or key in ("rollout/rounds", "rollout/fv_used"):
+            out[key] = max(values)
+        else:
+            out[key] = sum(values) / len(values)
+    return out
+
+
 def rollout_metrics(rows: list[Trajectory]) -> dict[str, float]:
     rewards = [t.reward for t in rows]
     inits = [t for t in rows if t.kind == "init"]
@@ -152,7 +181,8 @@ class Trainer:
         self.cfg, self.tokenizer = cfg, tokenizer
         self.train_prompts, self.val_prompts = train_prompts, val_prompts or []
         self.out = Path(cfg.trainer.output_dir)
-        self.progress = progress
+        self.progress = progress and distributed.is_main()
+        self.world, self.rank = distributed.world_size(), distributed.rank()
         self.device = resolve_device(cfg.trainer.device)
         self.start_path = start_path or cfg.model.path
         b = cfg.data.batch_size
@@ -161,10 +191,13 @@ class Trainer:
         ref = None
         if cfg.actor.use_kl_loss and cfg.model.lora.rank == 0:
             ref = load_model(cfg.model.ref_path or self.start_path, cfg.model.dtype, cfg.model.cache_dir)
+        # FSDP forwards are collectives and ranks generate different numbers of tokens, so under torchrun
+        # the HF engine samples with its own unsharded copy, refreshed after every update (as vLLM is).
+        replica = copy.deepcopy(model) if self.world > 1 and cfg.rollout.engine == "hf" else None
         self.learner = Learner(model, cfg.actor, cfg.model, pad_id=tokenizer.pad_token_id, device=self.device,
                                total_optimizer_steps=self.total_steps * self._optimizer_steps_per_rl_step(),
                                ref_model=ref, temperature=cfg.rollout.temperature or 1.0)
-        self.engine = make_engine(cfg.rollout, self.learner.model, tokenizer)
+        self.engine = make_engine(cfg.rollout, replica if replica is not None else self.learner.model, tokenizer)
         self.tools = build_tools(cfg.tools)
         self.reward_fn = get_reward_fn(cfg.algorithm)
         self.step = 0
@@ -185,12 +218,14 @@ class Trainer:
         torch.manual_seed(derive_seed(cfg.trainer.seed, "step", step))
         epoch, idx = batch_for_step(len(self.train_prompts), cfg.data.batch_size, step, cfg.data.seed,
                                     cfg.data.shuffle)
-        prompts = [self.train_prompts[i] for i in idx]
+        share = len(idx) // self.world
+        first = self.rank * share  # this rank's slice of the step's prompts (all of them in one process)
+        prompts = [self.train_prompts[i] for i in idx[first:first + share]]
 
         # 1. rollouts: initial rows, then branches (appo) or in-loop copies (arpo)
         with timer("rollout"):
             groups, roll_stats = sample_groups(self.engine, self.tools, prompts, cfg, step=step,
-                                               scorer=self._scorer())
+                                               scorer=self._scorer(), first_group=first)
         # 2. rewards for every row, branch rows included (they feed the initial rows' advantages)
         with timer("reward"):
             score_groups(groups, self.reward_fn, self.tokenizer)
@@ -200,6 +235,10 @@ class Trainer:
         adv = advantages(rows, group_ids, splits, mask, cfg)
         keep = [i for i, t in enumerate(rows) if not (self._drops_branches() and t.kind == "branch")]
         trained = [rows[i] for i in keep]
+        if len(set(distributed.gather_objects(len(trained)))) > 1:
+            # Sharded forwards must pair up across ranks: unequal row counts would hang the update.
+            raise RuntimeError("ranks hold different numbers of update rows; every strategy must return "
+                               "rollout.n rows per prompt")
         batch = UpdateBatch([t.prompt_ids for t in trained], [t.token_ids for t in trained],
                             mask[keep], torch.zeros(0), adv[keep])
         # 4. old log-probs (the PPO ratio's denominator) and reference log-probs, on the kept rows only
@@ -215,7 +254,8 @@ class Trainer:
         # 6. weight sync (a no-op when the engine samples with the learner's own module)
         with timer("sync"):
             if getattr(self.engine, "model", None) is not learner.model:
-                self.engine.load_weights(ckpt.merged_state_dict(learner.model))
+                self.engine.load_weights(distributed.full_state_dict(learner.model, everywhere=True)
+                                         if self.world > 1 else ckpt.merged_state_dict(learner.model))
         # 7. metrics and rollout dump
         metrics = {"epoch": epoch, **rollout_metrics(rows), **update_metrics, **roll_stats,
                    "rollout/update_rows": len(trained)}
@@ -224,8 +264,10 @@ class Trainer:
                         "time/reward": timer.seconds["reward"],
                         "time/learner": timer.seconds["old_log_probs"] + timer.seconds["update"],
                         "time/sync": timer.seconds["sync"], "time/step": sum(timer.seconds.values())})
+        if self.world > 1:
+            metrics = reduce_metrics(distributed.gather_objects(metrics))
         if cfg.trainer.dump_rollouts:
-            self._dump(step, rows, adv)
+            self._dump(step, rows, adv, first)
         return metrics
 
     def _scorer(self):
@@ -252,23 +294,47 @@ class Trainer:
 
         return score
 
-    def _dump(self, step: int, rows: list[Trajectory], adv: torch.Tensor) -> None:
+    def _dump(self, step: int, rows: list[Trajectory], adv: torch.Tensor, first_group: int = 0) -> None:
+        records = []
+        for i, t in enumerate(rows):
+            record = t.to_dict(self.tokenizer)
+            record["group"] = first_group + t.group  # step-wide, as in a one-process run
+            record["advantage_first_token"] = float(adv[i, 0]) if adv.shape[1] else 0.0
+            records.append(record)
+        if self.world > 1:  # rank 0 writes every rank's rows, in rank (= prompt) order
+            records = [r for part in distributed.gather_objects(records) for r in part]
+        if not distributed.is_main():
+            return
         folder = self.out / "rollouts"
         folder.mkdir(parents=True, exist_ok=True)
         with (folder / f"step_{step}.jsonl").open("w") as f:
-            for i, t in enumerate(rows):
-                record = t.to_dict(self.tokenizer)
-                record["advantage_first_token"] = float(adv[i, 0]) if adv.shape[1] else 0.0
+            for record in records:
                 f.write(json.dumps(record) + "\n")
 
     # ---------------------------------------------------------------------------------- the loop
 
     def validate(self, name: str) -> dict:
+        """Evaluate on the held-out prompts. Under torchrun rank 0 evaluates alone with its own engine (no
+        collective runs inside) while the others wait at a barrier; they get an empty summary."""
         from appo.eval.evaluate import evaluate
 
-        return evaluate(self.learner.model, self.tokenizer, self.val_prompts, self.cfg, name=name,
-                        output_dir=self.out / "eval" / name, engine=self.engine, tools=self.tools,
-                        progress=self.progress)
+        summary = {}
+        if distributed.is_main():
+            summary = evaluate(self.learner.model, self.tokenizer, self.val_prompts, self.cfg, name=name,
+                               output_dir=self.out / "eval" / name, engine=self.engine, tools=self.tools,
+                               progress=self.progress)
+        distributed.barrier()
+        return summary
+
+    def save(self) -> None:
+        """Checkpoint the current step. Collective under torchrun (full weights and optimizer state are
+        gathered to rank 0, which writes them)."""
+        weights = distributed.full_state_dict(self.learner.model) if self.world > 1 else None
+        state = self.state()
+        if distributed.is_main():
+            ckpt.save_checkpoint(self.out, self.step, self.learner.model, self.tokenizer, state,
+                                 state_dict=weights)
+        distributed.barrier()
 
     def state(self) -> dict:
         return {"learner": self.learner.state_dict(), "start_path": self.start_path,
@@ -292,14 +358,14 @@ class Trainer:
             self.restore(resume_from)
             log.info("resuming after step %d from %s", self.step, resume_from)
         tracker = Tracker(self.out, cfg.trainer.loggers, cfg.trainer.experiment_name, to_dict(cfg),
-                          resume_step=self.step if resume_from is not None else None)
+                          resume_step=self.step if resume_from is not None else None) if distributed.is_main() else None
         deadline = time.time() + cfg.trainer.max_minutes * 60 if cfg.trainer.max_minutes else None
         last: dict = {}
         bar = tqdm(total=self.total_steps, initial=self.step, desc="rl", unit="step", disable=not self.progress,
                    dynamic_ncols=True)
         try:
             while self.step < self.total_steps:
-                if deadline is not None and time.time() > deadline:
+                if deadline is not None and distributed.any_rank(time.time() > deadline):
                     log.info("trainer.max_minutes reached after step %d", self.step)
                     break
                 step = self.step + 1
@@ -307,17 +373,19 @@ class Trainer:
                 if cfg.trainer.test_freq and step % cfg.trainer.test_freq == 0 and self.val_prompts:
                     last.update({f"val/{k}": v for k, v in self.validate(f"step_{step}").items()
                                  if isinstance(v, (int, float))})
-                tracker.log(last, step)
+                if tracker is not None:
+                    tracker.log(last, step)
                 self.step = step
                 bar.update(1)
                 bar.set_postfix(reward=f"{last['reward/mean']:.3f}")
                 if cfg.trainer.save_freq and step % cfg.trainer.save_freq == 0:
-                    ckpt.save_checkpoint(self.out, step, self.learner.model, self.tokenizer, self.state())
+                    self.save()
             if self.step and ckpt.latest_checkpoint(self.out) != ckpt.checkpoint_root(self.out) / f"step_{self.step}":
-                ckpt.save_checkpoint(self.out, self.step, self.learner.model, self.tokenizer, self.state())
+                self.save()
         finally:
             bar.close()
-            tracker.close()
+            if tracker is not None:
+                tracker.close()
         return last
 
     def close(self) -> None:
