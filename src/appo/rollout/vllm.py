@@ -47,10 +47,15 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self.entropy_topk = entropy_topk
         self.eos_ids = _eos_ids(model_path, tokenizer)
+        # Under torchrun every rank serves its own engine on its own GPU within the ranks' process group
+        # (vLLM's "external launcher", as TRL's colocate mode), rather than vLLM starting a group of its own.
+        # Untested here (no GPUs).
+        under_torchrun = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+        launcher = {"distributed_executor_backend": "external_launcher"} if under_torchrun else {}
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        enable_prefix_caching=True, enforce_eager=enforce_eager, max_logprobs=max(entropy_topk, 20),
-                       logprobs_mode="processed_logprobs")
+                       logprobs_mode="processed_logprobs", **launcher)
 
     @classmethod
     def from_config(cls, rollout_cfg, model, tokenizer) -> VLLMEngine:
