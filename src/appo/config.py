@@ -102,9 +102,10 @@ class AppoBranchConfig:
     entropy_source: str = opt("full", "Entropy used in the score: 'full' vocabulary (exact) or 'topk' "
                                       "(truncated over the top-k log-probs, the reference).", choices=("full", "topk"))
     entropy_topk: int = opt(10, "k for entropy_source=topk.", low=1)
-    selection: str = opt("strict_fallback_cyclic", "How points are picked per prompt: strict (ez>0 and fz>0) "
-                                                   "then fallback then cyclic repeats.",
-                         choices=("strict_fallback_cyclic",))
+    selection: str = opt("strict_first", "Order of branch points per prompt: 'strict_first' (the reference) takes "
+                                         "points with ez>0 and fz>0 by score, then the other candidates by "
+                                         "score, then cyclic repeats; 'score' ranks all candidates by score alone.",
+                         choices=("strict_first", "score"))
     exclude: str = opt("fixed", "Candidate filter: 'reference' excludes whitespace-only tokens only; 'fixed' "
                                 "also excludes EOS, the final token, tool-result tokens and stop-string "
                                 "straddles.", choices=("reference", "fixed"))
@@ -187,8 +188,6 @@ class ToolsConfig:
 class AlgorithmConfig:
     adv_estimator: str = opt("appo", "Advantage estimator.", choices=("grpo", "appo"))
     norm_adv_by_std: bool = opt(True, "Divide by the group std (GRPO-style); false only centres.")
-    gamma: float = opt(1.0, "Alias target of the reference's algorithm.gamma (feeds rollout.appo.fv_gamma).",
-                       low=0, high=1)
     reward_scale_m: str = opt("off", "Reward scale M: 'off', or 'faithful' (the reference, inert except "
                                      "at the last token).", choices=("off", "faithful"))
     reward_scale_discount: float = opt(0.9, "Discount of M over positions before a split.", low=0, high=1)
@@ -353,6 +352,7 @@ ALIASES: dict[str, str] = {
     "actor_rollout_ref.model.path": "model.path",
     "actor_rollout_ref.model.enable_gradient_checkpointing": "model.gradient_checkpointing",
     "algorithm.norm_adv_by_std_in_grpo": "algorithm.norm_adv_by_std",
+    "algorithm.gamma": "rollout.appo.fv_gamma",  # the reference's gamma only feeds the branching FV
     "data.train_batch_size": "data.batch_size",
     "data.max_response_length": "rollout.max_response_length",
     "trainer.total_epochs": "trainer.total_epochs",

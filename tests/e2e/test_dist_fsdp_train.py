@@ -24,15 +24,6 @@ def toy_reward(response: str, prompt) -> float:
     return (sum(map(ord, response)) % 5) / 4
 
 
-@pytest.fixture(scope="module")
-def qa_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    rows = [{"question": f"Calculate {a} + {b}.", "answer": str(a + b)} for a, b in
-            ((3, 4), (12, 30), (7, 8), (100, 23), (5, 5), (40, 2), (9, 90), (61, 6))]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def _train(out: Path, model_dir, qa_file, nproc: int, *extra: str, check: bool = True):
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
     args = [sys.executable, *launcher, "-m", "appo.cli", "train", "--config", "tiny", "--no-progress",

@@ -13,15 +13,6 @@ from appo.train.tracking import read_metrics
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def qa_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    rows = [{"question": f"Calculate {a} + {b}.", "answer": str(a + b)} for a, b in
-            ((3, 4), (12, 30), (7, 8), (100, 23), (5, 5), (40, 2), (9, 90), (61, 6))]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def _cfg(tmp_path, tiny_model_dir, qa_file, *extra):
     return load_config("tiny", [f"model.path={tiny_model_dir}", f"trainer.output_dir={tmp_path / 'run'}",
                                 "data.task=null", f"data.train_files=[{qa_file}]", "sft.enabled=false",

@@ -108,3 +108,8 @@ def test_config_cli_show_keys_and_errors(capsys):
     assert config_main(["keys"]) == 0
     out = capsys.readouterr().out
     assert "actor.future_kl.decay_rate = 64.0" in out and "Half-life" in out
+
+
+def test_reference_gamma_feeds_the_branching_discount():
+    cfg = load_config("tiny", ["algorithm.gamma=0.9"])
+    assert cfg.rollout.appo.fv_gamma == 0.9

@@ -160,7 +160,10 @@ def choose_branch_points(inits: list[Trajectory], tokenizer, stops: list[str], e
             if use_fv:
                 stats["fv_zero_variance_groups"] = stats.get("fv_zero_variance_groups", 0) + 1
 
-    points = select_branch_points(score, ez, fz, candidates, group_ids, budget)
+    if appo_cfg.selection == "score":  # every candidate counts as strict: plain ranking by score
+        points = select_branch_points(score, torch.ones_like(ez), torch.ones_like(fz), candidates, group_ids, budget)
+    else:
+        points = select_branch_points(score, ez, fz, candidates, group_ids, budget)
     picked: dict[int, list] = {}
     seen: set[tuple[int, int]] = set()
     for row, pos, s in points:

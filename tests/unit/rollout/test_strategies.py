@@ -3,9 +3,11 @@ call tools, candidate filters (B8), FV fallbacks, determinism, and ARPO's rule o
 
 from __future__ import annotations
 
+import math
 import types
 
 import pytest
+import torch
 
 from appo.rollout.hf import HFEngine, make_mismatch_scorer
 from appo.rollout.strategies import candidate_mask, sample_groups
@@ -237,3 +239,27 @@ def test_trajectory_prefix_copies_are_independent():
     p.append([9], generated=0)
     assert t.token_ids == [5, 6, 7] and p.token_ids == [5, 6, 9]
     assert p.top_logprobs == [{5: -1.0}, {6: -2.0}, {}] and p.logprobs == [-1.0, -2.0, 0.0]
+
+
+@pytest.mark.parametrize("selection", ["strict_first", "score"])
+def test_selection_mode_orders_points(tiny_tokenizer, selection):
+    from appo.core.branching import branching_scores
+    from appo.rollout.strategies import choose_branch_points
+
+    tok = tiny_tokenizer
+    ids = tok.encode("one two three four five six seven eight", add_special_tokens=False)
+    n = len(ids)
+    entropy = [0.1 + abs(math.sin(i * 0.9)) for i in range(n)]
+    ratio = [0.3 * math.sin(i * 1.7) for i in range(n)]
+    traj = Trajectory(prompt_ids=[1, 2], token_ids=ids, generated=[1] * n, logprobs=[-1.0] * n,
+                      entropies=entropy, kind="init", group=0)
+    cfg = _cfg(**{"rollout.appo.fv_source": "stale_policy", "rollout.appo.selection": selection,
+                  "rollout.appo.exclude": "reference", "rollout.appo.fv_clip": "null"})
+    picked = choose_branch_points([traj], tok, [], {-1}, 1000, 1, cfg.rollout.appo, lambda trajs: [ratio], {})
+    ez, fz, score = branching_scores(torch.tensor([entropy]), torch.tensor([ratio]), torch.ones(1, n), 1.0, None)
+    usable = [t for t in range(n) if tok.decode([ids[t]]).strip()]  # whitespace-only tokens never branch
+    strict = [t for t in usable if ez[0, t] > 0 and fz[0, t] > 0]
+    best_strict = max(strict, key=lambda t: float(score[0, t]))
+    best_any = max(usable, key=lambda t: float(score[0, t]))
+    assert best_strict != best_any  # the two modes really differ on this input
+    assert picked[0][0][1] == (best_strict if selection == "strict_first" else best_any)
