@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.benchmarks:  # `--benchmarks a b key=value` : the dotted overrides are not benchmarks
         args.args += [b for b in args.benchmarks if "=" in b]
         args.benchmarks = [b for b in args.benchmarks if "=" not in b]
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="[appo] %(message)s")
+    logging.getLogger("appo").setLevel(logging.INFO)  # our progress lines, not every library's
     preset, overrides = split_preset(args.args)
     try:
         cfg = load_config(preset or "quickstart", overrides + _overrides(args))

@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[appo] %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="[appo] %(message)s")
+    logging.getLogger("appo").setLevel(logging.INFO)  # our progress lines, not every library's
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         cfg = load_config(args.config, args.overrides)

@@ -13,6 +13,7 @@ Keys come only from the environment and are redacted from every error message.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import urllib.error
@@ -25,6 +26,15 @@ from appo.tools.search import SearchBackend, SearchError, TransientSearchError, 
 
 BRIGHTDATA_URL = "https://api.brightdata.com/request"
 SERPER_URL = "https://google.serper.dev/search"
+
+
+def _bm25s():
+    """bm25s, with its logger quieted: the package sets it to DEBUG on import and then reports every index
+    load and build."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
 
 
 def _redact(text: str, secrets: tuple[str, ...]) -> str:
@@ -168,7 +178,7 @@ class LocalBM25Backend:
         if not cfg.index_dir:
             raise ValueError("search backend 'local' needs tools.search.index_dir; build one with "
                              "`appo index build --corpus FILE.jsonl --out DIR`")
-        import bm25s
+        bm25s = _bm25s()
 
         path = Path(cfg.index_dir).expanduser()
         if not (path / "params.index.json").exists():
@@ -180,7 +190,7 @@ class LocalBM25Backend:
         self._lock = threading.Lock()
 
     def search(self, query: str, k: int, timeout: float) -> list[str]:
-        import bm25s
+        bm25s = _bm25s()
 
         tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)
         if not tokens[0] or not self.num_docs:
@@ -213,7 +223,7 @@ def read_corpus(path: str | os.PathLike) -> list[dict]:
 
 def build_index(docs: list[dict], out_dir: str | os.PathLike) -> Path:
     """Index {id, title, text} documents with BM25 (English stopwords) and save them with the index."""
-    import bm25s
+    bm25s = _bm25s()
 
     if not docs:
         raise ValueError("cannot build a search index from an empty corpus")
