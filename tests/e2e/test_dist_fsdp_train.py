@@ -13,6 +13,8 @@ import pytest
 
 from appo.train.tracking import read_metrics
 
+from .conftest import assert_trained_checkpoint
+
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,20 +110,11 @@ def test_appo_two_processes_match_one_and_resume(tmp_path, tiny_model_dir, qa_fi
 
 
 def test_two_process_checkpoint_loads_with_transformers(tmp_path, tiny_model_dir, qa_file):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     # 16 rows, mini-batches of 8: each rank trains on 4 of its 8 rows per optimizer step, two steps
     _train(tmp_path / "run", tiny_model_dir, qa_file, 2, "rollout.strategy=grpo", "algorithm.adv_estimator=grpo",
            "trainer.total_steps=1", "actor.mini_batch_size=8")
     assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["actor/optimizer_steps"] == 2
-    hf = tmp_path / "run" / "checkpoints" / "step_1" / "hf"
-    model = AutoModelForCausalLM.from_pretrained(hf)
-    tok = AutoTokenizer.from_pretrained(hf)
-    ids = torch.tensor([tok.encode("Calculate 1 + 2.")])
-    assert torch.isfinite(model(ids).logits).all()
-    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), start.state_dict().values()))
+    assert_trained_checkpoint(tmp_path / "run" / "checkpoints" / "step_1" / "hf", tiny_model_dir)
     assert (tmp_path / "run" / "report.md").exists()
 
 

@@ -10,6 +10,8 @@ from appo.config import load_config
 from appo.train.cli import Pipeline
 from appo.train.tracking import read_metrics
 
+from .conftest import assert_trained_checkpoint
+
 pytestmark = pytest.mark.slow
 
 
@@ -53,20 +55,9 @@ def test_two_steps_of_each_algorithm(tmp_path, tiny_model_dir, qa_file, preset_o
 
 
 def test_checkpoint_loads_with_transformers(tmp_path, tiny_model_dir, qa_file):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     cfg = _cfg(tmp_path, tiny_model_dir, qa_file, "trainer.total_steps=1")
     Pipeline(cfg, progress=False).run()
-    hf = tmp_path / "run" / "checkpoints" / "step_1" / "hf"
-    model = AutoModelForCausalLM.from_pretrained(hf)
-    tok = AutoTokenizer.from_pretrained(hf)
-    ids = torch.tensor([tok.encode("Calculate 1 + 2.")])
-    assert torch.isfinite(model(ids).logits).all()
-    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    moved = any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), start.state_dict().values(),
-                                                      strict=True))
-    assert moved  # the RL step changed the weights that were saved
+    assert_trained_checkpoint(tmp_path / "run" / "checkpoints" / "step_1" / "hf", tiny_model_dir)
 
 
 def test_kill_and_resume_gives_the_uninterrupted_metrics(tmp_path, tiny_model_dir, qa_file, monkeypatch):
