@@ -1,5 +1,5 @@
-"""The `appo` command. Each subcommand lives in the module that owns the work; this file only dispatches,
-so `appo --help` stays fast (no torch import)."""
+"""The `appo` command. Each subcommand is a module of `appo.commands`; this file only dispatches, so
+`appo --help` stays fast (no torch import)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import sys
 
 # name -> (module:function taking argv, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("appo.train.cli:main", "Run the RL pipeline (cold-start SFT -> RL -> evaluation); default preset: quickstart."),
-    "sft": ("appo.train.sft:main", "Supervised fine-tuning on multi-turn tool-use conversations."),
-    "eval": ("appo.eval.evaluate:main", "Evaluate a model with the agent loop on benchmark files (pass@k, maj@k, EM/F1, judge)."),
-    "rollout": ("appo.rollout.cli:main", "Sample rollout groups without training; write JSONL and an HTML tree view."),
-    "tool": ("appo.tools.cli:tool_main", "Run a tool by hand: `appo tool python --code ...`, `appo tool search QUERY`."),
-    "index": ("appo.tools.cli:index_main", "Build a BM25 index for the local search backend: `appo index build`."),
-    "config": ("appo.config_cli:main", "Show the resolved config (`appo config show [preset] [overrides]`) and all keys."),
-    "prepare": ("appo.models:prepare_main", "Convert/build the built-in models ahead of time (smollm2-135m-instruct, tiny)."),
+    "train": ("appo.commands.train:main", "Run the RL pipeline (cold-start SFT -> RL -> evaluation); default preset: quickstart."),
+    "sft": ("appo.commands.sft:main", "Supervised fine-tuning on multi-turn tool-use conversations."),
+    "eval": ("appo.commands.eval:main", "Evaluate a model with the agent loop on benchmark files (pass@k, maj@k, EM/F1, judge)."),
+    "rollout": ("appo.commands.rollout:main", "Sample rollout groups without training; write JSONL and an HTML tree view."),
+    "tool": ("appo.commands.tool:main", "Run a tool by hand: `appo tool python --code ...`, `appo tool search QUERY`."),
+    "index": ("appo.commands.index:main", "Build a BM25 index for the local search backend: `appo index build`."),
+    "config": ("appo.commands.config:main", "Show the resolved config (`appo config show [preset] [overrides]`) and all keys."),
+    "prepare": ("appo.commands.prepare:main", "Convert/build the built-in models ahead of time (smollm2-135m-instruct, tiny)."),
 }
 
 

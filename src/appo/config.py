@@ -123,7 +123,10 @@ class ArpoConfig:
 @dataclass
 class RolloutConfig:
     engine: str = opt("hf", "Generation engine.", choices=("hf", "vllm"))
-    strategy: str = opt("appo", "Sampling strategy.", choices=("grpo", "arpo", "appo"))
+    strategy: str | None = opt(None, "Override of the sampling that algorithm.name implies (grpo: n independent "
+                                     "rollouts; arpo: entropy-triggered copies after tool rounds; appo: m initial "
+                                     "rollouts + branches from the top Branching Scores); null follows "
+                                     "algorithm.name.", choices=(None, "grpo", "arpo", "appo"))
     n: int = opt(8, "Rows per prompt in the final batch (initial rollouts + branches).", low=1)
     initial_rollouts: int = opt(4, "m: initial rollouts per prompt (appo, arpo); grpo uses n.", low=1)
     temperature: float = opt(1.0, "Sampling temperature; 0 is greedy.", low=0)
@@ -174,7 +177,7 @@ class ToolsConfig:
     call_limit: int = opt(3, "Tool calls allowed per response (counted in the response only).", low=0)
     on_limit: str = opt("stop", "At the call limit: 'stop' ends the row without training a fake token; "
                                 "'result' returns an error message as the tool result and continues; 'eos' "
-                                "appends an EOS with mask 0 (the reference appended it with mask 1, B21).",
+                                "appends an EOS with mask 0 (the reference appended it with mask 1: docs/reference-differences.md#b21).",
                         choices=("stop", "result", "eos"))
     timeout: float = opt(10.0, "Wall-clock seconds per tool call, enforced.", low=0)
     retry_count: int = opt(1, "Attempts per call for transient failures (search); code is never re-run.", low=1)
@@ -186,14 +189,23 @@ class ToolsConfig:
 
 @dataclass
 class AlgorithmConfig:
-    adv_estimator: str = opt("appo", "Advantage estimator.", choices=("grpo", "appo"))
+    name: str = opt("appo", "The algorithm: 'grpo', 'arpo' or 'appo'. It implies rollout.strategy (the same "
+                            "name), algorithm.adv_estimator (appo for appo, else grpo) and "
+                            "algorithm.drop_branch_rows (true for appo); set those keys only to override it.",
+                    choices=("grpo", "arpo", "appo"))
+    adv_estimator: str | None = opt(None, "Override of the advantage estimator that algorithm.name implies: 'grpo' "
+                                          "(group z-score, every row trained) or 'appo' (initial and branch groups, "
+                                          "branch credit on the parent's prefix); null follows algorithm.name.",
+                                    choices=(None, "grpo", "appo"))
     norm_adv_by_std: bool = opt(True, "Divide by the group std (GRPO-style); false only centres.")
     reward_scale_m: str = opt("off", "Reward scale M: 'off', or 'faithful' (the reference, inert except "
                                      "at the last token).", choices=("off", "faithful"))
     reward_scale_discount: float = opt(0.9, "Discount of M over positions before a split.", low=0, high=1)
-    drop_branch_rows: bool = opt(True, "With adv_estimator=appo (branch rows carry no loss): drop them before "
-                                       "the ref forward and the update; false keeps them fully masked like the "
-                                       "reference (B6). GRPO advantages train every row.")
+    drop_branch_rows: bool | None = opt(None, "With adv_estimator=appo (branch rows carry no loss): drop them "
+                                              "before the ref forward and the update; false keeps them fully "
+                                              "masked like the reference (docs/reference-differences.md#b6). null "
+                                              "follows algorithm.name (true for appo). GRPO advantages train "
+                                              "every row.")
     reward_fn: str = opt("auto", "'auto' picks by data_source/ability; or a registered name; or "
                                  "'module:function'.")
     math_reward: str = opt("math_verify", "Reward for ability=='math' rows under 'auto': math-verify "
@@ -554,8 +566,23 @@ def load_config(preset: str | None = "quickstart", overrides: list[str] | tuple 
         key, value = parse_override(text)
         _merge_dotted(data, {key: value})
     cfg = build(Config, data)
+    _resolve_algorithm(cfg)
     _cross_checks(cfg)
     return cfg
+
+
+def _resolve_algorithm(cfg: Config) -> None:
+    """Fill the keys that `algorithm.name` implies, unless they were set explicitly (overrides)."""
+    a, r = cfg.algorithm, cfg.rollout
+    if r.strategy is None:
+        r.strategy = a.name
+    if a.adv_estimator is None:
+        a.adv_estimator = "appo" if a.name == "appo" else "grpo"
+    if a.drop_branch_rows is None:
+        a.drop_branch_rows = a.adv_estimator == "appo"
+    elif a.drop_branch_rows and a.adv_estimator != "appo":
+        raise ConfigError("algorithm.drop_branch_rows=true needs algorithm.adv_estimator=appo (GRPO advantages "
+                          "train every row, branches included)")
 
 
 def _cross_checks(cfg: Config) -> None:

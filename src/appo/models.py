@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -171,12 +170,12 @@ def load_model(path: str, dtype: str = "float32", cache_dir: str | None = None, 
     return model.to(device)
 
 
-def prepare_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="appo prepare", description="Build or convert built-in models now.")
-    parser.add_argument("models", nargs="*", default=["smollm2-135m-instruct"], choices=BUILTIN)
-    parser.add_argument("--cache-dir", default=None, help="Default: $APPO_CACHE or ~/.cache/appo.")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[appo] %(message)s")
-    for name in args.models:
-        print(f"{name}: {resolve_model_path(name, args.cache_dir)}")
-    return 0
+def resolve_device(name: str) -> str:
+    """`trainer.device` as a torch device name: 'auto' picks cuda when one is visible."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu or auto")
+    return name

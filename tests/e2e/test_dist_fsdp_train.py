@@ -72,7 +72,7 @@ def _assert_same_weights(one: Path, two: Path, step: int):
 
 
 def test_grpo_two_processes_match_one(tmp_path, tiny_model_dir, qa_file):
-    extra = ["rollout.strategy=grpo", "algorithm.adv_estimator=grpo", "trainer.save_freq=1"]
+    extra = ["algorithm.name=grpo", "trainer.save_freq=1"]
     _train(tmp_path / "one", tiny_model_dir, qa_file, 1, *extra)
     _train(tmp_path / "two", tiny_model_dir, qa_file, 2, *extra)
     m1, m2 = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
@@ -87,7 +87,7 @@ def test_appo_two_processes_match_one_and_resume(tmp_path, tiny_model_dir, qa_fi
     the future value compares the sampler with the pre-update FSDP2 shards swapped back in; it is a small
     log-ratio, so the sampler's batch-dependent last-bit noise (1e-6) moves branching scores by ~1e-3 and may
     flip a near-tie: step 2 checks the initial rows exactly and the branch scores approximately."""
-    extra = ["rollout.strategy=appo", "algorithm.adv_estimator=appo", "actor.loss_mode=future_kl",
+    extra = ["algorithm.name=appo", "actor.loss_mode=future_kl",
              "actor.use_kl_loss=true", "rollout.appo.fv_source=stale_policy", "trainer.save_freq=1"]
     _train(tmp_path / "one", tiny_model_dir, qa_file, 1, *extra)
     # 2 processes: killed after the step-1 checkpoint (pipeline state says RL is unfinished), then resumed
@@ -111,7 +111,7 @@ def test_appo_two_processes_match_one_and_resume(tmp_path, tiny_model_dir, qa_fi
 
 def test_two_process_checkpoint_loads_with_transformers(tmp_path, tiny_model_dir, qa_file):
     # 16 rows, mini-batches of 8: each rank trains on 4 of its 8 rows per optimizer step, two steps
-    _train(tmp_path / "run", tiny_model_dir, qa_file, 2, "rollout.strategy=grpo", "algorithm.adv_estimator=grpo",
+    _train(tmp_path / "run", tiny_model_dir, qa_file, 2, "algorithm.name=grpo",
            "trainer.total_steps=1", "actor.mini_batch_size=8")
     assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["actor/optimizer_steps"] == 2
     assert_trained_checkpoint(tmp_path / "run" / "checkpoints" / "step_1" / "hf", tiny_model_dir)

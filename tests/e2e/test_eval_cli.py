@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from appo.eval.evaluate import main
+from appo.commands.eval import main
 from appo.eval.store import SampleStore
 from tests.unit.eval.judge_server import JudgeServer
 

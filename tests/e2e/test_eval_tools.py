@@ -9,10 +9,11 @@ import json
 import pytest
 import torch
 
+from appo.commands.eval import main
 from appo.config import load_config
-from appo.eval.evaluate import build_sets, load_benchmarks, main
+from appo.eval.evaluate import build_sets, load_benchmarks
 from appo.models import load_model, load_tokenizer
-from appo.rollout.tool_loop import RESULT_TEMPLATE
+from appo.tool_format import RESULT_TEMPLATE
 from appo.tools import build_tools
 from appo.tools.base import ToolCall
 

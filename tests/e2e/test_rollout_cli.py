@@ -14,9 +14,8 @@ from appo.cli import main
 def test_rollout_cli_writes_groups_and_tree(tmp_path, monkeypatch, strategy):
     monkeypatch.setenv("APPO_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    extra = ["algorithm.adv_estimator=grpo"] if strategy == "arpo" else []
     rc = main(["rollout", "--config", "tiny", "--num-prompts", "2", "--out", str(out),
-               f"rollout.strategy={strategy}", *extra])
+               f"algorithm.name={strategy}"])
     assert rc == 0
     rows = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 4  # tiny preset: n = 4 per prompt

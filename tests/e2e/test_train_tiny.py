@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from appo.commands.train import Pipeline
 from appo.config import load_config
-from appo.train.cli import Pipeline
 from appo.train.tracking import read_metrics
 
 from .conftest import assert_trained_checkpoint
@@ -29,9 +29,9 @@ def _metrics(out):
 
 
 @pytest.mark.parametrize("preset_overrides", [
-    ["rollout.strategy=appo", "algorithm.adv_estimator=appo", "actor.loss_mode=future_kl", "actor.use_kl_loss=true"],
-    ["rollout.strategy=grpo", "algorithm.adv_estimator=grpo"],
-    ["rollout.strategy=arpo", "algorithm.adv_estimator=grpo", "rollout.arpo.branch_probability=1.0"],
+    ["algorithm.name=appo", "actor.loss_mode=future_kl", "actor.use_kl_loss=true"],
+    ["algorithm.name=grpo"],
+    ["algorithm.name=arpo", "rollout.arpo.branch_probability=1.0"],
 ], ids=["appo", "grpo", "arpo"])
 def test_two_steps_of_each_algorithm(tmp_path, tiny_model_dir, qa_file, preset_overrides):
     cfg = _cfg(tmp_path, tiny_model_dir, qa_file, *preset_overrides)
@@ -89,7 +89,7 @@ def test_kill_and_resume_gives_the_uninterrupted_metrics(tmp_path, tiny_model_di
 
 def test_quickstart_pipeline_on_the_tiny_preset(tmp_path, tiny_model_dir):
     """`appo train --config tiny`: eval -> SFT (task traces, real tools) -> eval -> RL -> eval -> report."""
-    from appo.train.cli import main
+    from appo.commands.train import main
 
     out = tmp_path / "run"
     assert main(["--config", "tiny", "--no-progress", f"model.path={tiny_model_dir}", f"trainer.output_dir={out}",

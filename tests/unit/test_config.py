@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from appo.commands.config import main as config_main
 from appo.config import Config, ConfigError, describe, load_config, preset_names
-from appo.config_cli import main as config_main
 
 SEED_SETTINGS = [
     "algorithm.adv_estimator=appo", "actor_rollout_ref.rollout.name=vllm",
@@ -27,7 +27,7 @@ def test_unknown_key_is_rejected_with_the_valid_keys():
 
 def test_bad_choice_lists_the_choices():
     with pytest.raises(ConfigError, match="choose one of: grpo, arpo, appo"):
-        load_config("tiny", ["rollout.strategy=ppo"])
+        load_config("tiny", ["algorithm.name=ppo"])
 
 
 def test_out_of_range_and_bad_type_are_rejected():
@@ -113,3 +113,24 @@ def test_config_cli_show_keys_and_errors(capsys):
 def test_reference_gamma_feeds_the_branching_discount():
     cfg = load_config("tiny", ["algorithm.gamma=0.9"])
     assert cfg.rollout.appo.fv_gamma == 0.9
+
+
+@pytest.mark.parametrize("name, strategy, estimator, drop", [
+    ("grpo", "grpo", "grpo", False), ("arpo", "arpo", "grpo", False), ("appo", "appo", "appo", True)])
+def test_algorithm_name_implies_sampling_advantage_and_branch_dropping(name, strategy, estimator, drop):
+    cfg = load_config("tiny", [f"algorithm.name={name}"])
+    assert (cfg.rollout.strategy, cfg.algorithm.adv_estimator, cfg.algorithm.drop_branch_rows) == (
+        strategy, estimator, drop)
+
+
+def test_finer_algorithm_keys_override_the_name_and_contradictions_fail():
+    cfg = load_config("tiny", ["algorithm.name=appo", "algorithm.adv_estimator=grpo"])
+    assert (cfg.rollout.strategy, cfg.algorithm.adv_estimator, cfg.algorithm.drop_branch_rows) == (
+        "appo", "grpo", False)
+    assert load_config("tiny", ["algorithm.drop_branch_rows=false"]).algorithm.drop_branch_rows is False
+    # the seed's verl-style key keeps working: adv_estimator=appo under the default appo
+    assert load_config("tiny", ["algorithm.adv_estimator=appo"]).algorithm.drop_branch_rows is True
+    with pytest.raises(ConfigError, match="drop_branch_rows=true needs algorithm.adv_estimator=appo"):
+        load_config("tiny", ["algorithm.name=grpo", "algorithm.drop_branch_rows=true"])
+    with pytest.raises(ConfigError, match="needs rollout.strategy=appo"):
+        load_config("tiny", ["algorithm.name=grpo", "algorithm.adv_estimator=appo"])

@@ -1,4 +1,4 @@
-"""Advantage estimators: GRPO (verl), APPO (two groups per prompt + prefix credit), and ARPO's branching rule.
+"""Advantage estimators: GRPO (verl; also what ARPO trains with) and APPO (two groups per prompt + prefix credit).
 
 Group statistics are accumulated in float64: a group of identical scores then gets exactly zero
 advantage instead of float32 rounding noise divided by ``eps``.
@@ -6,12 +6,9 @@ advantage instead of float32 rounding noise divided by ``eps``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Sequence
 
 import torch
-
-from appo.core.branching import entropy_from_topk
 
 
 def _group_index(group_ids: Sequence[Hashable] | torch.Tensor, rows: int) -> tuple[torch.Tensor, int]:
@@ -97,29 +94,3 @@ def appo_advantages(scores: torch.Tensor, group_ids: Sequence[Hashable] | torch.
         adv = torch.where(aux_count > 0, adv + aux_sum / aux_count.clamp(min=1.0), adv)
     out_dtype = response_mask.dtype if response_mask.is_floating_point() else torch.float32
     return (adv * mask).to(out_dtype)
-
-
-def arpo_step_entropy(topk_logprobs: torch.Tensor, vocab_size: int, max_tokens: int = 20) -> float:
-    """ARPO's step entropy of one generation round: ``Σ_t H_topk(t) / ln|V|`` over its first tokens.
-
-    ``topk_logprobs`` is ``[T, K]`` (the round's per-token top-k log-probs, ``-inf`` padded). Only the
-    first ``max_tokens`` tokens count and the per-token truncated entropies are **summed**, not
-    averaged, so the value grows with the round length up to ``max_tokens`` (as in the reference).
-    """
-    if vocab_size < 2:
-        raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
-    head = topk_logprobs[:max_tokens]
-    if head.numel() == 0:
-        return 0.0
-    return float(entropy_from_topk(head).sum()) / math.log(vocab_size)
-
-
-def arpo_branch_decision(u: float, h_now: float, h_init: float, weight: float,
-                         threshold: float) -> tuple[bool, float]:
-    """ARPO's entropy-adaptive branching rule for one candidate copy.
-
-    ``prob = clip(u − weight·(h_now − h_init), 0, 1)`` with ``u ~ U(0, 1)`` drawn by the caller;
-    branch iff ``prob <= threshold``. Rising entropy lowers ``prob`` and so makes branching likelier.
-    """
-    prob = min(1.0, max(0.0, u - weight * (h_now - h_init)))
-    return prob <= threshold, prob

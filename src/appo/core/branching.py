@@ -1,4 +1,5 @@
-"""Branching math of APPO: token entropy, future values, per-row z-scores, branch-point selection, M.
+"""Branching math: token entropy, future values, per-row z-scores, APPO branch-point selection, M, and
+ARPO's entropy-triggered branching rule.
 
 Shapes: ``[B, L]`` is rows x response positions. Masks are 0/1 (or bool) tensors; a position is valid
 where the mask is non-zero. Statistics (means, stds) are accumulated in float64 so that groups of
@@ -217,3 +218,32 @@ def mean_reward_scale_m(branches: Sequence[tuple[int, float]], max_score: float,
     if not branches:
         return torch.ones(length, dtype=torch.float32)
     return torch.stack([reward_scale_m(b, s, max_score, length, discount) for b, s in branches]).mean(dim=0)
+
+
+# ------------------------------------------------------------------------- ARPO's branching rule
+
+
+def arpo_step_entropy(topk_logprobs: torch.Tensor, vocab_size: int, max_tokens: int = 20) -> float:
+    """ARPO's step entropy of one generation round: ``Σ_t H_topk(t) / ln|V|`` over its first tokens.
+
+    ``topk_logprobs`` is ``[T, K]`` (the round's per-token top-k log-probs, ``-inf`` padded). Only the
+    first ``max_tokens`` tokens count and the per-token truncated entropies are **summed**, not
+    averaged, so the value grows with the round length up to ``max_tokens`` (as in the reference).
+    """
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
+    head = topk_logprobs[:max_tokens]
+    if head.numel() == 0:
+        return 0.0
+    return float(entropy_from_topk(head).sum()) / math.log(vocab_size)
+
+
+def arpo_branch_decision(u: float, h_now: float, h_init: float, weight: float,
+                         threshold: float) -> tuple[bool, float]:
+    """ARPO's entropy-adaptive branching rule for one candidate copy.
+
+    ``prob = clip(u − weight·(h_now − h_init), 0, 1)`` with ``u ~ U(0, 1)`` drawn by the caller;
+    branch iff ``prob <= threshold``. Rising entropy lowers ``prob`` and so makes branching likelier.
+    """
+    prob = min(1.0, max(0.0, u - weight * (h_now - h_init)))
+    return prob <= threshold, prob

@@ -20,8 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from appo.data.templates import REFERENCE_SYSTEM_PROMPT, fix_backspace, resolve_system_prompt
-from appo.rewards.qa import as_gold_list
-from appo.rewards.registry import MATH_SOURCES
+from appo.prompts import MATH_SOURCES, Prompt, as_gold_list
 
 _QUESTION_KEYS = ("question", "Question", "problem")
 _ANSWER_KEYS = ("answer", "Answer", "final_answer")
@@ -33,17 +32,6 @@ _TOKENIZE_CHUNK = 1024
 
 class DataError(ValueError):
     """A malformed file or row; the message names the file and the row index."""
-
-
-@dataclass
-class Prompt:
-    messages: list[dict]  # chat messages up to the assistant turn
-    prompt_ids: list[int]  # chat template with the generation prompt, tokenized
-    ground_truth: str | list[str]  # one answer or a list of aliases
-    data_source: str
-    ability: str | None = None  # "math" / "qa" / None
-    index: int = 0  # extra_info.index when the row has one, else its position
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -6,28 +6,33 @@ import logging
 from pathlib import Path
 
 from appo.config import Config, ConfigError
+from appo.data.datasets import build_prompts, load_prompts
+from appo.data.tasks import TaskData, build_task
+from appo.tools.search_backends import build_index
 
 
-def prepare_task(cfg: Config):
-    """The built-in task's rows (`appo.data.tasks.TaskData`). When the task has a search corpus and search
-    is enabled with the local backend and no index_dir, its BM25 index is built under output_dir and
-    `cfg.tools.search.index_dir` is pointed at it."""
-    from appo.data.tasks import build_task
-
-    task = build_task(cfg.data.task, cfg.data.num_train, cfg.data.num_val, seed=cfg.data.seed,
+def prepare_task(cfg: Config) -> TaskData | None:
+    """The built-in task's rows (`data.task`), or None when the run reads data files."""
+    if cfg.data.task is None:
+        return None
+    return build_task(cfg.data.task, cfg.data.num_train, cfg.data.num_val, seed=cfg.data.seed,
                       multihop_fraction=cfg.data.multihop_fraction)
+
+
+def task_search_index(cfg: Config, task: TaskData | None) -> str | None:
+    """Where the task's search corpus is indexed for the local search backend: built under output_dir when
+    the task has a corpus, search is enabled with backend=local and no tools.search.index_dir is set;
+    None when no index needs building."""
     search = cfg.tools.search
-    if task.corpus and "search" in cfg.tools.enabled and search.backend == "local" and not search.index_dir:
-        from appo.tools.search_backends import build_index
+    if task is None or not task.corpus or "search" not in cfg.tools.enabled or search.backend != "local" \
+            or search.index_dir:
+        return None
+    return str(build_index(task.corpus, Path(cfg.trainer.output_dir) / "search_index"))
 
-        search.index_dir = str(build_index(task.corpus, Path(cfg.trainer.output_dir) / "search_index"))
-    return task
 
-
-def load_prompt_sets(cfg: Config, tokenizer, task=None) -> tuple[list, list]:
-    """Training and held-out prompts: a built-in task's generated splits, or data.train_files/val_files."""
-    from appo.data.datasets import build_prompts, load_prompts
-
+def load_prompt_sets(cfg: Config, tokenizer, task: TaskData | None = None) -> tuple[list, list]:
+    """Training and held-out prompts: a built-in task's generated splits (`task`, from `prepare_task`), or
+    data.train_files/val_files."""
     if cfg.data.task is not None:
         task = task or prepare_task(cfg)
         return tuple(build_prompts(rows, tokenizer, cfg.data, source=cfg.data.task)[0]

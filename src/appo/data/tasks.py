@@ -332,34 +332,21 @@ def _build_world(seed: int, n_writers: int) -> _World:
                 ],
             }
         )
-        questions.append(
-            {
-                "question": f"In which city was the author of {w['book']} born?",
-                "answer": w["city"],
-                "plan": [
-                    step(w["book"], facts["wrote"](w), f"Find the author of {w['book']}."),
-                    step(
-                        w["name"],
-                        facts["born"](w),
-                        f"{w['book']} is by {w['name']}. Find where {w['name']} was born.",
-                    ),
-                ],
-            }
-        )
-        questions.append(
-            {
-                "question": f"In what year was the author of {w['book']} born?",
-                "answer": str(w["year"]),
-                "plan": [
-                    step(w["book"], facts["wrote"](w), f"Find the author of {w['book']}."),
-                    step(
-                        w["name"],
-                        facts["born"](w),
-                        f"{w['book']} is by {w['name']}. Find when {w['name']} was born.",
-                    ),
-                ],
-            }
-        )
+        for asked, answer, finding in (("In which city", w["city"], "where"), ("In what year", str(w["year"]), "when")):
+            questions.append(
+                {
+                    "question": f"{asked} was the author of {w['book']} born?",
+                    "answer": answer,
+                    "plan": [
+                        step(w["book"], facts["wrote"](w), f"Find the author of {w['book']}."),
+                        step(
+                            w["name"],
+                            facts["born"](w),
+                            f"{w['book']} is by {w['name']}. Find {finding} {w['name']} was born.",
+                        ),
+                    ],
+                }
+            )
     for city, country in cities:
         if capital[country] != city:
             questions.append(

@@ -133,7 +133,7 @@ def _plan(row: dict, rng: random.Random, p_notool: float, p_wrong: float) -> tup
 def _trace(
     row: dict, variant: str, steps: list[dict], outputs: list[tuple[str, bool]], system_prompt: str | None
 ) -> dict | None:
-    from appo.rollout.tool_loop import RESULT_TEMPLATE
+    from appo.tool_format import RESULT_TEMPLATE
 
     gold = row["reward_model"]["ground_truth"]
     segments = []
@@ -171,7 +171,7 @@ def _trace(
 def encode_trace(trace: dict, tokenizer) -> tuple[list[int], list[int]]:
     """(input_ids, loss_mask) of a trace: the prompt as `build_prompts` tokenizes it (mask 0), each
     segment tokenized on its own (mask 1 for model text, 0 for tool results), then EOS (mask 1)."""
-    from appo.rollout.tool_loop import result_token_ids
+    from appo.tool_format import result_token_ids
 
     prompt = tokenizer.apply_chat_template(trace["messages"][:-1], add_generation_prompt=True, tokenize=False)
     ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])

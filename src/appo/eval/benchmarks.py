@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appo.data.datasets import load_rows, source_name
-from appo.rewards.registry import MATH_SOURCES
+from appo.prompts import MATH_SOURCES
 
 _REPO_SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "benchmarks"
 

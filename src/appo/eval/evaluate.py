@@ -1,4 +1,4 @@
-"""`appo eval`: run the training agent loop (same engine, tools and prompts) on benchmark files and report
+"""Evaluation: run the training agent loop (same engine, tools and prompts) on benchmark files and report
 pass@1, unbiased pass@k, maj@k, EM/F1, math equivalence, an optional LLM judge, tool-call statistics and
 response lengths.
 
@@ -7,28 +7,33 @@ resumes where it stopped), `summary.json`, `summary.md` and `summary.png`. A `ru
 settings that shape the samples; resuming with different ones is refused (use a new folder or --restart).
 
 The library entry point `evaluate(model, tokenizer, prompts, cfg, ...)` is what the trainer calls for its
-before/after-SFT/after-RL evaluations on held-out task rows; the CLI goes through the same code.
+before/after-SFT/after-RL evaluations on held-out task rows; `appo eval` (appo.commands.eval) goes through
+the same code.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from appo.config import Config, ConfigError, load_config
+from appo.config import Config, ConfigError
+from appo.data.datasets import build_prompts
 from appo.eval import benchmarks as bm
 from appo.eval.aggregate import summarize
-from appo.eval.judge import JudgeClient, JudgeError, decide
-from appo.eval.report import markdown_table, write_report
+from appo.eval.judge import JudgeClient, decide
+from appo.eval.report import write_report
 from appo.eval.scoring import answer_key, score_sample
 from appo.eval.store import SampleStore
+from appo.rewards import get_reward_fn
+from appo.rollout.engines import make_engine
+from appo.rollout.tool_loop import LoopStart, RolloutLoopSettings, run_tool_loop
+from appo.seeding import derive_seed
+from appo.tools import build_tools
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +86,7 @@ def _apply_judge(judge: JudgeClient, records: list[dict]) -> list[dict]:
 # ------------------------------------------------------------------------------------------ running
 
 
-def _fingerprint(cfg: Config) -> dict:
+def fingerprint(cfg: Config) -> dict:
     """The settings that shape the samples; a resumed run must match them."""
     e, r, t = cfg.eval, cfg.rollout, cfg.tools
     return {"model": cfg.model.path, "k": e.k, "temperature": e.temperature, "top_p": e.top_p,
@@ -91,9 +96,9 @@ def _fingerprint(cfg: Config) -> dict:
             "system_prompt": cfg.data.system_prompt}
 
 
-def _check_resume(out_dir: Path, cfg: Config) -> None:
+def check_resume(out_dir: Path, cfg: Config) -> None:
     path = out_dir / "run.json"
-    want = _fingerprint(cfg)
+    want = fingerprint(cfg)
     if path.exists():
         have = json.loads(path.read_text())
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
@@ -110,9 +115,6 @@ def _sample(engine, tools, rows: list[tuple[EvalSet, object, int]], cfg: Config)
 
     Each sample's seed derives from (rollout.seed, set, question, sample), so a resumed run draws exactly
     what an uninterrupted one would have."""
-    from appo.rollout.engine import derive_seed
-    from appo.rollout.tool_loop import LoopStart, RolloutLoopSettings, run_tool_loop
-
     settings = dataclasses.replace(
         RolloutLoopSettings.from_config(cfg.rollout, cfg.tools), temperature=cfg.eval.temperature,
         top_p=cfg.eval.top_p, max_response_length=cfg.eval.max_response_length or cfg.rollout.max_response_length)
@@ -161,56 +163,21 @@ def evaluate(model, tokenizer, prompts: list, cfg: Config, *, name: str = "heldo
     built-in tasks use), "math" (math equivalence) or "qa" (exact match). Pass `engine`/`tools` to reuse
     the trainer's; otherwise they are built from `cfg` (and the tools closed afterwards).
     """
-    from appo.rewards import get_reward_fn
-    from appo.rollout.engine import make_engine
-    from appo.tools import build_tools
-
     engine = engine or make_engine(cfg.rollout, model, tokenizer)
     own_tools = tools is None
     tools = tools or build_tools(cfg.tools)
     judge = JudgeClient(cfg.eval.judge) if cfg.eval.judge.enabled else None
     try:
         if output_dir is not None:
-            _check_resume(Path(output_dir), cfg)
+            check_resume(Path(output_dir), cfg)
         summaries = run_sets(engine, tools, [EvalSet(name, kind, prompts)], cfg, output_dir, judge,
                              get_reward_fn(cfg.algorithm), progress)
     finally:
         if own_tools:
             tools.close()
     if output_dir is not None:
-        write_report(summaries, output_dir, meta=_fingerprint(cfg))
+        write_report(summaries, output_dir, meta=fingerprint(cfg))
     return summaries[name]
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="appo eval", description="Evaluate a model with the agent loop on benchmark files.",
-        epilog="Example: appo eval tiny --model tiny --benchmarks gsm8k hotpotqa --max-samples 4 "
-               "tools.search.backend=cache")
-    p.add_argument("args", nargs="*", metavar="[PRESET|FILE] [key=value ...]",
-                   help="Config preset (default quickstart) and dotted overrides, e.g. eval.k=5 rollout.seed=1.")
-    p.add_argument("--model", help="Model directory or built-in name (sets model.path).")
-    p.add_argument("--benchmarks", nargs="+", help="Benchmark names under --data-root or files (sets eval.benchmarks).")
-    p.add_argument("--data-root", help="Folder of <name>/test.jsonl files (sets eval.data_root).")
-    p.add_argument("--k", type=int, help="Samples per question (sets eval.k).")
-    p.add_argument("--temperature", type=float, help="Sampling temperature; 0 is greedy (sets eval.temperature).")
-    p.add_argument("--max-samples", type=int, help="First N questions per benchmark (sets eval.max_samples).")
-    p.add_argument("--output-dir", help="Output folder (sets eval.output_dir).")
-    p.add_argument("--judge", action="store_true", help="Enable the LLM judge (sets eval.judge.enabled=true).")
-    p.add_argument("--restart", action="store_true", help="Discard earlier samples in the output folder.")
-    p.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
-    return p
-
-
-def _overrides(args: argparse.Namespace) -> list[str]:
-    flags = {"model.path": args.model, "eval.data_root": args.data_root, "eval.k": args.k,
-             "eval.temperature": args.temperature, "eval.max_samples": args.max_samples,
-             "eval.output_dir": args.output_dir, "eval.judge.enabled": True if args.judge else None,
-             "eval.benchmarks": json.dumps(args.benchmarks) if args.benchmarks else None}
-    return [f"{key}={value}" for key, value in flags.items() if value is not None]
 
 
 def load_benchmarks(cfg: Config) -> list[bm.Benchmark]:
@@ -220,8 +187,6 @@ def load_benchmarks(cfg: Config) -> list[bm.Benchmark]:
 
 def build_sets(benchmarks: list[bm.Benchmark], cfg: Config, tokenizer) -> list[EvalSet]:
     """Prompts for each benchmark, built exactly as for training (system prompt, chat template, length)."""
-    from appo.data.datasets import build_prompts
-
     sets = []
     for bench in benchmarks:
         prompts, report = build_prompts(bench.rows, tokenizer, cfg.data, source=str(bench.path))
@@ -229,58 +194,3 @@ def build_sets(benchmarks: list[bm.Benchmark], cfg: Config, tokenizer) -> list[E
             log.warning("%s: %s (raise data.max_prompt_length to keep them)", bench.name, report)
         sets.append(EvalSet(bench.name, bench.kind, prompts, dropped=report.dropped))
     return sets
-
-
-def main(argv: list[str] | None = None) -> int:
-    from appo.config_cli import split_preset
-
-    args = _parser().parse_intermixed_args(argv)
-    if args.benchmarks:  # `--benchmarks a b key=value` : the dotted overrides are not benchmarks
-        args.args += [b for b in args.benchmarks if "=" in b]
-        args.benchmarks = [b for b in args.benchmarks if "=" not in b]
-    logging.basicConfig(level=logging.WARNING, format="[appo] %(message)s")
-    logging.getLogger("appo").setLevel(logging.INFO)  # our progress lines, not every library's
-    preset, overrides = split_preset(args.args)
-    try:
-        cfg = load_config(preset or "quickstart", overrides + _overrides(args))
-        if not cfg.eval.benchmarks:
-            raise ConfigError("no benchmarks: pass --benchmarks NAME|FILE ... (or eval.benchmarks=[...]); "
-                              f"available: {', '.join(bm.available(bm.default_data_root(cfg.eval.data_root))) or 'none'}")
-        judge = JudgeClient(cfg.eval.judge) if cfg.eval.judge.enabled else None
-        benchmarks = load_benchmarks(cfg)
-    except (ConfigError, JudgeError, bm.BenchmarkError) as e:
-        print(f"appo eval: {e}", file=sys.stderr)
-        return 2
-    out_dir = Path(cfg.eval.output_dir or Path(cfg.trainer.output_dir) / "eval")
-    if args.restart:
-        for name in ("samples.jsonl", "run.json"):
-            (out_dir / name).unlink(missing_ok=True)
-    try:
-        _check_resume(out_dir, cfg)
-    except ConfigError as e:
-        print(f"appo eval: {e}", file=sys.stderr)
-        return 2
-
-    from appo.models import load_model, load_tokenizer, resolve_model_path
-    from appo.rewards import get_reward_fn
-    from appo.rollout.engine import make_engine
-    from appo.tools import build_tools
-
-    path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
-    tokenizer = load_tokenizer(path)
-    sets = build_sets(benchmarks, cfg, tokenizer)
-    import torch
-
-    device = cfg.trainer.device if cfg.trainer.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(path, cfg.model.dtype, cfg.model.cache_dir, device).eval()
-    engine = make_engine(cfg.rollout, model, tokenizer)
-    tools = build_tools(cfg.tools)
-    try:
-        summaries = run_sets(engine, tools, sets, cfg, out_dir, judge, get_reward_fn(cfg.algorithm),
-                             progress=not args.no_progress)
-    finally:
-        tools.close()
-    paths = write_report(summaries, out_dir, meta=_fingerprint(cfg))
-    print(markdown_table(summaries), end="")
-    print(f"wrote {paths['md']}, {paths['json']}, {paths['png']} and {out_dir / 'samples.jsonl'}")
-    return 0

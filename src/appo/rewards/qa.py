@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable
+
+from appo.prompts import as_gold_list
 
 _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -23,15 +24,6 @@ def normalize_answer(text: str, strip_punctuation: bool = True) -> str:
     if strip_punctuation:
         text = "".join(ch for ch in text if ch not in _PUNCTUATION)
     return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def as_gold_list(ground_truth: str | Iterable[str] | int | float) -> list[str]:
-    """One gold answer or several aliases, as strings (numbers such as AIME's JSON ints become text)."""
-    if isinstance(ground_truth, str):
-        return [ground_truth]
-    if isinstance(ground_truth, (int, float)):
-        return [str(ground_truth)]
-    return [g if isinstance(g, str) else str(g) for g in ground_truth]
 
 
 def _pair_f1(prediction: str, gold: str) -> float:

@@ -23,8 +23,9 @@ import inspect
 import math
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from appo.prompts import Prompt, is_math
 from appo.rewards.deep_research import (
     deep_research_score,
     extract_boxed_answer,
@@ -35,41 +36,14 @@ from appo.rewards.deep_research import (
 from appo.rewards.math import as_number, math_equal, numbers_equal
 from appo.rewards.qa import exact_match, token_f1
 
-if TYPE_CHECKING:
-    from appo.data.datasets import Prompt
+RewardFn = Callable[[str, Prompt], float]
 
-RewardFn = Callable[[str, "Prompt"], float]
-
-# Sources whose answers are mathematical objects (lower-cased; a "a/b" source also matches by its last part).
-MATH_SOURCES = frozenset(
-    {
-        "gsm8k",
-        "math",
-        "math500",
-        "aime24",
-        "aime25",
-        "amc23",
-        "minerva_math",
-        "olympiadbench",
-        "lighteval/math",
-        "math_dapo",
-        "numina_math",
-        "appo/arithmetic",
-    }
-)
 BUILTIN_TASK_PREFIX = "appo/"
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 class RewardError(RuntimeError):
     """A reward function failed on a row; the message names the function and the row."""
-
-
-def is_math(prompt: Prompt) -> bool:
-    if prompt.ability == "math":
-        return True
-    source = (prompt.data_source or "").lower()
-    return source in MATH_SOURCES or source.rsplit("/", 1)[-1] in MATH_SOURCES
 
 
 def deep_research_reward(response: str, prompt: Prompt) -> float:

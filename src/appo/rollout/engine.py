@@ -8,7 +8,7 @@ optionally its top-k log-probs.
 
 from __future__ import annotations
 
-import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -44,22 +44,6 @@ class Engine(Protocol):
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]: ...
 
-    def load_weights(self, state_dict: dict) -> None: ...
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed derived from `parts` that is the same in every process (unlike `hash`)."""
-    return random.Random(":".join(map(str, parts))).getrandbits(63)
-
-
-def make_engine(rollout_cfg, model, tokenizer) -> Engine:
-    """The engine `rollout.engine` names, sampling with `model` (shared with the learner for 'hf')."""
-    if rollout_cfg.engine == "hf":
-        from appo.rollout.hf import HFEngine
-
-        return HFEngine(model, tokenizer, max_batch_size=rollout_cfg.gen_batch_size, seed=rollout_cfg.seed)
-    if rollout_cfg.engine == "vllm":
-        from appo.rollout import vllm as vllm_engine
-
-        return vllm_engine.VLLMEngine.from_config(rollout_cfg, model, tokenizer)
-    raise ValueError(f"rollout.engine={rollout_cfg.engine!r} is not valid; choose one of: hf, vllm")
+    def load_weights(self, weights: Callable[[], dict]) -> None:
+        """After each update: pull the new weights (`weights()`, a full state dict) into the engine's own copy;
+        a no-op, without calling `weights`, for an engine that samples with the learner's module."""

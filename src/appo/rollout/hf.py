@@ -53,24 +53,26 @@ class HFEngine:
     together; a row that finishes is dropped from the KV cache so that later steps compute only live rows.
     """
 
-    def __init__(self, model, tokenizer, *, max_batch_size: int = 64, seed: int = 0):
+    def __init__(self, model, tokenizer, *, max_batch_size: int = 64, seed: int = 0, own_copy: bool = False):
         self.model = model
+        self.own_copy = own_copy
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self._seeds = random.Random(seed)
 
-    def load_weights(self, state_dict: dict) -> None:
-        """Copy new weights into the module; a tensor that already is the module's parameter is skipped, so
-        this is a no-op when the engine shares the learner's module."""
+    def load_weights(self, weights) -> None:
+        """Refresh the engine's own copy of the policy from `weights()` (a replica under torchrun); a no-op
+        when the engine samples with the learner's module itself (`own_copy=False`)."""
+        if not self.own_copy:
+            return
         own = self.model.state_dict()
         with torch.no_grad():
-            for name, value in state_dict.items():
+            for name, value in weights().items():
                 if name not in own:
                     raise KeyError(f"load_weights: unknown parameter '{name}'")
-                if own[name].data_ptr() != value.data_ptr():
-                    own[name].copy_(value)
+                own[name].copy_(value)
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         for req in requests:
@@ -204,54 +206,3 @@ def _eos_ids(model, tokenizer) -> set[int]:
     if not ids:
         raise ValueError("the tokenizer and the model's generation config define no EOS token")
     return ids
-
-
-def teacher_forced_logprobs(model, trajectories, *, batch_size: int = 8, temperature: float = 1.0,
-                            pad_id: int = 0) -> list[list[float]]:
-    """Log-prob of every response token under `model` (one forward per batch, logits / temperature), aligned
-    with each trajectory's `token_ids`: APPO's "current policy" for the future value, and the check that
-    the sampler's log-probs are those of the model."""
-    device = next(model.parameters()).device
-    out: list[list[float]] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(trajectories), batch_size):
-                chunk = trajectories[start:start + batch_size]
-                out += _score_chunk(model, chunk, device, temperature, pad_id)
-    finally:
-        model.train(was_training)
-    return out
-
-
-def _score_chunk(model, chunk, device, temperature: float, pad_id: int) -> list[list[float]]:
-    # Left padding puts every response at the end, so only the last max_response + 1 positions need logits.
-    seqs = [list(t.prompt_ids) + list(t.token_ids) for t in chunk]
-    width = max(len(s) for s in seqs)
-    keep = max(len(t.token_ids) for t in chunk)
-    if keep == 0:
-        return [[] for _ in chunk]
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep + 1).logits
-    logp = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
-    chosen = logp.gather(-1, ids[:, -keep:, None]).squeeze(-1)
-    return [chosen[i, keep - len(t.token_ids):].tolist() for i, t in enumerate(chunk)]
-
-
-def make_mismatch_scorer(model, *, batch_size: int = 8, temperature: float = 1.0, pad_id: int = 0):
-    """A `strategies.Scorer` for `fv_source=train_infer_mismatch` (the reference): a teacher-forced recompute
-    under `model` minus the sampler's own log-probs. With the same weights on both sides this is only
-    numerical noise, which is why it is not the default."""
-    def score(trajectories):
-        current = teacher_forced_logprobs(model, trajectories, batch_size=batch_size, temperature=temperature,
-                                          pad_id=pad_id)
-        return [[c - b for c, b in zip(cur, t.logprobs)] for cur, t in zip(current, trajectories)]
-
-    return score

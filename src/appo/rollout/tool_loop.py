@@ -24,21 +24,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from appo.rollout.engine import Engine, GenRequest, derive_seed
+from appo.rollout.engine import Engine, GenRequest
 from appo.rollout.trajectory import Trajectory
+from appo.seeding import derive_seed
+from appo.tool_format import result_token_ids
 from appo.tools.base import ToolCall, ToolResult
 
-RESULT_TEMPLATE = " <result>\n{text}\n</result>"
 LIMIT_TEXT = "Error: the tool call limit ({limit}) is reached; no more tool calls. Give your final answer now."
 EMPTY_TEXT = "Error: empty <{tool}> call; put the input between <{tool}> and </{tool}>."
 ON_LIMIT = ("stop", "result", "eos")
-
-
-def result_token_ids(tokenizer, text: str) -> list[int]:
-    """The tokens of a spliced tool result. Special-token strings inside tool output (say a program that
-    prints "<|im_end|>") stay plain text: untrusted output must not inject an EOS or a chat-turn marker."""
-    return tokenizer.encode(RESULT_TEMPLATE.format(text=text), add_special_tokens=False,
-                            split_special_tokens=True)
 
 
 @dataclass

@@ -114,9 +114,10 @@ class VLLMEngine:
         return GenResult(token_ids=token_ids, logprobs=logprobs, entropies=entropies,
                          top_logprobs=tops if req.logprobs > 0 else None, finish_reason=reason, stop_str=stop_str)
 
-    def load_weights(self, state_dict: dict) -> None:
-        """Push the learner's weights into the engine (in place), then drop KV blocks of the old weights."""
-        sd = {k: v.detach() for k, v in state_dict.items()}
+    def load_weights(self, weights) -> None:
+        """Push the learner's weights (`weights()`) into the engine in place, then drop KV blocks of the old
+        weights."""
+        sd = {k: v.detach() for k, v in weights().items()}
         if "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:
             # Tied embeddings: without an explicit lm_head the reload succeeds but the outputs silently differ.
             sd["lm_head.weight"] = sd["model.embed_tokens.weight"]

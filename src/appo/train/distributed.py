@@ -54,6 +54,14 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def my_share(items: list) -> tuple[int, list]:
+    """This rank's contiguous share of `items` (all of them in one process), and where it starts. Every
+    rank gets len(items) // world_size items (`check_config` makes the step's prompts divide evenly)."""
+    share = len(items) // world_size()
+    first = rank() * share
+    return first, items[first:first + share]
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

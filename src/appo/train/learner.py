@@ -1,8 +1,7 @@
 """The learner: teacher-forced log-probs of response tokens and the PPO actor update.
 
-Rows are (prompt ids, response ids) pairs. The LM head runs only on response positions, so the
-[rows x positions x vocab] logits never exist for prompt tokens (49k-wide vocabularies make that the
-dominant memory cost). Mini-batches are split into micro-batches for gradient accumulation, and every
+Rows are (prompt ids, response ids) pairs, scored by `appo.rollout.teacher_forcing` (the LM head runs on
+response positions only). Mini-batches are split into micro-batches for gradient accumulation, and every
 micro-batch loss is normalised by the WHOLE mini-batch's token (or sequence) count, so the accumulated
 gradient equals that of one big batch.
 
@@ -24,8 +23,8 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from appo.config import ActorConfig, LoraConfig, ModelConfig
-from appo.core.branching import entropy_from_logits
 from appo.core.loss import agg_loss, future_kl_loss, kl_penalty, ppo_loss
+from appo.rollout.teacher_forcing import ResponseLogits, response_log_probs
 from appo.train import distributed
 
 
@@ -74,43 +73,6 @@ def apply_lora(model, lora: LoraConfig):
     targets = "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
     return get_peft_model(model, PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                 target_modules=targets, task_type="CAUSAL_LM"))
-
-
-def pad_rows(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int):
-    """Right-padded [prompt | response] ids, their attention mask, the positions whose hidden state predicts
-    each response token, the response tokens and the response mask (all [rows, L] except the first two)."""
-    rows = len(prompt_ids)
-    width = max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True))
-    resp_len = max(1, max(len(r) for r in response_ids))
-    ids = torch.full((rows, width), pad_id, dtype=torch.long)
-    attn = torch.zeros((rows, width), dtype=torch.long)
-    where = torch.zeros((rows, resp_len), dtype=torch.long)
-    targets = torch.full((rows, resp_len), pad_id, dtype=torch.long)
-    mask = torch.zeros((rows, resp_len))
-    for i, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True)):
-        seq = list(p) + list(r)
-        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attn[i, : len(seq)] = 1
-        n = len(r)
-        if n:
-            where[i, :n] = torch.arange(len(p) - 1, len(p) - 1 + n)
-            targets[i, :n] = torch.tensor(r, dtype=torch.long)
-            mask[i, :n] = 1.0
-    return ids, attn, where, targets, mask
-
-
-class ResponseLogits(torch.nn.Module):
-    """Logits at the given positions only: decoder, gather, LM head. One module, so that FSDP2 can make it
-    the root unit that owns the embeddings, the final norm and the (possibly tied) LM head."""
-
-    def __init__(self, causal):
-        super().__init__()
-        self.causal = causal
-
-    def forward(self, ids: torch.Tensor, attn: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-        hidden = self.causal.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
-        picked = hidden.gather(1, where.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        return self.causal.get_output_embeddings()(picked)
 
 
 def _swap(param: torch.Tensor, other: torch.Tensor) -> None:
@@ -178,21 +140,11 @@ class Learner:
 
     # ------------------------------------------------------------------------------------------ forward
 
-    def _autocast(self):
-        if self.model_cfg.autocast == "none":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=getattr(torch, self.model_cfg.autocast))
-
     def _forward(self, model, prompt_ids, response_ids, with_entropy: bool):
-        ids, attn, where, targets, mask = (t.to(self.device) for t in pad_rows(prompt_ids, response_ids,
-                                                                             self.pad_id))
         head = self.ref_head if model is self.ref_model else self.head
-        with self._autocast():
-            logits = head(ids, attn, where)
-        logits = logits.float() / self.temperature
-        log_probs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-        entropy = entropy_from_logits(logits) if with_entropy else None
-        return log_probs * mask, (entropy * mask if entropy is not None else None), mask
+        return response_log_probs(head, prompt_ids, response_ids, pad_id=self.pad_id, device=self.device,
+                                  temperature=self.temperature, autocast_dtype=self.model_cfg.autocast,
+                                  with_entropy=with_entropy)
 
     @torch.no_grad()
     def log_probs(self, prompt_ids: list[list[int]], response_ids: list[list[int]], with_entropy: bool = False,

@@ -15,12 +15,10 @@ the final segment ends with the EOS token. Only generated segments are trained.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +26,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from appo.config import Config, ConfigError, ModelConfig, SftConfig, load_config
-from appo.rollout.tool_loop import result_token_ids
+from appo.config import Config, ConfigError, ModelConfig, SftConfig
+from appo.data.traces import make_sft_traces
+from appo.rollout.teacher_forcing import ResponseLogits, autocast
+from appo.tool_format import result_token_ids
+from appo.tools import build_tools
+from appo.train.checkpoint import save_hf
 from appo.train.learner import lr_multiplier
 
 ROLE_OF = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -172,20 +174,14 @@ def collate(rows: list[list[SftExample]], pad_id: int) -> dict[str, torch.Tensor
     return {"input_ids": ids, "position_ids": pos, "attention_mask": mask[:, None], "targets": targets}
 
 
-def sft_loss(model, batch: dict[str, torch.Tensor], autocast: str = "none") -> tuple[torch.Tensor, int]:
+def sft_loss(model, batch: dict[str, torch.Tensor], autocast_dtype: str = "none") -> tuple[torch.Tensor, int]:
     """Token-mean cross-entropy over trained positions; the LM head runs only there."""
-    import contextlib
-
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     causal = model.get_base_model() if hasattr(model, "peft_config") else model
-    ctx = (contextlib.nullcontext() if autocast == "none"
-           else torch.autocast(device.type, dtype=getattr(torch, autocast)))
-    with ctx:
-        hidden = causal.get_decoder()(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                                      attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
-        keep = batch["targets"] >= 0
-        logits = causal.get_output_embeddings()(hidden[keep])
+    keep = batch["targets"] >= 0
+    with autocast(device.type, autocast_dtype):
+        logits = ResponseLogits(causal)(batch["input_ids"], batch["attention_mask"], keep, batch["position_ids"])
     loss = torch.nn.functional.cross_entropy(logits.float(), batch["targets"][keep], reduction="sum")
     return loss, int(keep.sum())
 
@@ -243,36 +239,23 @@ def run_sft(model, tokenizer, conversations: list[dict], sft: SftConfig, model_c
 
 
 def sft_conversations(cfg: Config, task_rows: list[dict] | None = None) -> list[dict]:
-    """`sft.files` when given, else traces generated from the built-in task's training rows (with real
-    tool results: the sandbox and the task's search index)."""
+    """`sft.files` when given, else traces generated from the built-in task's training rows (`task_rows`),
+    with real tool results (the sandbox, and the search index `cfg.tools.search` names)."""
     if cfg.sft.files:
         return load_conversations(cfg.sft.files)
-    if cfg.data.task is None:
-        raise ConfigError("SFT needs sft.files=[...] or a built-in data.task that generates traces")
-    from appo.data.traces import make_sft_traces
-    from appo.tools import build_tools
-
     if task_rows is None:
-        from appo.data.prompt_sets import prepare_task
-
-        task_rows = prepare_task(cfg).train
+        raise ConfigError("SFT needs sft.files=[...] or a built-in data.task that generates traces")
     with build_tools(cfg.tools) as tools:
         return make_sft_traces(task_rows, cfg.sft.num_examples, seed=cfg.data.seed, p_notool=cfg.sft.p_notool,
                                p_wrong=cfg.sft.p_wrong, tools=tools, system_prompt=cfg.data.system_prompt)
 
 
-def train_sft(cfg: Config, out_dir: str | Path, model=None, tokenizer=None, progress: bool = True,
+def train_sft(cfg: Config, out_dir: str | Path, model, tokenizer, progress: bool = True,
               task_rows: list[dict] | None = None) -> Path:
-    """Run SFT as configured and save a Hugging Face directory that `appo train model.path=...` starts from."""
-    from appo.models import load_model, load_tokenizer
-    from appo.train.checkpoint import save_hf
-
+    """Run SFT on `model` as configured and save a Hugging Face directory that `appo train model.path=...`
+    starts from."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = tokenizer or load_tokenizer(cfg.model.path, cfg.model.cache_dir)
-    if model is None:
-        torch.manual_seed(cfg.trainer.seed)
-        model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.cache_dir, device=_device(cfg))
     conversations = sft_conversations(cfg, task_rows)
     with (out / "sft_log.jsonl").open("w") as f:
         def log(record):
@@ -286,24 +269,3 @@ def train_sft(cfg: Config, out_dir: str | Path, model=None, tokenizer=None, prog
     print(f"[appo] sft: {len(conversations)} conversations, {len(history)} steps in {time.time() - t0:.0f}s, "
           f"loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; model saved to {out}", flush=True)
     return out
-
-
-def _device(cfg: Config) -> str:
-    if cfg.trainer.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return cfg.trainer.device
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="appo sft", description="Cold-start SFT on tool-use conversations.")
-    parser.add_argument("--config", default="quickstart", help="Preset name or YAML file.")
-    parser.add_argument("--output", default=None, help="Output HF directory (default: <trainer.output_dir>/sft).")
-    parser.add_argument("overrides", nargs="*", help="Dotted overrides, e.g. sft.files=[traces.jsonl] sft.lr=5e-5.")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"appo sft: {e}", file=sys.stderr)
-        return 2
-    train_sft(cfg, args.output or Path(cfg.trainer.output_dir) / "sft")
-    return 0

@@ -1,7 +1,7 @@
 """The RL trainer. `Trainer.rl_step` is the whole algorithm on one page:
 
-    rollouts (strategy) -> rewards -> old / ref log-probs -> advantages -> actor update -> weight sync
-    -> logging -> checkpoint
+    rollouts (algorithm.name's sampler) -> rewards -> advantages -> old / ref log-probs -> actor update
+    -> weight sync -> metrics and rollout dump
 
 Everything else here is bookkeeping: which prompts a step sees, which rows the learner trains on, and
 how the state is saved so that a killed run resumes to the same numbers. Determinism: the data order of
@@ -31,9 +31,15 @@ from tqdm import tqdm
 from appo.config import Config, to_dict
 from appo.core.advantage import appo_advantages, grpo_advantages
 from appo.core.branching import mean_reward_scale_m
-from appo.rollout.engine import derive_seed, make_engine
-from appo.rollout.strategies import sample_groups
+from appo.eval.evaluate import evaluate
+from appo.models import load_model, resolve_device
+from appo.rewards import get_reward_fn
+from appo.rollout.appo import future_value_log_ratio
+from appo.rollout.engines import make_engine
+from appo.rollout.sampling import sample_groups
 from appo.rollout.trajectory import RolloutGroup, Trajectory
+from appo.seeding import derive_seed
+from appo.tools import build_tools
 from appo.train import checkpoint as ckpt
 from appo.train import distributed
 from appo.train.learner import Learner, UpdateBatch
@@ -53,14 +59,6 @@ class StepTimer:
         t0 = time.perf_counter()
         yield
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu or auto")
-    return name
 
 
 def batch_for_step(num_prompts: int, batch_size: int, step: int, seed: int, shuffle: bool) -> tuple[int, list[int]]:
@@ -174,10 +172,6 @@ class Trainer:
 
     def __init__(self, cfg: Config, model, tokenizer, train_prompts: list, val_prompts: list | None = None,
                  start_path: str | None = None, progress: bool = True):
-        from appo.models import load_model
-        from appo.rewards import get_reward_fn
-        from appo.tools import build_tools
-
         self.cfg, self.tokenizer = cfg, tokenizer
         self.train_prompts, self.val_prompts = train_prompts, val_prompts or []
         self.out = Path(cfg.trainer.output_dir)
@@ -197,9 +191,11 @@ class Trainer:
         self.learner = Learner(model, cfg.actor, cfg.model, pad_id=tokenizer.pad_token_id, device=self.device,
                                total_optimizer_steps=self.total_steps * self._optimizer_steps_per_rl_step(),
                                ref_model=ref, temperature=cfg.rollout.temperature or 1.0)
-        self.engine = make_engine(cfg.rollout, replica if replica is not None else self.learner.model, tokenizer)
+        self.engine = make_engine(cfg.rollout, replica if replica is not None else self.learner.model, tokenizer,
+                                  own_copy=replica is not None)
         self.tools = build_tools(cfg.tools)
         self.reward_fn = get_reward_fn(cfg.algorithm)
+        self.fv_log_ratio = self._fv_log_ratio() if cfg.rollout.strategy == "appo" else None
         self.step = 0
 
     def _optimizer_steps_per_rl_step(self) -> int:
@@ -218,47 +214,44 @@ class Trainer:
         torch.manual_seed(derive_seed(cfg.trainer.seed, "step", step))
         epoch, idx = batch_for_step(len(self.train_prompts), cfg.data.batch_size, step, cfg.data.seed,
                                     cfg.data.shuffle)
-        share = len(idx) // self.world
-        first = self.rank * share  # this rank's slice of the step's prompts (all of them in one process)
-        prompts = [self.train_prompts[i] for i in idx[first:first + share]]
+        first, mine = distributed.my_share(idx)
+        prompts = [self.train_prompts[i] for i in mine]
 
         # 1. rollouts: initial rows, then branches (appo) or in-loop copies (arpo)
         with timer("rollout"):
             groups, roll_stats = sample_groups(self.engine, self.tools, prompts, cfg, step=step,
-                                               scorer=self._scorer(), first_group=first)
+                                               fv_log_ratio=self.fv_log_ratio, first_group=first)
         # 2. rewards for every row, branch rows included (they feed the initial rows' advantages)
         with timer("reward"):
             score_groups(groups, self.reward_fn, self.tokenizer)
+        # 3. advantages over all rows; then keep the rows that carry loss (APPO drops its branch rows:
+        #    docs/reference-differences.md#b6)
         rows, group_ids, splits = flatten(groups)
         mask = loss_mask(rows, mask_branches=cfg.algorithm.adv_estimator == "appo")
-        # 3. advantages over all rows; then keep the rows that carry loss (branch rows dropped, B6)
         adv = advantages(rows, group_ids, splits, mask, cfg)
         keep = [i for i, t in enumerate(rows) if not (self._drops_branches() and t.kind == "branch")]
-        trained = [rows[i] for i in keep]
-        if len(set(distributed.gather_objects(len(trained)))) > 1:
+        prompt_ids, response_ids = [rows[i].prompt_ids for i in keep], [rows[i].token_ids for i in keep]
+        if len(set(distributed.gather_objects(len(keep)))) > 1:
             # Sharded forwards must pair up across ranks: unequal row counts would hang the update.
             raise RuntimeError("ranks hold different numbers of update rows; every strategy must return "
                                "rollout.n rows per prompt")
-        batch = UpdateBatch([t.prompt_ids for t in trained], [t.token_ids for t in trained],
-                            mask[keep], torch.zeros(0), adv[keep])
         # 4. old log-probs (the PPO ratio's denominator) and reference log-probs, on the kept rows only
         with timer("old_log_probs"):
-            batch.old_log_probs, _ = learner.log_probs(batch.prompt_ids, batch.response_ids)
-            if cfg.actor.use_kl_loss:
-                batch.ref_log_probs, _ = learner.log_probs(batch.prompt_ids, batch.response_ids, reference=True)
+            old_log_probs, _ = learner.log_probs(prompt_ids, response_ids)
+            ref_log_probs = (learner.log_probs(prompt_ids, response_ids, reference=True)[0]
+                             if cfg.actor.use_kl_loss else None)
+        batch = UpdateBatch(prompt_ids, response_ids, mask[keep], old_log_probs, adv[keep], ref_log_probs)
         # 5. actor update (keeping the weights it starts from when the future value compares policies)
         with timer("update"):
             if cfg.rollout.strategy == "appo" and cfg.rollout.appo.fv_source == "stale_policy":
                 learner.snapshot()
             update_metrics = learner.update(batch)
-        # 6. weight sync (a no-op when the engine samples with the learner's own module)
+        # 6. weight sync: the engine pulls the new weights only when it samples with its own copy
         with timer("sync"):
-            if getattr(self.engine, "model", None) is not learner.model:
-                self.engine.load_weights(distributed.full_state_dict(learner.model, everywhere=True)
-                                         if self.world > 1 else ckpt.merged_state_dict(learner.model))
+            self.engine.load_weights(self._full_weights)
         # 7. metrics and rollout dump
         metrics = {"epoch": epoch, **rollout_metrics(rows), **update_metrics, **roll_stats,
-                   "rollout/update_rows": len(trained)}
+                   "rollout/update_rows": len(keep)}
         tool_s = roll_stats.get("rollout/tool_seconds", 0.0)
         metrics.update({"time/generate": timer.seconds["rollout"] - tool_s, "time/tools": tool_s,
                         "time/reward": timer.seconds["reward"],
@@ -270,29 +263,26 @@ class Trainer:
             self._dump(step, rows, adv, first)
         return metrics
 
-    def _scorer(self):
-        """The log-ratio inside APPO's future value, per `rollout.appo.fv_source`:
-        - stale_policy: the sampling policy (θ_k, its own log-probs) against the policy before the last
-          update (θ_{k−1}, recomputed): where the latest update moved probability. None at step 1.
-        - train_infer_mismatch (the reference): a learner recompute against the sampler, same weights.
-        """
-        source = self.cfg.rollout.appo.fv_source
-        if self.cfg.rollout.strategy != "appo" or source == "none":
-            return None
+    def _full_weights(self) -> dict:
+        """The policy's full weights for an engine with its own copy (LoRA merged; gathered under torchrun,
+        a collective that every rank's engine calls alike)."""
+        if self.world > 1:
+            return distributed.full_state_dict(self.learner.model, everywhere=True)
+        return ckpt.merged_state_dict(self.learner.model)
+
+    def _fv_log_ratio(self):
+        """APPO's future-value log-ratio (`rollout.appo.fv_source`), with the learner's recomputes."""
         learner = self.learner
 
-        def score(trajs: list[Trajectory]) -> list[list[float]] | None:
-            prompts, responses = [t.prompt_ids for t in trajs], [t.token_ids for t in trajs]
-            if source == "stale_policy":
-                behind = learner.previous_log_probs(prompts, responses)
-                if behind is None:
-                    return None
-                return [[a - b for a, b in zip(t.logprobs, behind[i, : len(t)].tolist())]
-                        for i, t in enumerate(trajs)]
-            current, _ = learner.log_probs(prompts, responses)
-            return [[a - b for a, b in zip(current[i, : len(t)].tolist(), t.logprobs)] for i, t in enumerate(trajs)]
+        def recompute(trajs: list[Trajectory]) -> list[list[float]]:
+            current, _ = learner.log_probs([t.prompt_ids for t in trajs], [t.token_ids for t in trajs])
+            return [current[i, : len(t)].tolist() for i, t in enumerate(trajs)]
 
-        return score
+        def recompute_previous(trajs: list[Trajectory]) -> list[list[float]] | None:
+            behind = learner.previous_log_probs([t.prompt_ids for t in trajs], [t.token_ids for t in trajs])
+            return None if behind is None else [behind[i, : len(t)].tolist() for i, t in enumerate(trajs)]
+
+        return future_value_log_ratio(self.cfg.rollout.appo.fv_source, recompute, recompute_previous)
 
     def _dump(self, step: int, rows: list[Trajectory], adv: torch.Tensor, first_group: int = 0) -> None:
         records = []
@@ -316,8 +306,6 @@ class Trainer:
     def validate(self, name: str) -> dict:
         """Evaluate on the held-out prompts. Under torchrun rank 0 evaluates alone with its own engine (no
         collective runs inside) while the others wait at a barrier; they get an empty summary."""
-        from appo.eval.evaluate import evaluate
-
         summary = {}
         if distributed.is_main():
             summary = evaluate(self.learner.model, self.tokenizer, self.val_prompts, self.cfg, name=name,

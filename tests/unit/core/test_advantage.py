@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from appo.core.advantage import appo_advantages, arpo_branch_decision, arpo_step_entropy, grpo_advantages
+from appo.core.advantage import appo_advantages, grpo_advantages
+from appo.core.branching import arpo_branch_decision, arpo_step_entropy
 
 from . import naive
 

@@ -6,7 +6,7 @@ import pytest
 
 from appo.config import load_config
 from appo.data import build_task, encode_trace, make_sft_traces
-from appo.rollout.tool_loop import result_token_ids
+from appo.tool_format import result_token_ids
 
 
 @pytest.fixture(scope="module")

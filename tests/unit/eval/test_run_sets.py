@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from appo.config import load_config
-from appo.eval.evaluate import EvalSet, _check_resume, run_sets
+from appo.eval.evaluate import EvalSet, check_resume, run_sets
 from appo.eval.judge import JudgeClient
 from appo.eval.store import SampleStore
 
@@ -96,10 +96,10 @@ def test_resume_generates_only_missing_samples_and_matches_uninterrupted(engine,
 
 
 def test_resume_refuses_changed_settings(tmp_path):
-    _check_resume(tmp_path, _cfg())
-    _check_resume(tmp_path, _cfg())
+    check_resume(tmp_path, _cfg())
+    check_resume(tmp_path, _cfg())
     with pytest.raises(Exception, match="temperature"):
-        _check_resume(tmp_path, _cfg(**{"eval.temperature": 0.5}))
+        check_resume(tmp_path, _cfg(**{"eval.temperature": 0.5}))
 
 
 def test_enabling_the_judge_later_judges_stored_samples_without_resampling(engine, tmp_path, monkeypatch):
@@ -123,8 +123,8 @@ def test_enabling_the_judge_later_judges_stored_samples_without_resampling(engin
 
 
 def test_library_evaluate_returns_flat_summary_and_writes_files(tiny_model, tiny_tokenizer, tmp_path):
-    from appo.data.datasets import Prompt
     from appo.eval.evaluate import evaluate
+    from appo.prompts import Prompt
 
     cfg = _cfg(**{"eval.k": 1, "eval.temperature": 0.0})
     prompts = [Prompt(p.messages, p.prompt_ids, p.ground_truth, "appo/arithmetic", "math", p.index)

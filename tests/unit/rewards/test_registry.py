@@ -5,7 +5,7 @@ import textwrap
 import pytest
 
 from appo.config import load_config
-from appo.data.datasets import Prompt
+from appo.prompts import Prompt
 from appo.rewards import REWARDS, RewardError, get_reward_fn, is_math
 
 GOOD = "<think>t</think><answer>\\boxed{0.5}</answer>"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from appo.rollout.hf import HFEngine, teacher_forced_logprobs
+from appo.rollout.hf import HFEngine
+from appo.rollout.teacher_forcing import teacher_forced_logprobs
 from appo.rollout.tool_loop import (
     EMPTY_TEXT,
     LoopStart,

@@ -22,7 +22,8 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 from appo.models import build_tiny, load_model, load_tokenizer  # noqa: E402
 from appo.rollout.engine import GenRequest  # noqa: E402
-from appo.rollout.hf import HFEngine, teacher_forced_logprobs  # noqa: E402
+from appo.rollout.hf import HFEngine  # noqa: E402
+from appo.rollout.teacher_forcing import teacher_forced_logprobs  # noqa: E402
 from appo.rollout.trajectory import Trajectory  # noqa: E402
 from appo.rollout.vllm import VLLMEngine  # noqa: E402
 
@@ -137,13 +138,13 @@ def test_load_weights_pushes_new_weights_including_tied_lm_head(setup):
                 param.add_(0.05 * torch.randn_like(param))
         # As a checkpoint stores a tied model: no lm_head.weight (it is the embedding).
         new = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
-        vl.load_weights(new)
+        vl.load_weights(lambda: new)
         expected, got = _greedy(hf, prompts), _greedy(vl, prompts)
         assert [r.token_ids for r in got] == [r.token_ids for r in expected]
         assert [r.token_ids for r in got] != [r.token_ids for r in before]
     finally:
         model.load_state_dict(original)
-        vl.load_weights(original)
+        vl.load_weights(lambda: original)
     assert [r.token_ids for r in _greedy(vl, prompts)] == [r.token_ids for r in before]
 
 
@@ -160,7 +161,7 @@ def test_zero_budget_and_empty_prompt_as_in_the_hf_engine(setup):
 
 def test_make_engine_builds_vllm_from_config(setup):
     from appo.config import load_config
-    from appo.rollout.engine import make_engine
+    from appo.rollout.engines import make_engine
 
     cfg = load_config(None, ["rollout.engine=vllm"])
     engine = make_engine(cfg.rollout, setup["model"], setup["tok"])

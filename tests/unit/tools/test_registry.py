@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
+from appo.commands.tool import main as tool_main
 from appo.config import ToolsConfig
 from appo.tools import ToolCall, ToolResult, ToolRunner, build_tools
-from appo.tools.cli import tool_main
 
 
 class Echo:

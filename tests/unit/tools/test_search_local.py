@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from appo.commands.index import main as index_main
 from appo.config import SearchToolConfig, ToolsConfig
 from appo.tools.base import ToolCall
-from appo.tools.cli import index_main
 from appo.tools.registry import build_search_tool
 from appo.tools.search import NO_RESULTS, format_results, parse_results
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from appo.config import ModelConfig, SftConfig
-from appo.rollout.tool_loop import result_token_ids
+from appo.tool_format import result_token_ids
 from appo.train.sft import _pack, collate, encode_conversation, run_sft, sft_loss
 
 SHAREGPT = {"conversations": [

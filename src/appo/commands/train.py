@@ -15,13 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
+import torch
+
+from appo.commands.common import setup_logging, with_task_index
 from appo.config import Config, ConfigError, load_config, preset_names
 from appo.data.prompt_sets import load_prompt_sets, prepare_task
+from appo.eval.evaluate import evaluate
+from appo.models import load_model, load_tokenizer, resolve_device
+from appo.train import checkpoint as ckpt
 from appo.train import distributed
+from appo.train.report import write_report
+from appo.train.sft import train_sft
+from appo.train.trainer import Trainer
 
 
 class Pipeline:
@@ -46,18 +54,11 @@ class Pipeline:
         tmp.replace(self.state_path)
 
     def run(self, resume: bool = False) -> dict:
-        import torch
-
-        from appo.models import load_model, load_tokenizer
-        from appo.train import checkpoint as ckpt
-        from appo.train.report import write_report
-        from appo.train.sft import train_sft
-        from appo.train.trainer import Trainer, resolve_device
-
-        cfg, state = self.cfg, self._load_state(resume)
+        state = self._load_state(resume)
+        task = prepare_task(self.cfg)
+        cfg = self.cfg = with_task_index(self.cfg, task)
         device = resolve_device(cfg.trainer.device)
         tokenizer = load_tokenizer(cfg.model.path, cfg.model.cache_dir)
-        task = prepare_task(cfg) if cfg.data.task is not None else None
         train, val = load_prompt_sets(cfg, tokenizer, task)
         if distributed.is_main():
             print(f"[appo] {len(train)} training prompts, {len(val)} held-out prompts; output: {self.out}"
@@ -105,8 +106,6 @@ class Pipeline:
 
     def _eval(self, model, tokenizer, val, name: str) -> dict:
         """Evaluate the (unsharded) model; under torchrun rank 0 alone, the others wait at a barrier."""
-        from appo.eval.evaluate import evaluate
-
         summary = {}
         if distributed.is_main():
             summary = evaluate(model, tokenizer, val, self.cfg, name=name, output_dir=self.out / "eval" / name,
@@ -133,8 +132,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     parser.add_argument("overrides", nargs="*", help="Dotted overrides: rollout.n=16 actor.lr=1e-6 ...")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="[appo] %(message)s")
-    logging.getLogger("appo").setLevel(logging.INFO)
+    setup_logging()
     try:
         cfg = load_config(args.config, args.overrides)
         world = distributed.env_world_size()
@@ -143,8 +141,6 @@ def main(argv: list[str]) -> int:
     except (ConfigError, ValueError) as e:
         print(f"appo train: {e}", file=sys.stderr)
         return 2
-    from appo.train.trainer import resolve_device
-
     distributed.init_from_env(resolve_device(cfg.trainer.device))
     try:
         Pipeline(cfg, progress=not args.no_progress).run(resume=args.resume)

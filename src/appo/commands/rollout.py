@@ -1,20 +1,28 @@
-"""`appo rollout`: sample rollout groups with the configured strategy, without training, and write them
+"""`appo rollout`: sample rollout groups with the configured algorithm, without training, and write them
 as JSONL (tokens, texts, masks, log-probs, entropies, branch structure, rewards) and as an HTML tree view.
 
-    appo rollout --config tiny --num-prompts 4 --out runs/rollouts rollout.strategy=appo rollout.n=8
+    appo rollout --config tiny --num-prompts 4 --out runs/rollouts algorithm.name=appo rollout.n=8
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 from pathlib import Path
 
-from appo.config import ConfigError, load_config, preset_names
+import torch
 
-log = logging.getLogger(__name__)
+from appo.commands.common import setup_logging, with_task_index
+from appo.config import ConfigError, load_config, preset_names
+from appo.data.prompt_sets import load_prompt_sets, prepare_task
+from appo.models import load_model, load_tokenizer, resolve_device
+from appo.rewards import get_reward_fn
+from appo.rollout.appo import future_value_log_ratio
+from appo.rollout.engines import make_engine
+from appo.rollout.html import render_html
+from appo.rollout.sampling import sample_groups
+from appo.rollout.teacher_forcing import teacher_forced_logprobs
+from appo.tools import build_tools
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,9 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="[appo] %(message)s")
-    logging.getLogger("appo").setLevel(logging.INFO)  # our progress lines, not every library's
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    setup_logging()
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
@@ -53,40 +59,28 @@ def main(argv: list[str]) -> int:
 
 def sample(cfg, num_prompts: int, split: str, step: int, out: Path):
     """Load the policy, prompts, tools and rewards named by `cfg`, and sample `num_prompts` groups."""
-    import torch
-
-    from appo.data.prompt_sets import load_prompt_sets
-    from appo.models import load_model, load_tokenizer
-    from appo.rewards import get_reward_fn
-    from appo.rollout.engine import make_engine
-    from appo.rollout.hf import make_mismatch_scorer
-    from appo.rollout.strategies import sample_groups
-    from appo.tools import build_tools
-
-    device = cfg.trainer.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg.trainer.output_dir = str(out)  # a built-in task's search index is built here
+    task = prepare_task(cfg)
+    cfg = with_task_index(cfg, task)
     torch.manual_seed(cfg.trainer.seed)
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.cache_dir)
-    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.cache_dir, device=device)
-    cfg.trainer.output_dir = str(out)  # a built-in task's search index is built here
-    train, val = load_prompt_sets(cfg, tokenizer)
+    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.cache_dir, device=resolve_device(cfg.trainer.device))
+    train, val = load_prompt_sets(cfg, tokenizer, task)
     prompts = (train if split == "train" else val)[:num_prompts]
     if not prompts:
         raise SystemExit(f"appo rollout: the {split} set has no prompts")
+
     # Without training there is no previous policy, so fv_source=stale_policy ranks by entropy alone
     # (reported as rollout/fv_used=0); train_infer_mismatch compares a recompute with the sampler.
-    def no_previous_policy(trajectories):
-        return None
+    def recompute(trajectories):
+        return teacher_forced_logprobs(model, trajectories, temperature=cfg.rollout.temperature or 1.0,
+                                       pad_id=tokenizer.pad_token_id or 0, autocast_dtype=cfg.model.autocast)
 
-    scorer = no_previous_policy
-    if cfg.rollout.strategy == "appo" and cfg.rollout.appo.fv_source == "train_infer_mismatch":
-        scorer = make_mismatch_scorer(model, temperature=cfg.rollout.temperature or 1.0,
-                                      pad_id=tokenizer.pad_token_id or 0)
+    fv_log_ratio = future_value_log_ratio(cfg.rollout.appo.fv_source, recompute, lambda trajectories: None)
     engine = make_engine(cfg.rollout, model, tokenizer)
     reward_fn = get_reward_fn(cfg.algorithm)
     with build_tools(cfg.tools) as tools:
-        groups, metrics = sample_groups(engine, tools, prompts, cfg, step=step, scorer=scorer)
+        groups, metrics = sample_groups(engine, tools, prompts, cfg, step=step, fv_log_ratio=fv_log_ratio)
     for group in groups:
         for traj in group.rows:
             traj.reward = float(reward_fn(traj.response_text(tokenizer), group.prompt))
@@ -94,8 +88,6 @@ def sample(cfg, num_prompts: int, split: str, step: int, out: Path):
 
 
 def write_outputs(groups, metrics: dict, tokenizer, out: Path, title: str = "appo rollouts") -> None:
-    from appo.rollout.html import render_html
-
     with (out / "rollouts.jsonl").open("w", encoding="utf-8") as f:
         for g, group in enumerate(groups):
             for row, traj in enumerate(group.rows):

@@ -1,5 +1,4 @@
-"""`appo tool ...` runs one tool call by hand and prints exactly what the model would see;
-`appo index build ...` builds the BM25 index of the local search backend."""
+"""`appo tool ...`: run one tool call by hand and print exactly what the model would see."""
 
 from __future__ import annotations
 
@@ -46,7 +45,7 @@ _FLAG_KEYS = {"timeout": "tools.timeout", "max_chars": "tools.result_max_chars",
               "max_results": "tools.search.max_results"}
 
 
-def tool_main(argv: list[str]) -> int:
+def main(argv: list[str]) -> int:
     args = _tool_parser().parse_args(argv)
     overrides = [f"{key}={getattr(args, flag)}" for flag, key in _FLAG_KEYS.items()
                  if getattr(args, flag, None) is not None]
@@ -68,22 +67,3 @@ def tool_main(argv: list[str]) -> int:
         (result,) = runner.run([call])
     print(result.text)
     return 0 if result.ok else 1
-
-
-def index_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="appo index", description="Search indexes for the local backend.")
-    sub = parser.add_subparsers(dest="action", required=True)
-    build = sub.add_parser("build", help="build a BM25 index from a JSONL corpus of {id, title, text}")
-    build.add_argument("--corpus", required=True, help="JSONL file, one document per line")
-    build.add_argument("--out", required=True, help="output directory (use it as tools.search.index_dir)")
-    args = parser.parse_args(argv)
-    from appo.tools.search_backends import build_index, read_corpus
-
-    try:
-        docs = read_corpus(args.corpus)
-        out = build_index(docs, args.out)
-    except (ValueError, OSError) as e:
-        print(f"appo index: {e}", file=sys.stderr)
-        return 2
-    print(f"indexed {len(docs)} documents into {out} (use tools.search.backend=local tools.search.index_dir={out})")
-    return 0

@@ -1,5 +1,6 @@
-"""Sampling strategies: exactly n rows per prompt whatever happens, branches from token prefixes that may
-call tools, candidate filters (B8), FV fallbacks, determinism, and ARPO's rule on fixed draws."""
+"""Sampling (grpo, arpo, appo): exactly n rows per prompt whatever happens, branches from token prefixes that
+may call tools, candidate filters (docs/reference-differences.md#b8), FV fallbacks, determinism, and ARPO's
+rule on fixed draws."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import types
 import pytest
 import torch
 
-from appo.rollout.hf import HFEngine, make_mismatch_scorer
-from appo.rollout.strategies import candidate_mask, sample_groups
+from appo.rollout.appo import candidate_mask, future_value_log_ratio
+from appo.rollout.hf import HFEngine
+from appo.rollout.sampling import sample_groups
+from appo.rollout.teacher_forcing import teacher_forced_logprobs
 from appo.rollout.trajectory import Trajectory
 
 from .conftest import ScriptedEngine, make_cfg
@@ -45,6 +48,12 @@ def _cfg(**kw):
     return make_cfg(**{**base, **kw})
 
 
+def _mismatch(model):
+    """fv_source=train_infer_mismatch: a teacher-forced recompute against the sampler's own log-probs."""
+    return future_value_log_ratio("train_infer_mismatch", lambda trajs: teacher_forced_logprobs(model, trajs),
+                                  lambda trajs: None)
+
+
 def _check_rows(groups, n):
     assert all(len(g.rows) == n for g in groups)
     for g, group in enumerate(groups):
@@ -53,7 +62,7 @@ def _check_rows(groups, n):
 
 def test_grpo_samples_n_independent_rollouts(tiny_tokenizer, python_tools):
     engine = ScriptedEngine(tiny_tokenizer, _no_tool_then_tool)
-    cfg = _cfg(**{"rollout.strategy": "grpo", "algorithm.adv_estimator": "grpo"})
+    cfg = _cfg(**{"algorithm.name": "grpo"})
     groups, metrics = sample_groups(engine, python_tools, _prompts(tiny_tokenizer, 3), cfg)
     _check_rows(groups, 4)
     assert all(not g.branches for g in groups) and metrics["rollout/init_rows"] == 12
@@ -135,7 +144,7 @@ def test_candidate_filter_excludes_split_closing_tags_eos_and_final_token(tiny_t
 def _with_scorer(tok, python_tools, scorer, **kw):
     engine = ScriptedEngine(tok, _no_tool_then_tool)
     cfg = _cfg(**{"rollout.appo.fv_source": "stale_policy", **kw})
-    return sample_groups(engine, python_tools, _prompts(tok), cfg, scorer=scorer)
+    return sample_groups(engine, python_tools, _prompts(tok), cfg, fv_log_ratio=scorer)
 
 
 def test_future_value_from_the_scorer_and_its_fallbacks(tiny_tokenizer, python_tools):
@@ -175,12 +184,12 @@ def test_appo_with_the_real_engine_is_reproducible(tiny_model, tiny_tokenizer, p
     cfg = _cfg(**{"rollout.max_response_length": 12, "rollout.appo.fv_source": "train_infer_mismatch",
                   "rollout.seed": 5})
     prompts = _prompts(tiny_tokenizer)
-    runs = [sample_groups(engine, python_tools, prompts, cfg, step=3, scorer=make_mismatch_scorer(tiny_model))[0]
+    runs = [sample_groups(engine, python_tools, prompts, cfg, step=3, fv_log_ratio=_mismatch(tiny_model))[0]
             for _ in range(2)]
     flat = [[(t.token_ids, t.split_pos, t.parent) for g in groups for t in g.rows] for groups in runs]
     assert flat[0] == flat[1]
     _check_rows(runs[0], 4)
-    other = sample_groups(engine, python_tools, prompts, cfg, step=4, scorer=make_mismatch_scorer(tiny_model))[0]
+    other = sample_groups(engine, python_tools, prompts, cfg, step=4, fv_log_ratio=_mismatch(tiny_model))[0]
     assert [t.token_ids for g in other for t in g.rows] != [t[0] for t in flat[0]]
 
 
@@ -188,7 +197,7 @@ def test_appo_with_the_real_engine_is_reproducible(tiny_model, tiny_tokenizer, p
 
 
 def _arpo_cfg(**kw):
-    base = {"rollout.strategy": "arpo", "algorithm.adv_estimator": "grpo", "rollout.arpo.beam_size": 2,
+    base = {"algorithm.name": "arpo", "rollout.arpo.beam_size": 2,
             "rollout.arpo.entropy_weight": 0.2, "rollout.arpo.branch_probability": 0.5}
     return _cfg(**{**base, **kw})
 
@@ -244,7 +253,7 @@ def test_trajectory_prefix_copies_are_independent():
 @pytest.mark.parametrize("selection", ["strict_first", "score"])
 def test_selection_mode_orders_points(tiny_tokenizer, selection):
     from appo.core.branching import branching_scores
-    from appo.rollout.strategies import choose_branch_points
+    from appo.rollout.appo import choose_branch_points
 
     tok = tiny_tokenizer
     ids = tok.encode("one two three four five six seven eight", add_special_tokens=False)

@@ -7,14 +7,8 @@ import sys
 
 import yaml
 
+from appo.commands.common import split_preset
 from appo.config import ConfigError, describe, load_config, preset_names, to_dict
-
-
-def split_preset(args: list[str]) -> tuple[str | None, list[str]]:
-    """The first argument without '=' names a preset or YAML file; the rest are dotted overrides."""
-    if args and "=" not in args[0]:
-        return args[0], args[1:]
-    return None, args
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,234 @@
+"""APPO sampling (docs/reference-differences.md#s4): m initial rollouts per prompt, Branching Scores
+Z(entropy)·Z(future value) on every generated token, and n − m continuations from the top-scored prefixes
+with the same tool loop.
+
+The rest of APPO: the advantage that maps branch outcomes back onto the parents' prefixes is
+`appo.core.advantage.appo_advantages`; the trainer drops the branch rows before the update
+(`algorithm.drop_branch_rows`), and `actor.loss_mode=future_kl` is `appo.core.loss.future_kl_loss`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import torch
+
+from appo.core.branching import branching_scores, entropy_from_topk, select_branch_points
+from appo.rollout.tool_loop import LoopStart, RolloutLoopSettings, run_tool_loop
+from appo.rollout.trajectory import RolloutGroup, Trajectory
+from appo.seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+# Per response token of each initial trajectory: log π_current(a) − log π_behind(a), the log-ratio inside
+# APPO's future value (see `rollout.appo.fv_source`); None when there is nothing to compare yet (no
+# previous policy at the first step), which ranks by entropy alone.
+FvLogRatio = Callable[[list[Trajectory]], list[list[float]] | None]
+
+
+def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
+                  fv_log_ratio: FvLogRatio | None = None, first_group: int = 0) -> list[RolloutGroup]:
+    """m initial rollouts per prompt, then n - m continuations from the best-scored decision points.
+
+    Phase 1 samples the initial rows with the tool loop. Phase 2 scores every generated token of them
+    (`choose_branch_points`: entropy x future value, z-scored per row) and picks `budget` points per
+    prompt. Phase 3 continues each chosen prefix with the same tool loop (branches may call tools); a
+    prompt with no candidate at all gets fresh rows instead, so every prompt ends with exactly n rows.
+    """
+    r, a = cfg.rollout, cfg.rollout.appo
+    m, budget, seed = r.initial_rollouts, r.n - r.initial_rollouts, r.seed
+    topk = a.entropy_topk if a.entropy_source == "topk" else 0
+    t0 = time.perf_counter()
+    starts = [LoopStart.fresh(p.prompt_ids, group=g, seed=derive_seed(seed, step, first_group + g, "init", j),
+                              keep_top_logprobs=topk > 0)
+              for g, p in enumerate(prompts) for j in range(m)]
+    inits = run_tool_loop(engine, tools, starts, RolloutLoopSettings.from_config(r, cfg.tools, topk), stats)
+    groups = [RolloutGroup(p, inits=inits[g * m:(g + 1) * m]) for g, p in enumerate(prompts)]
+    stats["init_seconds"] = time.perf_counter() - t0
+    if budget <= 0:
+        return groups
+
+    t0 = time.perf_counter()
+    stops = [f"</{name}>" for name in (tools.names if tools is not None else [])]
+    eos_ids = set(getattr(engine, "eos_ids", None) or {engine.tokenizer.eos_token_id})
+    picked = choose_branch_points(inits, engine.tokenizer, stops, eos_ids, r.max_response_length, budget, a,
+                                  fv_log_ratio, stats)
+    starts, owners = [], []
+    for g, group in enumerate(groups):
+        points = picked.get(g, [])
+        for j in range(budget):
+            branch_seed = derive_seed(seed, step, first_group + g, "branch", j)
+            if j < len(points):
+                row, pos, score = points[j]
+                prefix = inits[row].prefix(pos + 1)
+                prefix.kind, prefix.parent, prefix.split_pos, prefix.branch_score = "branch", row - g * m, pos, score
+                starts.append(LoopStart(prefix, branch_seed))
+            else:  # no candidate at all in this prompt's rollouts (e.g. all empty): fresh samples instead
+                starts.append(LoopStart.fresh(group.prompt.prompt_ids, group=g, seed=branch_seed, kind="branch",
+                                              meta={"refill": True}))
+                stats["refill_rows"] = stats.get("refill_rows", 0) + 1
+            owners.append(g)
+    stats["select_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    branches = run_tool_loop(engine, tools, starts, RolloutLoopSettings.from_config(r, cfg.tools), stats)
+    for g, traj in zip(owners, branches):
+        groups[g].branches.append(traj)
+    stats["branch_seconds"] = time.perf_counter() - t0
+    return groups
+
+
+def choose_branch_points(inits: list[Trajectory], tokenizer, stops: list[str], eos_ids: set[int], max_len: int,
+                         budget: int, appo_cfg, fv_log_ratio: FvLogRatio | None, stats: dict) -> dict[int, list]:
+    """Branching scores over the generated tokens of every initial rollout, then `budget` points per
+    prompt (`core.branching.select_branch_points`). Returns {group: [(row, pos, score), ...]} with rows
+    indexing `inits`; a group missing from it (or short) had no candidate at all."""
+    width = max((len(t) for t in inits), default=0)
+    if width == 0:
+        return {}
+    valid = _padded([t.generated for t in inits], width, 0).bool()
+    entropy = _entropies(inits, appo_cfg, width)
+    candidates = candidate_mask(inits, tokenizer, stops, eos_ids, max_len, appo_cfg.exclude, width) & valid
+
+    ratios = None
+    if appo_cfg.fv_source != "none":
+        if fv_log_ratio is None:
+            log.warning("rollout.appo.fv_source=%s needs the future value's log-ratio but none was given; "
+                        "ranking by entropy only", appo_cfg.fv_source)
+        else:
+            ratios = fv_log_ratio(inits)
+    use_fv = ratios is not None
+    stats["fv_used"] = int(use_fv)
+    if use_fv:
+        log_ratio = torch.where(valid, _padded(ratios, width, 0.0), 0.0)
+    else:
+        log_ratio = torch.zeros(len(inits), width)
+    ez, fz, score = branching_scores(entropy, log_ratio, valid, appo_cfg.fv_gamma, appo_cfg.fv_clip)
+
+    group_ids = [t.group for t in inits]
+    rows_of: dict[int, list[int]] = {}
+    for row, g in enumerate(group_ids):
+        rows_of.setdefault(g, []).append(row)
+    for rows in rows_of.values():
+        # A constant future value (fv_source=none, or no policy change yet) makes Z(FV) zero everywhere
+        # and every score zero: rank by entropy alone instead, with "strict" meaning ez > 0.
+        if not use_fv or bool((fz[rows].abs() < 1e-12).all()):
+            score[rows] = ez[rows]
+            fz[rows] = valid[rows].float()
+            if use_fv:
+                stats["fv_zero_variance_groups"] = stats.get("fv_zero_variance_groups", 0) + 1
+
+    if appo_cfg.selection == "score":  # every candidate counts as strict: plain ranking by score
+        points = select_branch_points(score, torch.ones_like(ez), torch.ones_like(fz), candidates, group_ids, budget)
+    else:
+        points = select_branch_points(score, ez, fz, candidates, group_ids, budget)
+    picked: dict[int, list] = {}
+    seen: set[tuple[int, int]] = set()
+    for row, pos, s in points:
+        kind = ("repeated" if (row, pos) in seen else
+                "strict" if ez[row, pos] > 0 and fz[row, pos] > 0 and s > 0 else "fallback")
+        stats[f"{kind}_points"] = stats.get(f"{kind}_points", 0) + 1
+        seen.add((row, pos))
+        picked.setdefault(group_ids[row], []).append((row, pos, s))
+    stats["candidates"] = int(candidates.sum())
+    return picked
+
+
+def _padded(rows: list[list], width: int, fill) -> torch.Tensor:
+    dtype = torch.float32 if isinstance(fill, float) else torch.long
+    out = torch.full((len(rows), width), fill, dtype=dtype)
+    for i, values in enumerate(rows):
+        if values:
+            out[i, :len(values)] = torch.tensor(values, dtype=dtype)
+    return out
+
+
+def _entropies(inits: list[Trajectory], appo_cfg, width: int) -> torch.Tensor:
+    if appo_cfg.entropy_source == "full":
+        return _padded([t.entropies for t in inits], width, 0.0)
+    out = torch.zeros(len(inits), width)
+    for i, t in enumerate(inits):
+        tops = t.top_logprobs or []
+        k = max((len(d) for d in tops), default=0)
+        if k == 0:
+            continue
+        table = torch.full((len(tops), k), float("-inf"))
+        for pos, entry in enumerate(tops):
+            if entry:
+                table[pos, :len(entry)] = torch.tensor(list(entry.values()))
+        out[i, :len(tops)] = entropy_from_topk(table)
+    return out
+
+
+def candidate_mask(trajs: list[Trajectory], tokenizer, stops: list[str], eos_ids: set[int], max_len: int,
+                   exclude: str, width: int) -> torch.Tensor:
+    """Positions that may become branch points (among generated tokens).
+
+    Both modes drop whitespace-only tokens (the reference's filter) and points that leave no response
+    budget for a continuation. 'fixed' also drops EOS, each response's final token, and tokens inside a
+    tool's closing tag, where the stop string would straddle the split: the continuation would never
+    see the whole tag and the call would be skipped (docs/reference-differences.md#b8). The token that
+    completes a closing tag stays a candidate: the continuation runs that call and samples what follows
+    its result.
+    """
+    blank: dict[int, bool] = {}
+    out = torch.zeros(len(trajs), width, dtype=torch.bool)
+    for i, t in enumerate(trajs):
+        excluded = _straddles(t, tokenizer, stops) if exclude == "fixed" else set()
+        for pos, (tok, gen) in enumerate(zip(t.token_ids, t.generated)):
+            if not gen or pos + 1 >= max_len or pos in excluded:
+                continue
+            if tok not in blank:
+                blank[tok] = not tokenizer.decode([tok], skip_special_tokens=False).strip()
+            if blank[tok]:
+                continue
+            if exclude == "fixed" and (tok in eos_ids or pos == len(t) - 1):
+                continue
+            out[i, pos] = True
+    return out
+
+
+def _straddles(t: Trajectory, tokenizer, stops: list[str]) -> set[int]:
+    """Positions inside a closing tag that ends a turn, other than the tag's last token."""
+    if not stops:
+        return set()
+    reach = max(len(s.encode("utf-8")) for s in stops) + 1
+    out: set[int] = set()
+    n = len(t)
+    for end in range(n):
+        if not t.generated[end] or (end + 1 < n and t.generated[end + 1]):
+            continue  # not the last generated token of a turn
+        for k in range(end, max(end - reach, -1), -1):
+            if not t.generated[k]:
+                break
+            if any(s in tokenizer.decode(t.token_ids[k:end + 1], skip_special_tokens=False) for s in stops):
+                out.update(range(k, end))
+                break
+    return out
+
+
+def future_value_log_ratio(source: str, recompute: Callable[[list[Trajectory]], list[list[float]]],
+                           recompute_previous: Callable[[list[Trajectory]], list[list[float]] | None]
+                           ) -> FvLogRatio | None:
+    """The log-ratio inside APPO's future value, per `rollout.appo.fv_source`:
+    - stale_policy: the sampling policy (θ_k, the rows' own log-probs) against the policy before the last
+      update (θ_{k−1}, `recompute_previous`): where the latest update moved probability; None (entropy
+      only) before the first update.
+    - train_infer_mismatch (the reference): a teacher-forced recompute under the sampling weights
+      (`recompute`) against the sampler's own log-probs, i.e. numerical noise (docs/reference-differences.md#b4).
+    - none: no future value (returns None): rank by entropy alone.
+    """
+    if source == "none":
+        return None
+
+    def log_ratio(trajs: list[Trajectory]) -> list[list[float]] | None:
+        if source == "stale_policy":
+            behind = recompute_previous(trajs)
+            if behind is None:
+                return None
+            return [[a - b for a, b in zip(t.logprobs, prev)] for t, prev in zip(trajs, behind)]
+        current = recompute(trajs)
+        return [[c - b for c, b in zip(cur, t.logprobs)] for cur, t in zip(current, trajs)]
+
+    return log_ratio
