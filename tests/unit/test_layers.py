@@ -74,6 +74,7 @@ def test_library_modules_have_no_command_entry_points():
         if path.parent.name == "commands" or path in exempt:
             continue
         tree = ast.parse(path.read_text())
-        mains = [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.endswith("_main")
-                 or isinstance(n, ast.FunctionDef) and n.name == "main"]
+        # an entry point: a top-level `main`, or any function that parses an `argv`
+        mains = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)
+                 and (n.name == "main" or any(a.arg == "argv" for a in n.args.args))]
         assert not mains, f"{path.relative_to(SRC)} defines {mains}: commands live in appo.commands"
