@@ -23,11 +23,11 @@ import torch  # noqa: E402
 from appo.config import load_config  # noqa: E402
 from appo.data.tasks import build_task  # noqa: E402
 from appo.models import load_model, load_tokenizer  # noqa: E402
-from appo.rollout.appo import future_value_log_ratio  # noqa: E402
+from appo.rollout.appo import init_scorer  # noqa: E402
 from appo.rollout.engine import GenRequest  # noqa: E402
 from appo.rollout.hf import HFEngine  # noqa: E402
 from appo.rollout.sampling import sample_groups  # noqa: E402
-from appo.rollout.teacher_forcing import teacher_forced_logprobs  # noqa: E402
+from appo.rollout.teacher_forcing import teacher_forced_scores  # noqa: E402
 from appo.rollout.tool_loop import LoopStart, RolloutLoopSettings, run_tool_loop  # noqa: E402
 from appo.seeding import derive_seed  # noqa: E402
 from appo.tools import build_tools  # noqa: E402
@@ -92,10 +92,9 @@ def main() -> None:
         forced_s = time.perf_counter() - t0
         forced_tokens = forced_stats.get("generated_tokens", 0)
 
-        groups, metrics = sample_groups(engine, tools, prompts, cfg,
-                                        fv_log_ratio=future_value_log_ratio(
-                                            "train_infer_mismatch", lambda t: teacher_forced_logprobs(model, t),
-                                            lambda t: None))
+        rescore = init_scorer("train_infer_mismatch",
+                              lambda t, ent: teacher_forced_scores(model, t, with_entropy=ent), lambda t: None)
+        groups, metrics = sample_groups(engine, tools, prompts, cfg, score_inits=rescore)
 
     init_s, branch_s = metrics["rollout/init_seconds"], metrics["rollout/branch_seconds"]
     select_s = metrics["rollout/select_seconds"]

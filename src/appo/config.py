@@ -96,7 +96,10 @@ class AppoBranchConfig:
                          "'train_infer_mismatch' is the reference (learner recompute vs sampler, same weights: "
                          "numerical noise); 'none' ranks by entropy only.",
                          choices=("none", "train_infer_mismatch", "stale_policy"))
-    fv_gamma: float = opt(1.0, "Discount of the future value over positions (the reference uses algorithm.gamma=1.0).",
+    fv_gamma: float = opt(2 ** (-1 / 64), "Discount of the future value's suffix sum over positions: 2^(-1/64), a "
+                                          "64-token half-life, as the future_kl loss uses (the reference's "
+                                          "algorithm.gamma=1.0 sums the whole suffix, which saturates the "
+                                          "fv_clip bounds on long responses).",
                           low=0, high=1)
     fv_clip: float | None = opt(0.2, "Clamp FV to [1-eps, 1+eps] before z-scoring; null disables.", low=0)
     entropy_source: str = opt("full", "Entropy used in the score: 'full' vocabulary (exact) or 'topk' "
@@ -220,6 +223,11 @@ class FutureKLConfig:
     clip_high_only: bool = opt(True, "lo = 1.0 (else 1 - clip_ratio).")
     weight: float = opt(1.0, "b in A*(1 + b*f).")
     safety_thresh: float = opt(6.0, "Where A<0 and ratio > this, f is capped to [0.8, 1].", low=0)
+    normaliser: str = opt("kept", "Denominator of the loss when the sequence filter drops sequences: 'kept' "
+                                  "counts only the sequences it keeps, as the reference does (costs one "
+                                  "no-grad forward per optimizer step after the first of each update, when "
+                                  "the policy has moved); 'all' counts the dropped ones too (their tokens add "
+                                  "zero loss).", choices=("kept", "all"))
 
 
 @dataclass

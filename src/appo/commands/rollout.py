@@ -17,11 +17,11 @@ from appo.config import ConfigError, load_config, preset_names
 from appo.data.prompt_sets import load_prompt_sets, prepare_task
 from appo.models import load_model, load_tokenizer, resolve_device
 from appo.rewards import get_reward_fn
-from appo.rollout.appo import future_value_log_ratio
+from appo.rollout.appo import init_scorer
 from appo.rollout.engines import make_engine
 from appo.rollout.html import render_html
 from appo.rollout.sampling import sample_groups
-from appo.rollout.teacher_forcing import teacher_forced_logprobs
+from appo.rollout.teacher_forcing import teacher_forced_scores
 from appo.tools import build_tools
 
 
@@ -72,15 +72,16 @@ def sample(cfg, num_prompts: int, split: str, step: int, out: Path):
 
     # Without training there is no previous policy, so fv_source=stale_policy ranks by entropy alone
     # (reported as rollout/fv_used=0); train_infer_mismatch compares a recompute with the sampler.
-    def recompute(trajectories):
-        return teacher_forced_logprobs(model, trajectories, temperature=cfg.rollout.temperature or 1.0,
-                                       pad_id=tokenizer.pad_token_id or 0, autocast_dtype=cfg.model.autocast)
+    def recompute(trajectories, with_entropy):
+        return teacher_forced_scores(model, trajectories, temperature=cfg.rollout.temperature or 1.0,
+                                     pad_id=tokenizer.pad_token_id or 0, autocast_dtype=cfg.model.autocast,
+                                     with_entropy=with_entropy)
 
-    fv_log_ratio = future_value_log_ratio(cfg.rollout.appo.fv_source, recompute, lambda trajectories: None)
+    score_inits = init_scorer(cfg.rollout.appo.fv_source, recompute, lambda trajectories: None)
     engine = make_engine(cfg.rollout, model, tokenizer)
     reward_fn = get_reward_fn(cfg.algorithm)
     with build_tools(cfg.tools) as tools:
-        groups, metrics = sample_groups(engine, tools, prompts, cfg, step=step, fv_log_ratio=fv_log_ratio)
+        groups, metrics = sample_groups(engine, tools, prompts, cfg, step=step, score_inits=score_inits)
     for group in groups:
         for traj in group.rows:
             traj.reward = float(reward_fn(traj.response_text(tokenizer), group.prompt))

@@ -126,8 +126,9 @@ def future_kl_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage
     4. Dual-clip PPO on the re-weighted advantage; then every sequence with **more than one** masked
        token where A < 0 and the dual clip is active is dropped from the loss.
 
-    With a global ``normalizer`` (see :func:`agg_loss`) the dropped sequences still count in it: their
-    tokens contribute zero loss. Without one, the local count excludes them, as in the reference.
+    Without a ``normalizer`` the local count excludes the dropped sequences, as in the reference; a global
+    one (see :func:`agg_loss`) is the caller's: ``kept_count`` in the metrics is this batch's share of the
+    reference's denominator (tokens, or sequences, outside the dropped sequences).
     Metrics: ``pg_clipfrac``, ``pg_clipfrac_lower``, ``ppo_kl``, ``fkl_influence_mean`` (masked mean of
     f), ``fkl_influence_clipfrac`` (share of masked tokens with f at either bound) and
     ``fkl_filtered_frac`` (dropped sequences / sequences with a masked token).
@@ -175,6 +176,7 @@ def future_kl_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage
         "fkl_influence_clipfrac": _masked_mean(at_bound.to(weights.dtype), weights),
         "fkl_filtered_frac": (dropped & has_tokens).sum().to(weights.dtype)
         / has_tokens.sum().clamp(min=1).to(weights.dtype),
+        "kept_count": (final_mask.sum() if agg == "token-mean" else final_mask.any(dim=-1).sum()).to(weights.dtype),
     }
     return loss, metrics
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -22,19 +23,27 @@ from appo.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
-# Per response token of each initial trajectory: log π_current(a) − log π_behind(a), the log-ratio inside
-# APPO's future value (see `rollout.appo.fv_source`); None when there is nothing to compare yet (no
-# previous policy at the first step), which ranks by entropy alone.
-FvLogRatio = Callable[[list[Trajectory]], list[list[float]] | None]
+@dataclass
+class InitScores:
+    """What APPO's branching needs recomputed for the initial rows, from one teacher-forced forward."""
+    log_ratio: list[list[float]] | None          # the future value's log-ratio per token; None: entropy only
+    entropies: list[list[float]] | None = None   # exact full-vocabulary entropies (engines with top-k ones)
+
+
+# (initial rows, whether exact entropies are needed) -> their scores; see `init_scorer`.
+ScoreInits = Callable[[list[Trajectory], bool], InitScores]
+# Teacher-forced log-probs of each row's response tokens (and entropies, when asked).
+Recompute = Callable[[list[Trajectory], bool], tuple[list[list[float]], list[list[float]] | None]]
 
 
 def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
-                  fv_log_ratio: FvLogRatio | None = None, first_group: int = 0) -> list[RolloutGroup]:
+                  score_inits: ScoreInits | None = None, first_group: int = 0) -> list[RolloutGroup]:
     """m initial rollouts per prompt, then n - m continuations from the best-scored decision points.
 
     Phase 1 samples the initial rows with the tool loop. Phase 2 scores every generated token of them
     (`choose_branch_points`: entropy x future value, z-scored per row) and picks `budget` points per
-    prompt. Phase 3 continues each chosen prefix with the same tool loop (branches may call tools); a
+    prompt; `score_inits` supplies the future value's log-ratio and, for an engine whose entropies are
+    top-k truncated (vLLM), the exact ones from the same forward. Phase 3 continues each chosen prefix with the same tool loop (branches may call tools); a
     prompt with no candidate at all gets fresh rows instead, so every prompt ends with exactly n rows.
     """
     r, a = cfg.rollout, cfg.rollout.appo
@@ -51,10 +60,19 @@ def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
         return groups
 
     t0 = time.perf_counter()
+    need_entropy = a.entropy_source == "full" and not getattr(engine, "exact_entropy", True)
+    scores = None
+    if score_inits is not None and (a.fv_source != "none" or need_entropy):
+        scores = score_inits(inits, need_entropy)
+    elif a.fv_source != "none" or need_entropy:
+        log.warning("APPO's branching needs the initial rows rescored (rollout.appo.fv_source=%s, exact "
+                    "entropies: %s) but no scorer was given; ranking by the engine's entropy only",
+                    a.fv_source, need_entropy)
+    stats["fv_seconds"] = time.perf_counter() - t0
     stops = [f"</{name}>" for name in (tools.names if tools is not None else [])]
     eos_ids = set(getattr(engine, "eos_ids", None) or {engine.tokenizer.eos_token_id})
     picked = choose_branch_points(inits, engine.tokenizer, stops, eos_ids, r.max_response_length, budget, a,
-                                  fv_log_ratio, stats)
+                                  scores, stats)
     starts, owners = [], []
     for g, group in enumerate(groups):
         points = picked.get(g, [])
@@ -80,7 +98,7 @@ def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
 
 
 def choose_branch_points(inits: list[Trajectory], tokenizer, stops: list[str], eos_ids: set[int], max_len: int,
-                         budget: int, appo_cfg, fv_log_ratio: FvLogRatio | None, stats: dict) -> dict[int, list]:
+                         budget: int, appo_cfg, scores: InitScores | None, stats: dict) -> dict[int, list]:
     """Branching scores over the generated tokens of every initial rollout, then `budget` points per
     prompt (`core.branching.select_branch_points`). Returns {group: [(row, pos, score), ...]} with rows
     indexing `inits`; a group missing from it (or short) had no candidate at all."""
@@ -88,16 +106,12 @@ def choose_branch_points(inits: list[Trajectory], tokenizer, stops: list[str], e
     if width == 0:
         return {}
     valid = _padded([t.generated for t in inits], width, 0).bool()
-    entropy = _entropies(inits, appo_cfg, width)
+    if scores is not None and scores.entropies is not None:
+        entropy = _padded(scores.entropies, width, 0.0)
+    else:
+        entropy = _entropies(inits, appo_cfg, width)
     candidates = candidate_mask(inits, tokenizer, stops, eos_ids, max_len, appo_cfg.exclude, width) & valid
-
-    ratios = None
-    if appo_cfg.fv_source != "none":
-        if fv_log_ratio is None:
-            log.warning("rollout.appo.fv_source=%s needs the future value's log-ratio but none was given; "
-                        "ranking by entropy only", appo_cfg.fv_source)
-        else:
-            ratios = fv_log_ratio(inits)
+    ratios = scores.log_ratio if scores is not None and appo_cfg.fv_source != "none" else None
     use_fv = ratios is not None
     stats["fv_used"] = int(use_fv)
     if use_fv:
@@ -208,27 +222,29 @@ def _straddles(t: Trajectory, tokenizer, stops: list[str]) -> set[int]:
     return out
 
 
-def future_value_log_ratio(source: str, recompute: Callable[[list[Trajectory]], list[list[float]]],
-                           recompute_previous: Callable[[list[Trajectory]], list[list[float]] | None]
-                           ) -> FvLogRatio | None:
-    """The log-ratio inside APPO's future value, per `rollout.appo.fv_source`:
-    - stale_policy: the sampling policy (θ_k, the rows' own log-probs) against the policy before the last
-      update (θ_{k−1}, `recompute_previous`): where the latest update moved probability; None (entropy
-      only) before the first update.
-    - train_infer_mismatch (the reference): a teacher-forced recompute under the sampling weights
-      (`recompute`) against the sampler's own log-probs, i.e. numerical noise (docs/reference-differences.md#b4).
-    - none: no future value (returns None): rank by entropy alone.
+def init_scorer(source: str, recompute: Recompute,
+                recompute_previous: Callable[[list[Trajectory]], list[list[float]] | None]) -> ScoreInits:
+    """APPO's rescoring of the initial rows, per `rollout.appo.fv_source`:
+    - stale_policy: log π_θk(a) − log π_θk−1(a), the current weights (`recompute`) against the weights
+      before the last update (`recompute_previous`; None before the first update: entropy only). Both
+      sides are the learner's teacher-forced forward with the same precision and padding, so with no
+      update in between the log-ratio is exactly 0 and it measures only where the update moved
+      probability.
+    - train_infer_mismatch (the reference): `recompute` against the sampler's own log-probs, the same
+      weights on both sides, i.e. numerical noise (docs/reference-differences.md#b4).
+    - none: no future value.
+    Exact entropies, when asked for, come from the same forward as the current-weights log-probs.
     """
-    if source == "none":
-        return None
+    def score(trajs: list[Trajectory], need_entropy: bool) -> InitScores:
+        previous = recompute_previous(trajs) if source == "stale_policy" else None
+        current = entropies = None
+        if source == "train_infer_mismatch" or previous is not None or need_entropy:
+            current, entropies = recompute(trajs, need_entropy)
+        ratio = None
+        if previous is not None:
+            ratio = [[c - p for c, p in zip(cur, prev)] for cur, prev in zip(current, previous)]
+        elif source == "train_infer_mismatch":
+            ratio = [[c - b for c, b in zip(cur, t.logprobs)] for cur, t in zip(current, trajs)]
+        return InitScores(ratio, entropies)
 
-    def log_ratio(trajs: list[Trajectory]) -> list[list[float]] | None:
-        if source == "stale_policy":
-            behind = recompute_previous(trajs)
-            if behind is None:
-                return None
-            return [[a - b for a, b in zip(t.logprobs, prev)] for t, prev in zip(trajs, behind)]
-        current = recompute(trajs)
-        return [[c - b for c, b in zip(cur, t.logprobs)] for cur, t in zip(current, trajs)]
-
-    return log_ratio
+    return score

@@ -1,5 +1,5 @@
-"""ARPO sampling (docs/reference-differences.md#s8-2): m initial rollouts, and entropy-triggered copies of live rows after tool
-rounds, until every prompt has n rows. Every row is trained (GRPO advantage over all n)."""
+"""ARPO sampling (docs/reference-differences.md#s8-2): m initial rollouts, and entropy-triggered branches right
+after tool results, until every prompt has n rows. Every row is trained (GRPO advantage over all n)."""
 
 from __future__ import annotations
 
@@ -17,15 +17,21 @@ from appo.seeding import derive_seed
 
 def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
                   draw: Callable[[], float] | None = None, first_group: int = 0) -> list[RolloutGroup]:
-    """ARPO: m initial rollouts; after each tool round, every live row of a prompt with open slots may be
-    copied (up to beam_size−1 times) when clip(u − w·(H_now − H_init), 0, 1) <= branch_probability.
+    """ARPO: m initial rollouts per prompt, and entropy-triggered branches right after tool results.
 
-    Fixed relative to the reference (docs/reference-differences.md#b20): H_init is each rollout's own first-round entropy, recorded
-    afresh every call (the reference kept it across training steps); a prompt whose rows have all ended
-    with slots still open gets all of its missing rows as fresh rollouts at once (not one per round).
-    Copies keep their prefix's generated flags, as in ARPO, where every row is trained. Each prompt draws
-    its uniforms from its own seeded stream (unless `draw` is given), so a slice of prompts draws as the
-    whole batch would.
+    A rollout's initial entropy H_init is the step entropy of the first k = `rollout.arpo.entropy_tokens`
+    tokens of its response. After each tool result, the row generates on; the step entropy H_now of the
+    first k tokens it generates after that result decides, for up to beam_size−1 open slots of its prompt,
+    whether to branch: clip(u − w·(H_now − H_init), 0, 1) <= branch_probability, so a rise in uncertainty
+    after the tool's feedback makes branching likelier (the paper's rule). A branch copies the row up to
+    the end of that tool result and samples on from there with its own seed. Branches inherit H_init and
+    may branch again after their own tool results.
+
+    Fixed relative to the reference (docs/reference-differences.md#b20): H_init is each rollout's own,
+    recorded afresh every call (the reference kept it across training steps); a prompt whose rows have
+    all ended with slots still open gets all of its missing rows as fresh rollouts at once. Copies keep
+    their prefix's generated flags, as in ARPO, where every row is trained. Each prompt draws its uniforms
+    from its own seeded stream (unless `draw` is given), so a slice of prompts draws as the whole batch would.
     """
     r, a = cfg.rollout, cfg.rollout.arpo
     n, m, seed = r.n, r.initial_rollouts, r.seed
@@ -38,25 +44,35 @@ def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
                                   for j in range(m)] for g, p in enumerate(prompts)]
     h_init: dict[int, float] = {}
     root: dict[int, int] = {id(row): j for group in rows for j, row in enumerate(group)}
-    refills = 0
+    forks: dict[int, int] = {}
+    refills = decisions = 0
     while loop.active:
-        h_now = {id(row): _step_entropy(row, vocab, a.entropy_tokens) for row in loop.step()}
-        for key, h in h_now.items():
-            h_init.setdefault(key, h)
+        generated = {id(row) for row in loop.step()}
         for g, group in enumerate(rows):
             open_slots = n - len(group)
-            for row in [x for x in group if not x.done and id(x) in h_now]:
+            for row in [x for x in group if id(x) in generated]:
+                h = _step_entropy(row, vocab, a.entropy_tokens)
+                if id(row) not in h_init:  # the response's first tokens: this rollout's baseline
+                    h_init[id(row)] = h
+                    continue
+                if not _after_tool_result(row):
+                    continue
                 for _ in range(a.beam_size - 1):
                     if open_slots <= 0:
                         break
-                    branch, _prob = arpo_branch_decision(draws[g](), h_now[id(row)], h_init[id(row)], a.entropy_weight,
+                    decisions += 1
+                    branch, _prob = arpo_branch_decision(draws[g](), h, h_init[id(row)], a.entropy_weight,
                                                          a.branch_probability)
                     if not branch:
                         continue
-                    copy = loop.fork(row, kind="branch", parent=root[id(row)], split_pos=len(row.traj) - 1)
-                    h_init[id(copy)] = h_init[id(row)]
-                    root[id(copy)] = root[id(row)]
-                    group.append(copy)
+                    forks[id(row)] = forks.get(id(row), 0) + 1
+                    copy = row.traj.prefix(row.round_start)
+                    copy.kind, copy.parent, copy.split_pos = "branch", root[id(row)], row.round_start - 1
+                    fork_seed = None if row.seed is None else derive_seed(row.seed, "fork", forks[id(row)])
+                    branch_row = loop.add(LoopStart(copy, fork_seed))
+                    h_init[id(branch_row)] = h_init[id(row)]
+                    root[id(branch_row)] = root[id(row)]
+                    group.append(branch_row)
                     open_slots -= 1
             if open_slots > 0 and all(x.done for x in group):
                 for j in range(open_slots):
@@ -68,6 +84,7 @@ def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
                     group.append(row)
                 refills += open_slots
     stats["refill_rows"] = refills
+    stats["arpo_decisions"] = decisions
     groups = []
     for p, group in zip(prompts, rows):
         trajs = [x.traj for x in group]
@@ -76,8 +93,14 @@ def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
     return groups
 
 
+def _after_tool_result(row: LoopRow) -> bool:
+    """Whether the round `row` just generated began right after a tool result (the step also runs the call
+    the round ended with, so that result may already follow it)."""
+    return any(e["end"] == row.round_start for e in row.traj.tool_log)
+
+
 def _step_entropy(row: LoopRow, vocab: int, max_tokens: int) -> float:
-    """ARPO's entropy of the round `row` just generated, from the first `max_tokens` tokens' top-k."""
+    """ARPO's step entropy of the round `row` just generated, from its first `max_tokens` tokens' top-k."""
     tops = [d for d, gen in zip(row.traj.top_logprobs[row.round_start:], row.traj.generated[row.round_start:])
             if gen][:max_tokens]
     k = max((len(d) for d in tops), default=0)

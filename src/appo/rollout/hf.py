@@ -53,6 +53,8 @@ class HFEngine:
     together; a row that finishes is dropped from the KV cache so that later steps compute only live rows.
     """
 
+    exact_entropy = True  # full-vocabulary entropies from the logits
+
     def __init__(self, model, tokenizer, *, max_batch_size: int = 64, seed: int = 0, own_copy: bool = False):
         self.model = model
         self.own_copy = own_copy

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from appo.rollout.appo import FvLogRatio, appo_rollouts
+from appo.rollout.appo import ScoreInits, appo_rollouts
 from appo.rollout.arpo import arpo_rollouts
 from appo.rollout.engine import Engine
 from appo.rollout.grpo import grpo_rollouts
@@ -15,11 +15,11 @@ from appo.rollout.trajectory import RolloutGroup
 
 
 def sample_groups(engine: Engine, tools, prompts: Sequence, cfg, *, step: int = 0,
-                  fv_log_ratio: FvLogRatio | None = None, draw: Callable[[], float] | None = None,
+                  score_inits: ScoreInits | None = None, draw: Callable[[], float] | None = None,
                   first_group: int = 0) -> tuple[list[RolloutGroup], dict]:
     """Sample `cfg.rollout.n` rows for each prompt (objects with `prompt_ids`) with `cfg.rollout.strategy`.
 
-    `fv_log_ratio` feeds APPO's future value (see `rollout.appo.fv_source`); `draw` replaces ARPO's seeded
+    `score_inits` rescores APPO's initial rows (future value, exact entropies: `appo.rollout.appo.init_scorer`); `draw` replaces ARPO's seeded
     uniform draws (tests). `first_group` is the step-wide index of `prompts[0]`: seeds derive from the
     step-wide group index, so a rank sampling a slice of the step's prompts draws exactly the rows one
     process would. Returns the groups and metrics (counts, and seconds spent generating and in tools).
@@ -32,7 +32,7 @@ def sample_groups(engine: Engine, tools, prompts: Sequence, cfg, *, step: int = 
     elif strategy == "arpo":
         groups = arpo_rollouts(engine, tools, prompts, cfg, step, stats, draw, first_group)
     elif strategy == "appo":
-        groups = appo_rollouts(engine, tools, prompts, cfg, step, stats, fv_log_ratio, first_group)
+        groups = appo_rollouts(engine, tools, prompts, cfg, step, stats, score_inits, first_group)
     else:
         raise ValueError(f"rollout.strategy={strategy!r} is not valid; choose one of: grpo, arpo, appo")
     rows = [t for g in groups for t in g.rows]

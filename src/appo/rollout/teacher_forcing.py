@@ -83,22 +83,32 @@ def response_log_probs(head: torch.nn.Module, prompt_ids: list[list[int]], respo
 
 
 @torch.no_grad()
-def teacher_forced_logprobs(model, trajectories, *, batch_size: int = 8, temperature: float = 1.0,
-                            pad_id: int = 0, autocast_dtype: str = "none") -> list[list[float]]:
-    """Log-prob of every response token of each trajectory under `model`, aligned with its `token_ids`."""
+def teacher_forced_scores(model, trajectories, *, batch_size: int = 8, temperature: float = 1.0, pad_id: int = 0,
+                          autocast_dtype: str = "none", with_entropy: bool = False
+                          ) -> tuple[list[list[float]], list[list[float]] | None]:
+    """Log-prob of every response token of each trajectory under `model`, aligned with its `token_ids`, and
+    the exact entropies of those distributions when asked."""
     device = next(model.parameters()).device
     causal = model.get_base_model() if hasattr(model, "peft_config") else model
     head = ResponseLogits(causal)
-    out: list[list[float]] = []
+    log_probs: list[list[float]] = []
+    entropies: list[list[float]] | None = [] if with_entropy else None
     was_training = model.training
     model.eval()
     try:
         for start in range(0, len(trajectories), batch_size):
             chunk = trajectories[start:start + batch_size]
-            lp, _, _ = response_log_probs(head, [t.prompt_ids for t in chunk], [t.token_ids for t in chunk],
-                                          pad_id=pad_id, device=device, temperature=temperature,
-                                          autocast_dtype=autocast_dtype)
-            out += [lp[i, : len(t.token_ids)].tolist() for i, t in enumerate(chunk)]
+            lp, ent, _ = response_log_probs(head, [t.prompt_ids for t in chunk], [t.token_ids for t in chunk],
+                                            pad_id=pad_id, device=device, temperature=temperature,
+                                            autocast_dtype=autocast_dtype, with_entropy=with_entropy)
+            log_probs += [lp[i, : len(t.token_ids)].tolist() for i, t in enumerate(chunk)]
+            if with_entropy:
+                entropies += [ent[i, : len(t.token_ids)].tolist() for i, t in enumerate(chunk)]
     finally:
         model.train(was_training)
-    return out
+    return log_probs, entropies
+
+
+def teacher_forced_logprobs(model, trajectories, **kwargs) -> list[list[float]]:
+    """`teacher_forced_scores` without entropies."""
+    return teacher_forced_scores(model, trajectories, **kwargs)[0]

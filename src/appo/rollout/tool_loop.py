@@ -83,7 +83,6 @@ class LoopRow:
     rounds: int = 0
     pending_stop: str | None = None
     done: bool = False
-    forks: int = 0
 
     def finish(self, reason: str) -> None:
         self.traj.finish_reason = reason
@@ -122,17 +121,6 @@ class ToolLoop:
         self._resume(row)
         self.rows.append(row)
         return row
-
-    def fork(self, row: LoopRow, **changes) -> LoopRow:
-        """An independent copy of a live row's state (ARPO's branch), continuing from the same tokens."""
-        row.forks += 1
-        traj = row.traj.prefix(len(row.traj))
-        for key, value in changes.items():
-            setattr(traj, key, value)
-        seed = None if row.seed is None else derive_seed(row.seed, "fork", row.forks)
-        copy = LoopRow(traj, seed, turn_start=row.turn_start, round_start=row.round_start, rounds=row.rounds)
-        self.rows.append(copy)
-        return copy
 
     @property
     def active(self) -> list[LoopRow]:

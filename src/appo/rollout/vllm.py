@@ -6,7 +6,9 @@ finish reasons and stop strings equal the HF engine's in fp32, and sampled log-p
 teacher-forced recompute. What differs from the HF engine, by construction of vLLM's API:
 - Entropies are truncated: -sum p log p over the top-k log-probs vLLM returns (k = `entropy_topk`, at most
   vLLM's `max_logprobs`), plus the sampled token when it falls outside them. They are far below the
-  full-vocabulary entropy of a flat distribution, and APPO's `entropy_source=full` uses them as they are.
+  full-vocabulary entropy of a flat distribution, so the engine says `exact_entropy = False`: with APPO's
+  `entropy_source=full` the trainer recomputes exact entropies from the learner's logits, in the forward
+  that scores the future value (no extra pass).
 - Log-probs are vLLM's "processed" log-probs (`logprobs_mode="processed_logprobs"`: after temperature,
   top-k and top-p), as the HF engine reports. Greedy rows report the T=1 distribution; in a batch of only
   greedy rows vLLM skips top-k/top-p for the log-probs too.
@@ -19,7 +21,6 @@ teacher-forced recompute. What differs from the HF engine, by construction of vL
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 
@@ -27,11 +28,11 @@ import torch
 
 from appo.rollout.engine import GenRequest, GenResult
 
-log = logging.getLogger(__name__)
-
 
 class VLLMEngine:
     """An in-process `vllm.LLM` serving a checkpoint directory; `from_config` is what `make_engine` calls."""
+
+    exact_entropy = False  # top-k truncated entropies (see the module docstring)
 
     def __init__(self, model_path: str, tokenizer, *, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.5,
                  max_model_len: int | None = None, seed: int = 0, entropy_topk: int = 20,
@@ -62,9 +63,6 @@ class VLLMEngine:
         """Serve the learner's starting checkpoint (its `name_or_path`); later weights arrive by load_weights."""
         path = getattr(model, "name_or_path", None) or model.config._name_or_path
         dtype = "bfloat16" if str(next(model.parameters()).dtype) == "torch.bfloat16" else "float32"
-        if rollout_cfg.strategy == "appo" and rollout_cfg.appo.entropy_source == "full":
-            log.warning("rollout.engine=vllm reports top-%d (truncated) entropies; APPO's entropy_source=full "
-                        "will rank branch points by them", rollout_cfg.appo.entropy_topk)
         # On CPU, torch.compile costs 20-100 s at start for no clear gain (SmolLM2-135M: 168 vs 153 tok/s);
         # on GPUs compilation and CUDA graphs pay off.
         eager = not torch.cuda.is_available()

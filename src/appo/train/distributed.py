@@ -91,6 +91,15 @@ def sum_all(value: float) -> float:
     return float(t[0])
 
 
+def max_all(value: float) -> float:
+    """The largest `value` over ranks (every rank must call it)."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t[0])
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank when it is true on one (keeps ranks stepping in lock-step)."""
     return sum_all(float(flag)) > 0

@@ -234,10 +234,11 @@ class Learner:
             counts[name] = counts.get(name, 0) + 1
 
         self.model.train()
+        first_step = self.optimizer_steps
         for _ in range(a.ppo_epochs):
             for mini_idx in _chunks(rows, mini):
                 mb = batch.select(mini_idx)
-                normaliser = self._normaliser(mb.loss_mask)
+                normaliser = self._normaliser(mb, moved=self.optimizer_steps > first_step)
                 self.optimizer.zero_grad(set_to_none=True)
                 micro = [self._micro_step(mb.select(idx), normaliser) for idx in _chunks(len(mb), a.micro_batch_size)]
                 for k in micro[0]:
@@ -263,12 +264,27 @@ class Learner:
         out["actor/optimizer_steps"] = float(self.optimizer_steps)
         return out
 
-    def _normaliser(self, mask: torch.Tensor) -> float:
-        """The mini-batch-wide denominator of the configured aggregation, summed over ranks."""
-        if self.actor.loss_agg_mode == "token-mean":
-            count = float(mask.sum())
+    def _normaliser(self, mb: UpdateBatch, moved: bool) -> float:
+        """The mini-batch-wide denominator of the configured aggregation, summed over ranks. With the
+        future_kl loss and `normaliser=kept` the sequences its filter drops leave the count, as in the
+        reference; they can only be dropped once the policy has `moved` from the one that sampled them (at
+        ratio 1 the dual clip is never active), so only then does this take a no-grad forward."""
+        a = self.actor
+        if a.loss_mode == "future_kl" and a.future_kl.normaliser == "kept" and moved:
+            count = 0.0
+            with torch.no_grad():
+                for idx in _chunks(len(mb), a.micro_batch_size):
+                    micro = mb.select(idx)
+                    log_prob, _, _ = self._forward(self.model, micro.prompt_ids, micro.response_ids, False)
+                    width = log_prob.shape[1]
+                    _, metrics = self._policy_loss(log_prob, micro.old_log_probs[:, :width].to(self.device),
+                                                   micro.advantages[:, :width].to(self.device),
+                                                   micro.loss_mask[:, :width].to(self.device), None)
+                    count += float(metrics["kept_count"])
+        elif a.loss_agg_mode == "token-mean":
+            count = float(mb.loss_mask.sum())
         else:
-            count = float((mask.sum(-1) > 0).sum())
+            count = float((mb.loss_mask.sum(-1) > 0).sum())
         return max(1.0, distributed.sum_all(count))
 
     def _micro_step(self, mb: UpdateBatch, normaliser: float) -> dict[str, float]:
@@ -280,7 +296,7 @@ class Learner:
         old = mb.old_log_probs[:, :width].to(self.device)
         adv = mb.advantages[:, :width].to(self.device)
         loss, metrics = self._policy_loss(log_prob, old, adv, mask, normaliser)
-        metrics = {f"actor/{k}": float(v) for k, v in metrics.items()}
+        metrics = {f"actor/{k}": float(v) for k, v in metrics.items() if k != "kept_count"}
         metrics["actor/pg_loss"] = float(loss.detach())
         if a.use_kl_loss and a.kl_loss_coef > 0:
             if mb.ref_log_probs is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import random
 import time
 from contextlib import contextmanager
@@ -34,7 +35,7 @@ from appo.core.branching import mean_reward_scale_m
 from appo.eval.evaluate import evaluate
 from appo.models import load_model, resolve_device
 from appo.rewards import get_reward_fn
-from appo.rollout.appo import future_value_log_ratio
+from appo.rollout.appo import init_scorer
 from appo.rollout.engines import make_engine
 from appo.rollout.sampling import sample_groups
 from appo.rollout.trajectory import RolloutGroup, Trajectory
@@ -73,6 +74,10 @@ def batch_for_step(num_prompts: int, batch_size: int, step: int, seed: int, shuf
     return epoch, order[slot * batch_size:(slot + 1) * batch_size]
 
 
+def _rows(values: torch.Tensor, trajs: list[Trajectory]) -> list[list[float]]:
+    return [values[i, : len(t)].tolist() for i, t in enumerate(trajs)]
+
+
 def score_groups(groups: list[RolloutGroup], reward_fn, tokenizer) -> None:
     """Set `reward` on every row (initial and branch) from its decoded response."""
     for group in groups:
@@ -109,9 +114,12 @@ def scaled_scores(rows: list[Trajectory], splits, cfg: Config) -> torch.Tensor:
     """Row scores, with the reference's reward scale M applied to initial rows when enabled ('faithful':
     the sparse reward sits on the last token, so only a branch point at the last token changes it)."""
     scores = torch.tensor([t.reward for t in rows], dtype=torch.float64)
-    if cfg.algorithm.reward_scale_m == "off" or not splits:
+    if cfg.algorithm.reward_scale_m == "off":
         return scores
-    max_score = max((rows[b].branch_score or 0.0) for _, b, _ in splits)
+    # s_max is taken over the whole step's batch, as the reference does: under torchrun, over every rank.
+    max_score = distributed.max_all(max(((rows[b].branch_score or 0.0) for _, b, _ in splits), default=-math.inf))
+    if not splits:
+        return scores
     by_origin: dict[int, list[tuple[int, float]]] = {}
     for o, b, pos in splits:
         by_origin.setdefault(o, []).append((pos, rows[b].branch_score or 0.0))
@@ -167,6 +175,40 @@ def rollout_metrics(rows: list[Trajectory]) -> dict[str, float]:
     }
 
 
+class InitRescorer:
+    """APPO's rescoring of its initial rows with the learner (`appo.rollout.appo.init_scorer`): the future
+    value's log-ratio with the same forward on both sides, and exact entropies for engines whose own are
+    top-k. The current-weights log-probs it computes are kept: when the update trains exactly these rows
+    (branch rows dropped), they are the PPO ratio's old log-probs, so the future value costs only the
+    previous-weights forward."""
+
+    def __init__(self, learner: Learner, fv_source: str):
+        self.learner = learner
+        self.current: tuple[list[Trajectory], torch.Tensor] | None = None
+        self.score = init_scorer(fv_source, self._recompute, self._recompute_previous)
+
+    def __call__(self, trajs: list[Trajectory], need_entropy: bool):
+        return self.score(trajs, need_entropy)
+
+    def _recompute(self, trajs: list[Trajectory], with_entropy: bool):
+        current, entropy = self.learner.log_probs([t.prompt_ids for t in trajs], [t.token_ids for t in trajs],
+                                                  with_entropy=with_entropy)
+        self.current = (trajs, current)
+        return _rows(current, trajs), None if entropy is None else _rows(entropy, trajs)
+
+    def _recompute_previous(self, trajs: list[Trajectory]) -> list[list[float]] | None:
+        behind = self.learner.previous_log_probs([t.prompt_ids for t in trajs], [t.token_ids for t in trajs])
+        return None if behind is None else _rows(behind, trajs)
+
+    def reuse(self, kept: list[Trajectory]) -> torch.Tensor | None:
+        """The current-weights log-probs of `kept` when the last rescoring computed exactly these rows (the
+        initial rows, in order) and the weights have not changed since; else None."""
+        current, self.current = self.current, None
+        if current is None or len(current[0]) != len(kept) or any(a is not b for a, b in zip(current[0], kept)):
+            return None
+        return current[1]
+
+
 class Trainer:
     """Holds the learner, engine, tools, reward and data for an RL run; `fit()` runs it (resumable)."""
 
@@ -195,7 +237,8 @@ class Trainer:
                                   own_copy=replica is not None)
         self.tools = build_tools(cfg.tools)
         self.reward_fn = get_reward_fn(cfg.algorithm)
-        self.fv_log_ratio = self._fv_log_ratio() if cfg.rollout.strategy == "appo" else None
+        self.rescorer = (InitRescorer(self.learner, cfg.rollout.appo.fv_source)
+                         if cfg.rollout.strategy == "appo" else None)
         self.step = 0
 
     def _optimizer_steps_per_rl_step(self) -> int:
@@ -220,7 +263,7 @@ class Trainer:
         # 1. rollouts: initial rows, then branches (appo) or in-loop copies (arpo)
         with timer("rollout"):
             groups, roll_stats = sample_groups(self.engine, self.tools, prompts, cfg, step=step,
-                                               fv_log_ratio=self.fv_log_ratio, first_group=first)
+                                               score_inits=self.rescorer, first_group=first)
         # 2. rewards for every row, branch rows included (they feed the initial rows' advantages)
         with timer("reward"):
             score_groups(groups, self.reward_fn, self.tokenizer)
@@ -235,9 +278,12 @@ class Trainer:
             # Sharded forwards must pair up across ranks: unequal row counts would hang the update.
             raise RuntimeError("ranks hold different numbers of update rows; every strategy must return "
                                "rollout.n rows per prompt")
-        # 4. old log-probs (the PPO ratio's denominator) and reference log-probs, on the kept rows only
+        # 4. old log-probs (the PPO ratio's denominator) and reference log-probs, on the kept rows only; APPO's
+        #    rescoring of its initial rows already computed the former when those are the kept rows
         with timer("old_log_probs"):
-            old_log_probs, _ = learner.log_probs(prompt_ids, response_ids)
+            old_log_probs = self.rescorer.reuse([rows[i] for i in keep]) if self.rescorer is not None else None
+            if old_log_probs is None:
+                old_log_probs, _ = learner.log_probs(prompt_ids, response_ids)
             ref_log_probs = (learner.log_probs(prompt_ids, response_ids, reference=True)[0]
                              if cfg.actor.use_kl_loss else None)
         batch = UpdateBatch(prompt_ids, response_ids, mask[keep], old_log_probs, adv[keep], ref_log_probs)
@@ -253,7 +299,9 @@ class Trainer:
         metrics = {"epoch": epoch, **rollout_metrics(rows), **update_metrics, **roll_stats,
                    "rollout/update_rows": len(keep)}
         tool_s = roll_stats.get("rollout/tool_seconds", 0.0)
-        metrics.update({"time/generate": timer.seconds["rollout"] - tool_s, "time/tools": tool_s,
+        fv_s = roll_stats.get("rollout/fv_seconds", 0.0)
+        metrics.update({"time/generate": timer.seconds["rollout"] - tool_s - fv_s, "time/tools": tool_s,
+                        "time/future_value": fv_s,
                         "time/reward": timer.seconds["reward"],
                         "time/learner": timer.seconds["old_log_probs"] + timer.seconds["update"],
                         "time/sync": timer.seconds["sync"], "time/step": sum(timer.seconds.values())})
@@ -269,20 +317,6 @@ class Trainer:
         if self.world > 1:
             return distributed.full_state_dict(self.learner.model, everywhere=True)
         return ckpt.merged_state_dict(self.learner.model)
-
-    def _fv_log_ratio(self):
-        """APPO's future-value log-ratio (`rollout.appo.fv_source`), with the learner's recomputes."""
-        learner = self.learner
-
-        def recompute(trajs: list[Trajectory]) -> list[list[float]]:
-            current, _ = learner.log_probs([t.prompt_ids for t in trajs], [t.token_ids for t in trajs])
-            return [current[i, : len(t)].tolist() for i, t in enumerate(trajs)]
-
-        def recompute_previous(trajs: list[Trajectory]) -> list[list[float]] | None:
-            behind = learner.previous_log_probs([t.prompt_ids for t in trajs], [t.token_ids for t in trajs])
-            return None if behind is None else [behind[i, : len(t)].tolist() for i, t in enumerate(trajs)]
-
-        return future_value_log_ratio(self.cfg.rollout.appo.fv_source, recompute, recompute_previous)
 
     def _dump(self, step: int, rows: list[Trajectory], adv: torch.Tensor, first_group: int = 0) -> None:
         records = []

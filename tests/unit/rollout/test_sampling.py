@@ -10,10 +10,10 @@ import types
 import pytest
 import torch
 
-from appo.rollout.appo import candidate_mask, future_value_log_ratio
+from appo.rollout.appo import InitScores, candidate_mask, init_scorer
 from appo.rollout.hf import HFEngine
 from appo.rollout.sampling import sample_groups
-from appo.rollout.teacher_forcing import teacher_forced_logprobs
+from appo.rollout.teacher_forcing import teacher_forced_scores
 from appo.rollout.trajectory import Trajectory
 
 from .conftest import ScriptedEngine, make_cfg
@@ -50,8 +50,8 @@ def _cfg(**kw):
 
 def _mismatch(model):
     """fv_source=train_infer_mismatch: a teacher-forced recompute against the sampler's own log-probs."""
-    return future_value_log_ratio("train_infer_mismatch", lambda trajs: teacher_forced_logprobs(model, trajs),
-                                  lambda trajs: None)
+    return init_scorer("train_infer_mismatch", lambda trajs, ent: teacher_forced_scores(model, trajs, with_entropy=ent),
+                       lambda trajs: None)
 
 
 def _check_rows(groups, n):
@@ -144,27 +144,28 @@ def test_candidate_filter_excludes_split_closing_tags_eos_and_final_token(tiny_t
 def _with_scorer(tok, python_tools, scorer, **kw):
     engine = ScriptedEngine(tok, _no_tool_then_tool)
     cfg = _cfg(**{"rollout.appo.fv_source": "stale_policy", **kw})
-    return sample_groups(engine, python_tools, _prompts(tok), cfg, fv_log_ratio=scorer)
+    return sample_groups(engine, python_tools, _prompts(tok), cfg, score_inits=scorer)
 
 
 def test_future_value_from_the_scorer_and_its_fallbacks(tiny_tokenizer, python_tools):
     tok = tiny_tokenizer
     seen = []
 
-    def drifted(trajs):
+    def drifted(trajs, need_entropy):
         seen.extend(trajs)
-        return [[0.05 * ((i * 7) % 5 - 2) for i in range(len(t))] for t in trajs]
+        assert not need_entropy  # the scripted engine's entropies count as exact
+        return InitScores([[0.05 * ((i * 7) % 5 - 2) for i in range(len(t))] for t in trajs])
 
     groups, metrics = _with_scorer(tok, python_tools, drifted)
     assert metrics["rollout/fv_used"] == 1 and "rollout/fv_zero_variance_groups" not in metrics
     assert all(t.kind == "init" for t in seen) and len(seen) == 4
     _check_rows(groups, 4)
 
-    _, metrics = _with_scorer(tok, python_tools, lambda trajs: [[0.0] * len(t) for t in trajs])
+    _, metrics = _with_scorer(tok, python_tools, lambda trajs, _: InitScores([[0.0] * len(t) for t in trajs]))
     assert metrics["rollout/fv_used"] == 1 and metrics["rollout/fv_zero_variance_groups"] == 2
 
     # No previous policy yet (first step), and no scorer at all: entropy alone.
-    for scorer in (lambda trajs: None, None):
+    for scorer in (lambda trajs, _: InitScores(None), None):
         groups, metrics = _with_scorer(tok, python_tools, scorer)
         assert metrics["rollout/fv_used"] == 0
         _check_rows(groups, 4)
@@ -184,12 +185,12 @@ def test_appo_with_the_real_engine_is_reproducible(tiny_model, tiny_tokenizer, p
     cfg = _cfg(**{"rollout.max_response_length": 12, "rollout.appo.fv_source": "train_infer_mismatch",
                   "rollout.seed": 5})
     prompts = _prompts(tiny_tokenizer)
-    runs = [sample_groups(engine, python_tools, prompts, cfg, step=3, fv_log_ratio=_mismatch(tiny_model))[0]
+    runs = [sample_groups(engine, python_tools, prompts, cfg, step=3, score_inits=_mismatch(tiny_model))[0]
             for _ in range(2)]
     flat = [[(t.token_ids, t.split_pos, t.parent) for g in groups for t in g.rows] for groups in runs]
     assert flat[0] == flat[1]
     _check_rows(runs[0], 4)
-    other = sample_groups(engine, python_tools, prompts, cfg, step=4, fv_log_ratio=_mismatch(tiny_model))[0]
+    other = sample_groups(engine, python_tools, prompts, cfg, step=4, score_inits=_mismatch(tiny_model))[0]
     assert [t.token_ids for g in other for t in g.rows] != [t[0] for t in flat[0]]
 
 
@@ -203,8 +204,10 @@ def _arpo_cfg(**kw):
 
 
 def test_arpo_branches_on_fixed_draws(tiny_tokenizer, python_tools):
-    """n=4, m=2, two tool rounds. Round 1 draws 0.9 (row 0: no) and 0.2 (row 1: copy); round 2 has one
-    open slot: 0.3 copies row 0 and then no slot is left, so no further draw happens."""
+    """n=4, m=2, two tool calls per row. Round 1 (before any tool result) only records each row's initial
+    entropy: no draw. Round 2 (after result 1) draws 0.9 (row 0: no) and 0.2 (row 1: branch from the end of
+    its first result); round 3 (after result 2) has one open slot: 0.3 branches row 0 from the end of its
+    second result, and then no slot is left, so no further draw happens."""
     tok = tiny_tokenizer
     call = "<python>print(3)</python>"
     engine = ScriptedEngine(tok, lambda text, req: ANSWER if _response(text).count("<result>") >= 2 else call)
@@ -221,12 +224,51 @@ def test_arpo_branches_on_fixed_draws(tiny_tokenizer, python_tools):
     assert [t.kind for t in group.inits] == ["init", "init"]
     first, second = group.branches
     assert (first.parent, second.parent) == (1, 0)
-    assert first.split_pos == group.inits[1].tool_log[0]["end"] - 1 < second.split_pos
+    assert first.split_pos == group.inits[1].tool_log[0]["end"] - 1
+    assert second.split_pos == group.inits[0].tool_log[1]["end"] - 1
+    assert metrics["rollout/arpo_decisions"] == 3
     assert first.token_ids[:first.split_pos + 1] == group.inits[1].token_ids[:first.split_pos + 1]
     assert all(t.tool_calls == 2 and t.finish_reason == "eos" for t in group.rows)
     assert first.generated[:first.split_pos + 1] == group.inits[1].generated[:first.split_pos + 1]
     assert metrics["rollout/refill_rows"] == 0
     assert {req.logprobs for req in engine.calls} == {10}
+
+
+class _EntropyAfterResult(ScriptedEngine):
+    """The scripted agent calls python once, then answers; the top-k log-probs of what it writes after the
+    tool result are spread over `after` equally likely tokens (before it: one sure token)."""
+
+    def __init__(self, tok, after: int):
+        super().__init__(tok, lambda text, req: ANSWER if "<result>" in _response(text) else "<python>print(3)</python>")
+        self.after = after
+
+    def generate(self, requests):
+        out = super().generate(requests)
+        for req, res in zip(requests, out):
+            k = self.after if "<result>" in self.tokenizer.decode(req.prompt_ids) else 1
+            res.top_logprobs = [{t + i: -math.log(k) for i in range(k)} for t in res.token_ids]
+        return out
+
+
+def test_arpo_entropy_rising_after_a_tool_result_makes_branching_likelier(tiny_tokenizer, python_tools):
+    """ARPO's decision after a tool result compares the entropy of the tokens generated after it with the
+    rollout's initial entropy: with the same uniform draw, a rise branches, flat entropy does not."""
+    def run(after):
+        engine = _EntropyAfterResult(tiny_tokenizer, after)
+        cfg = _arpo_cfg(**{"rollout.arpo.entropy_weight": 5.0, "rollout.arpo.entropy_topk": 8})
+        (group,), metrics = sample_groups(engine, python_tools, _prompts(tiny_tokenizer, 1), cfg, draw=lambda: 0.6)
+        return group, metrics
+
+    flat, flat_metrics = run(after=1)
+    rising, rising_metrics = run(after=8)
+    # one decision per initial row, after its one tool result (none in the first round)
+    assert flat_metrics["rollout/arpo_decisions"] == 2 and not flat.branches
+    assert flat_metrics["rollout/refill_rows"] == 2
+    assert len(rising.branches) == 2 and rising_metrics["rollout/refill_rows"] == 0
+    for branch in rising.branches:
+        parent = rising.inits[branch.parent]
+        assert branch.split_pos == parent.tool_log[0]["end"] - 1  # forked right after the result
+        assert branch.token_ids[:branch.split_pos + 1] == parent.token_ids[:branch.split_pos + 1]
 
 
 def test_arpo_refills_a_prompt_whose_rows_all_ended(tiny_tokenizer, python_tools):
@@ -263,8 +305,8 @@ def test_selection_mode_orders_points(tiny_tokenizer, selection):
     traj = Trajectory(prompt_ids=[1, 2], token_ids=ids, generated=[1] * n, logprobs=[-1.0] * n,
                       entropies=entropy, kind="init", group=0)
     cfg = _cfg(**{"rollout.appo.fv_source": "stale_policy", "rollout.appo.selection": selection,
-                  "rollout.appo.exclude": "reference", "rollout.appo.fv_clip": "null"})
-    picked = choose_branch_points([traj], tok, [], {-1}, 1000, 1, cfg.rollout.appo, lambda trajs: [ratio], {})
+                  "rollout.appo.exclude": "reference", "rollout.appo.fv_clip": "null", "rollout.appo.fv_gamma": 1.0})
+    picked = choose_branch_points([traj], tok, [], {-1}, 1000, 1, cfg.rollout.appo, InitScores([ratio]), {})
     ez, fz, score = branching_scores(torch.tensor([entropy]), torch.tensor([ratio]), torch.ones(1, n), 1.0, None)
     usable = [t for t in range(n) if tok.decode([ids[t]]).strip()]  # whitespace-only tokens never branch
     strict = [t for t in usable if ez[0, t] > 0 and fz[0, t] > 0]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from appo.rollout.appo import future_value_log_ratio
+from appo.rollout.appo import init_scorer
 from appo.rollout.engine import GenRequest
 from appo.rollout.hf import HFEngine
-from appo.rollout.teacher_forcing import teacher_forced_logprobs
+from appo.rollout.teacher_forcing import teacher_forced_logprobs, teacher_forced_scores
 from appo.rollout.trajectory import Trajectory
 
 
@@ -31,9 +31,11 @@ def test_scorer_agrees_with_sampler_for_mixed_lengths(engine, tiny_model, tiny_t
     for s, r in zip(scored, results):
         assert max(abs(a - b) for a, b in zip(s, r.logprobs)) < 1e-4
     trajs[0].logprobs = list(results[0].logprobs)
-    log_ratio = future_value_log_ratio("train_infer_mismatch", lambda t: teacher_forced_logprobs(tiny_model, t),
-                                       lambda t: None)
-    mismatch = log_ratio(trajs[:1])[0]
+    score = init_scorer("train_infer_mismatch",
+                        lambda t, ent: teacher_forced_scores(tiny_model, t, with_entropy=ent), lambda t: None)
+    scores = score(trajs[:1], True)
+    mismatch = scores.log_ratio[0]
+    assert scores.entropies[0] == pytest.approx(results[0].entropies, abs=1e-4)  # exact, as the sampler's
     assert mismatch == pytest.approx([s - b for s, b in zip(scored[0], results[0].logprobs)], abs=1e-6)
     assert max(abs(x) for x in mismatch) < 1e-4  # same weights on both sides: numerical noise only
 
