@@ -140,17 +140,18 @@ class Learner:
 
     # ------------------------------------------------------------------------------------------ forward
 
-    def _forward(self, model, prompt_ids, response_ids, with_entropy: bool):
+    def _forward(self, model, prompt_ids, response_ids, with_entropy: bool, autocast_dtype: str | None = None):
         head = self.ref_head if model is self.ref_model else self.head
         return response_log_probs(head, prompt_ids, response_ids, pad_id=self.pad_id, device=self.device,
-                                  temperature=self.temperature, autocast_dtype=self.model_cfg.autocast,
+                                  temperature=self.temperature, autocast_dtype=autocast_dtype or self.model_cfg.autocast,
                                   with_entropy=with_entropy)
 
     @torch.no_grad()
     def log_probs(self, prompt_ids: list[list[int]], response_ids: list[list[int]], with_entropy: bool = False,
-                  reference: bool = False, micro_batch_size: int | None = None):
+                  reference: bool = False, micro_batch_size: int | None = None, autocast_dtype: str | None = None):
         """Teacher-forced log-probs [rows, L] (and entropies) of the response tokens, micro-batched.
-        `reference=True` scores with the frozen reference (LoRA: the base model with adapters disabled)."""
+        `reference=True` scores with the frozen reference (LoRA: the base model with adapters disabled);
+        `autocast_dtype` overrides model.autocast for this call ('none': float32)."""
         if reference and not self.has_reference:
             raise RuntimeError("no reference model: set actor.use_kl_loss=true or use LoRA")
         size = micro_batch_size or self.actor.micro_batch_size
@@ -163,12 +164,12 @@ class Learner:
             for idx in _chunks(len(prompt_ids), size):
                 p, r = [prompt_ids[i] for i in idx], [response_ids[i] for i in idx]
                 if reference and self.ref_model is not None:
-                    lp, ent, _ = self._forward(self.ref_model, p, r, with_entropy)
+                    lp, ent, _ = self._forward(self.ref_model, p, r, with_entropy, autocast_dtype)
                 elif reference:
                     with self.model.disable_adapter():
-                        lp, ent, _ = self._forward(self.model, p, r, with_entropy)
+                        lp, ent, _ = self._forward(self.model, p, r, with_entropy, autocast_dtype)
                 else:
-                    lp, ent, _ = self._forward(self.model, p, r, with_entropy)
+                    lp, ent, _ = self._forward(self.model, p, r, with_entropy, autocast_dtype)
                 out_lp[idx[0]: idx[-1] + 1, : lp.shape[1]] = lp.cpu()
                 if with_entropy:
                     out_ent[idx[0]: idx[-1] + 1, : ent.shape[1]] = ent.cpu()
@@ -196,12 +197,13 @@ class Learner:
                     _swap(p, old)
 
     @torch.no_grad()
-    def previous_log_probs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> torch.Tensor | None:
+    def previous_log_probs(self, prompt_ids: list[list[int]], response_ids: list[list[int]],
+                           autocast_dtype: str | None = None) -> torch.Tensor | None:
         """Teacher-forced log-probs under the snapshot taken before the last update; None before the first."""
         if self.previous is None:
             return None
         with self._previous_weights():
-            return self.log_probs(prompt_ids, response_ids)[0]
+            return self.log_probs(prompt_ids, response_ids, autocast_dtype=autocast_dtype)[0]
 
     # ------------------------------------------------------------------------------------------- update
 

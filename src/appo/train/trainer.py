@@ -34,6 +34,7 @@ from appo.core.advantage import appo_advantages, grpo_advantages
 from appo.core.branching import mean_reward_scale_m
 from appo.eval.evaluate import evaluate
 from appo.models import load_model, resolve_device
+from appo.precision import resolve_autocast
 from appo.rewards import get_reward_fn
 from appo.rollout.appo import init_scorer
 from appo.rollout.engines import make_engine
@@ -178,9 +179,12 @@ def rollout_metrics(rows: list[Trajectory]) -> dict[str, float]:
 class InitRescorer:
     """APPO's rescoring of its initial rows with the learner (`appo.rollout.appo.init_scorer`): the future
     value's log-ratio with the same forward on both sides, and exact entropies for engines whose own are
-    top-k. The current-weights log-probs it computes are kept: when the update trains exactly these rows
-    (branch rows dropped), they are the PPO ratio's old log-probs, so the future value costs only the
-    previous-weights forward."""
+    top-k. Both forwards run in float32 whatever `model.autocast` is: at small learning rates an update
+    moves weights by less than bf16's resolution, so bf16 forwards would see mostly rounding, not drift.
+
+    When the learner itself runs in float32, the current-weights log-probs computed here are exactly the
+    PPO ratio's old log-probs of the same rows (the initial rows, when branch rows are dropped) and are
+    reused, so the future value costs only the previous-weights forward; under bf16 autocast it costs two."""
 
     def __init__(self, learner: Learner, fv_source: str):
         self.learner = learner
@@ -192,18 +196,22 @@ class InitRescorer:
 
     def _recompute(self, trajs: list[Trajectory], with_entropy: bool):
         current, entropy = self.learner.log_probs([t.prompt_ids for t in trajs], [t.token_ids for t in trajs],
-                                                  with_entropy=with_entropy)
+                                                  with_entropy=with_entropy, autocast_dtype="none")
         self.current = (trajs, current)
         return _rows(current, trajs), None if entropy is None else _rows(entropy, trajs)
 
     def _recompute_previous(self, trajs: list[Trajectory]) -> list[list[float]] | None:
-        behind = self.learner.previous_log_probs([t.prompt_ids for t in trajs], [t.token_ids for t in trajs])
+        behind = self.learner.previous_log_probs([t.prompt_ids for t in trajs], [t.token_ids for t in trajs],
+                                                 autocast_dtype="none")
         return None if behind is None else _rows(behind, trajs)
 
     def reuse(self, kept: list[Trajectory]) -> torch.Tensor | None:
-        """The current-weights log-probs of `kept` when the last rescoring computed exactly these rows (the
-        initial rows, in order) and the weights have not changed since; else None."""
+        """The current-weights log-probs of `kept` when the last rescoring computed exactly these rows, in
+        order, in the learner's own precision (float32); else None."""
         current, self.current = self.current, None
+        learner = self.learner
+        if resolve_autocast(learner.model_cfg.autocast, learner.device.type) != "none":
+            return None
         if current is None or len(current[0]) != len(kept) or any(a is not b for a, b in zip(current[0], kept)):
             return None
         return current[1]
