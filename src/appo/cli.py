@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tool": ("appo.tools.cli:tool_main", "Run a tool by hand: `appo tool python --code ...`, `appo tool search QUERY`."),
     "index": ("appo.tools.cli:index_main", "Build a BM25 index for the local search backend: `appo index build`."),
     "config": ("appo.config_cli:main", "Show the resolved config (`appo config show [preset] [overrides]`) and all keys."),
+    "convert": ("appo.train.convert_cli:main", "Convert a verl FSDP checkpoint into a Hugging Face directory: `appo convert --from verl-fsdp DIR --out HF_DIR`."),
     "prepare": ("appo.models:prepare_main", "Convert/build the built-in models ahead of time (smollm2-135m-instruct, tiny)."),
 }
 
