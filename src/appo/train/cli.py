@@ -49,6 +49,7 @@ class Pipeline:
         import torch
 
         from appo.models import load_model, load_tokenizer
+        from appo.precision import resolve_autocast
         from appo.train import checkpoint as ckpt
         from appo.train.report import write_report
         from appo.train.sft import train_sft
@@ -56,6 +57,7 @@ class Pipeline:
 
         cfg, state = self.cfg, self._load_state(resume)
         device = resolve_device(cfg.trainer.device)
+        resolve_autocast(cfg.model.autocast, device)  # once, logged, before any work; SFT and learner reuse it
         tokenizer = load_tokenizer(cfg.model.path, cfg.model.cache_dir)
         task = prepare_task(cfg) if cfg.data.task is not None else None
         train, val = load_prompt_sets(cfg, tokenizer, task)

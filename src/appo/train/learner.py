@@ -26,6 +26,7 @@ from torch.distributed.tensor import DTensor
 from appo.config import ActorConfig, LoraConfig, ModelConfig
 from appo.core.branching import entropy_from_logits
 from appo.core.loss import agg_loss, future_kl_loss, kl_penalty, ppo_loss
+from appo.precision import autocast
 from appo.train import distributed
 
 
@@ -179,9 +180,7 @@ class Learner:
     # ------------------------------------------------------------------------------------------ forward
 
     def _autocast(self):
-        if self.model_cfg.autocast == "none":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=getattr(torch, self.model_cfg.autocast))
+        return autocast(self.model_cfg.autocast, self.device.type)
 
     def _forward(self, model, prompt_ids, response_ids, with_entropy: bool):
         ids, attn, where, targets, mask = (t.to(self.device) for t in pad_rows(prompt_ids, response_ids,

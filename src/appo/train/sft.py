@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from appo import precision
 from appo.config import Config, ConfigError, ModelConfig, SftConfig, load_config
 from appo.rollout.tool_loop import result_token_ids
 from appo.train.learner import lr_multiplier
@@ -174,14 +175,10 @@ def collate(rows: list[list[SftExample]], pad_id: int) -> dict[str, torch.Tensor
 
 def sft_loss(model, batch: dict[str, torch.Tensor], autocast: str = "none") -> tuple[torch.Tensor, int]:
     """Token-mean cross-entropy over trained positions; the LM head runs only there."""
-    import contextlib
-
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     causal = model.get_base_model() if hasattr(model, "peft_config") else model
-    ctx = (contextlib.nullcontext() if autocast == "none"
-           else torch.autocast(device.type, dtype=getattr(torch, autocast)))
-    with ctx:
+    with precision.autocast(autocast, device.type):
         hidden = causal.get_decoder()(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                                       attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
         keep = batch["targets"] >= 0
