@@ -300,6 +300,7 @@ def convert_verl_fsdp(checkpoint: str | Path, out_dir: str | Path, dtype: str | 
     floats = [v.dtype for v in state.values() if v.is_floating_point()]
     out_dtype = max(set(floats), key=floats.count) if floats else torch.float32
     model = model.to(out_dtype)  # save_pretrained records the module's dtype in config.json (meta: no memory)
+    tensors = len(state)  # save_pretrained empties the dict it is given
 
     warnings = []
     tokenizer = hf_dir.is_dir() and any((hf_dir / name).is_file() for name in TOKENIZER_FILES)
@@ -319,4 +320,4 @@ def convert_verl_fsdp(checkpoint: str | Path, out_dir: str | Path, dtype: str | 
         stage.rename(out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return ConvertResult(out, actor, world, len(state), str(out_dtype).removeprefix("torch."), tokenizer, warnings)
+    return ConvertResult(out, actor, world, tensors, str(out_dtype).removeprefix("torch."), tokenizer, warnings)

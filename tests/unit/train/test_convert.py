@@ -9,7 +9,10 @@ is sent). Layouts covered:
   and tokenizer, optimizer and extra_state shards beside the model shards;
 - verl 0.4.1+ (FSDP1 or FSDP2, same DTensor layout): fsdp_config.json and generation_config.json added, and
   hybrid sharding on a ("ddp", "fsdp") mesh;
-- plain per-rank tensor chunks (no DTensor), which verl's merger also accepts.
+- plain per-rank tensor chunks (no DTensor), which verl's merger also accepts;
+- and, under torchrun, a real FSDP2 save (verl 0.4+'s `strategy: fsdp2`: `fully_shard` per decoder layer and
+  on the root, `model.state_dict()` saved per rank) on 2 gloo CPU ranks. FSDP1 itself refuses to run without
+  an accelerator, so verl 0.3.x's FSDP1 path is covered by its DTensor recipe above.
 """
 
 from __future__ import annotations
@@ -113,6 +116,7 @@ def test_round_trip_keeps_every_tensor_and_the_logits(original, tmp_path, layout
     result = convert_verl_fsdp(actor, tmp_path / "hf")
 
     assert (result.world_size, result.dtype, result.tokenizer_copied) == (LAYOUTS[layout]["world"], "float32", True)
+    assert result.tensors == len(model.state_dict()) - 1  # the tied lm_head.weight is the embedding
     converted = load_model(str(tmp_path / "hf"))
     assert converted.lm_head.weight is converted.model.embed_tokens.weight  # still tied after loading
     assert _max_diff(converted.state_dict(), model.state_dict()) == 0.0
@@ -174,6 +178,47 @@ def test_an_existing_output_is_kept_unless_forced(original, tmp_path):
         convert_verl_fsdp(actor, tmp_path / "hf")
     convert_verl_fsdp(actor, tmp_path / "hf", overwrite=True)
     assert not (tmp_path / "hf" / "notes.txt").exists() and (tmp_path / "hf" / "config.json").is_file()
+
+
+FSDP2_SAVE = """
+import os, sys
+import torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from transformers import AutoModelForCausalLM
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
+mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("fsdp",))
+for layer in model.model.layers:
+    fully_shard(layer, mesh=mesh)
+fully_shard(model, mesh=mesh)
+torch.save(model.state_dict(), os.path.join(sys.argv[2], f"model_world_size_{world}_rank_{rank}.pt"))
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.dist
+def test_real_fsdp2_shards_from_torchrun(tiny_model_dir, original, tmp_path):
+    model, tokenizer = original
+    actor = tmp_path / "global_step_1" / "actor"
+    actor.mkdir(parents=True)
+    (tmp_path / "save.py").write_text(FSDP2_SAVE)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(tmp_path / "save.py"), str(tiny_model_dir), str(actor)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model.config.save_pretrained(actor / "huggingface")
+    tokenizer.save_pretrained(actor / "huggingface")
+
+    convert_verl_fsdp(actor, tmp_path / "hf")
+
+    converted = load_model(str(tmp_path / "hf"))
+    assert _max_diff(converted.state_dict(), model.state_dict()) == 0.0
+    assert (_logits(converted, tokenizer) - _logits(model, tokenizer)).abs().max().item() == 0.0
 
 
 # ------------------------------------------------------------------------------ through the real entry point
