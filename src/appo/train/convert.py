@@ -303,7 +303,7 @@ def convert_verl_fsdp(checkpoint: str | Path, out_dir: str | Path, dtype: str | 
     tensors = len(state)  # save_pretrained empties the dict it is given
 
     warnings = []
-    tokenizer = hf_dir.is_dir() and any((hf_dir / name).is_file() for name in TOKENIZER_FILES)
+    tokenizer = any((hf_dir / name).is_file() for name in TOKENIZER_FILES)
     if not tokenizer:
         warnings.append(f"{hf_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); {out} has the weights "
                         "and config only: copy the base model's tokenizer files in before loading it with a tokenizer")
@@ -312,7 +312,7 @@ def convert_verl_fsdp(checkpoint: str | Path, out_dir: str | Path, dtype: str | 
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.convert-"))
     try:
         model.save_pretrained(stage, state_dict=state, safe_serialization=True)
-        for src in sorted(hf_dir.iterdir()) if hf_dir.is_dir() else []:
+        for src in sorted(hf_dir.iterdir()):
             if src.is_file() and not NOT_COPIED.fullmatch(src.name):
                 shutil.copy2(src, stage / src.name)  # tokenizer, chat template, generation config as verl saved them
         if out.exists():
