@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("appo.commands.index:main", "Build a BM25 index for the local search backend: `appo index build`."),
     "config": ("appo.commands.config:main", "Show the resolved config (`appo config show [preset] [overrides]`) and all keys."),
     "prepare": ("appo.commands.prepare:main", "Convert/build the built-in models ahead of time (smollm2-135m-instruct, tiny)."),
+    "convert": ("appo.commands.convert:main", "Convert a verl FSDP checkpoint into a Hugging Face directory: `appo convert --from verl-fsdp DIR --out HF_DIR`."),
 }
 
 

@@ -55,8 +55,12 @@ class ModelConfig:
                     "model with a locally trained tokenizer, for tests).")
     ref_path: str | None = opt(None, "Frozen reference model for the KL loss; default: the starting weights.")
     dtype: str = opt("float32", "Parameter dtype of the policy (master weights).", choices=("float32", "bfloat16"))
-    autocast: str = opt("bfloat16", "Autocast dtype for the learner's forward/backward; 'none' disables it.",
-                        choices=("none", "bfloat16", "float16"))
+    autocast: str = opt("auto", "Autocast dtype of the SFT, learner and scorer forward/backward passes: 'auto' is "
+                                "bfloat16 where bf16 is native (CUDA with bf16, or a CPU with AVX512-BF16 or AMX) "
+                                "and float32 elsewhere, chosen once at start-up and logged; 'none' runs float32; "
+                                "an explicit 'bfloat16' on a CPU without native bf16 works but warns (about 19x "
+                                "slower matmuls on AVX2). Generation runs in model.dtype.",
+                        choices=("auto", "none", "bfloat16", "float16"))
     gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass to save memory.")
     lora: LoraConfig = opt(help="Low-rank adapters (peft).", factory=LoraConfig)
     cache_dir: str = opt("~/.cache/appo", "Where built-in models are converted/built and cached.")
