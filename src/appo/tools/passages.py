@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import string
 
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])\s*|\n+")  # CJK text puts no space after a sentence
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
