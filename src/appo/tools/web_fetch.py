@@ -70,21 +70,33 @@ def _basic_auth(parts: urllib.parse.SplitResult) -> str:
 
 
 class _Watchdog:
-    """Shuts a connection's socket down at the deadline; a blocked read then returns at once."""
+    """Shuts a connection's socket down at the deadline; a blocked read then returns at once. It holds the
+    socket itself: http.client drops `conn.sock` once a response that ends with the connection begins."""
 
-    def __init__(self, conn: http.client.HTTPConnection, seconds: float):
-        self.conn = conn
+    def __init__(self, seconds: float):
         self.fired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
         self._timer = threading.Timer(max(seconds, 0.0), self._fire)
         self._timer.daemon = True
         self._timer.start()
 
+    def watch(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sock = sock
+            fired = self.fired
+        if fired:  # the deadline passed while connecting
+            self._shutdown()
+
     def _fire(self) -> None:
-        self.fired = True
-        sock = self.conn.sock
-        if sock is not None:
+        with self._lock:
+            self.fired = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._sock is not None:
             with contextlib.suppress(OSError):  # already closed by the reader
-                sock.shutdown(socket.SHUT_RDWR)
+                self._sock.shutdown(socket.SHUT_RDWR)
 
     def cancel(self) -> None:
         self._timer.cancel()
@@ -107,9 +119,11 @@ def http_get(url: str, *, timeout: float, max_bytes: int, headers: dict[str, str
             raise FetchError(f"no complete answer within {timeout:g}s")
         cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         conn = cls(parts.hostname, parts.port, timeout=left)
-        watchdog = _Watchdog(conn, left)
+        watchdog = _Watchdog(left)
         try:
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            conn.connect()
+            watchdog.watch(conn.sock)
             conn.request("GET", path, headers=send)
             resp = conn.getresponse()
             location = resp.getheader("Location")

@@ -3,6 +3,7 @@ OpenAI-compatible summariser scripted to answer, fail or hang. Both record every
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -83,7 +84,6 @@ class PageServer(_Server):
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
 
             def log_message(self, *args):
                 pass
@@ -94,10 +94,8 @@ class PageServer(_Server):
             def do_GET(self):
                 outer.requests.append((self.path, dict(self.headers)))
                 route = getattr(outer, "_route_" + self.path.strip("/").replace(".", "_"), outer._route_missing)
-                try:
-                    route(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up: what the deadline and size tests want
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up: what
+                    route(self)                                                    # the deadline tests want
 
         super().__init__(host, Handler)
 
