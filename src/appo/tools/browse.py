@@ -239,6 +239,9 @@ class BrowseTool:
 def build_browse_tool(search: SearchTool, tools_cfg: ToolsConfig) -> BrowseTool:
     """Checked now: the summariser endpoint variable, the prompt template, the extraction libraries."""
     cfg = tools_cfg.search.browser
+    for name in ("page_timeout", "timeout"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"tools.search.browser.{name}={getattr(cfg, name)} must be > 0 (seconds)")
     base, key = endpoint_from_env(cfg.url_env, cfg.key_env)
     if not base:
         raise ValueError(f"tools.search.browse=true needs the summariser's base URL (an OpenAI-compatible "

@@ -216,6 +216,25 @@ def test_startup_checks_name_what_to_set(tmp_path, monkeypatch):
         build_tools(ToolsConfig(enabled=["search"], search=browse))
 
 
+def test_browse_keys_are_documented_and_checked(monkeypatch):
+    from appo.config import ConfigError, describe
+
+    cfg = load_config("tiny", ["tools.search.browse=true", "tools.search.browser.top_pages=3"])
+    assert cfg.tools.search.browse and cfg.tools.search.browser.top_pages == 3
+    assert not load_config("tiny").tools.search.browse                       # off by default
+    rows = {key: help_text for key, _, help_text in describe()}
+    assert all(rows[k] for k in rows if k.startswith("tools.search.browser.")) and "tools.search.browse" in rows
+    with pytest.raises(ConfigError, match="Valid keys under 'tools.search.browser.'"):
+        load_config("tiny", ["tools.search.browser.pages=3"])
+    with pytest.raises(ConfigError, match=r"tools.search.browser.min_f1=2.0 is out of range \(<= 1\)"):
+        load_config("tiny", ["tools.search.browser.min_f1=2"])
+    monkeypatch.setenv("APPO_BROWSER_URL", "http://127.0.0.1:9")
+    zero = SearchToolConfig(backend="retriever", url="http://127.0.0.1:9/r", browse=True,
+                            browser=BrowserConfig(page_timeout=0))
+    with pytest.raises(ValueError, match=r"tools.search.browser.page_timeout=0 must be > 0"):
+        build_tools(ToolsConfig(enabled=["search"], search=zero))
+
+
 def test_custom_prompt_template_is_used(web, monkeypatch, tmp_path):
     provider, _, _ = web
     template = tmp_path / "mine.txt"
