@@ -4,7 +4,8 @@ A backend returns the result snippets for a query; this module owns everything a
 query clean-up (`"` removed, as the reference), the SQLite cache, a deadline of `tools.timeout` per
 call, bounded retries with exponential backoff for transient failures, and the text the model sees:
 `Page i: snippet` lines, or `No search results found.`, or a one-line `Search failed: ...` message.
-A search failure never raises into the rollout.
+A search failure never raises into the rollout. `find_hits` gives the browser (browse.py) the same search
+with result URLs and titles where the backend has them.
 """
 
 from __future__ import annotations
