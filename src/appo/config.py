@@ -160,6 +160,41 @@ class PythonToolConfig:
 
 
 @dataclass
+class BrowserConfig:
+    top_pages: int = opt(10, "Result pages fetched per query (the reference: the top 10).", low=1)
+    page_timeout: float = opt(20.0, "Deadline in seconds for one page, connect to last byte (a server that "
+                                    "trickles bytes is cut off at it).", low=0)
+    max_page_bytes: int = opt(4_000_000, "Bytes read per page; the rest is never downloaded. HTML is "
+                                         "extracted from the part read, a cut PDF is reported as too large.",
+                              low=1024)
+    page_max_chars: int = opt(20000, "Characters of main text kept per page (the reference: 20,000).", low=1)
+    context_chars: int = opt(3000, "Characters kept on each side of the sentence that best matches the "
+                                   "snippet (the first 2x this when no sentence matches).", low=1)
+    min_f1: float = opt(0.2, "Word-set F1 with the snippet a sentence must exceed to anchor the passage.",
+                        low=0, high=1)
+    fetch_workers: int = opt(10, "Pages fetched in parallel per call.", low=1)
+    url_cache: str | None = opt(None, "SQLite cache of extracted page text by URL (failures are not "
+                                      "cached); null disables.")
+    user_agent: str = opt("Mozilla/5.0 (compatible; appo-browser/0.1)", "User-Agent sent with page requests.")
+    url_env: str = opt("APPO_BROWSER_URL", "Environment variable holding the summariser's OpenAI-compatible "
+                                           "base URL (e.g. http://localhost:8000/v1).")
+    key_env: str = opt("APPO_BROWSER_API_KEY", "Environment variable holding the summariser's API key "
+                                               "(optional).")
+    model: str = opt("Qwen2.5-72B-Instruct", "Summariser model name (the reference served every browser "
+                                             "model under this name).")
+    temperature: float = opt(0.6, "Summariser sampling temperature (the reference: 0.6).", low=0)
+    top_p: float = opt(0.95, "Summariser nucleus mass (the reference: 0.95).", low=0, high=1)
+    max_tokens: int = opt(4096, "Summariser reply budget in tokens.", low=1)
+    timeout: float = opt(60.0, "Seconds per summariser request (also bounded by tools.timeout).", low=0)
+    retries: int = opt(1, "Summariser attempts per call; when all fail the model gets the search snippets "
+                          "and a line saying why.", low=1)
+    prompt_file: str | None = opt(None, "Summariser prompt template with {reasoning}, {query} and {pages}; "
+                                        "null uses the built-in one (the reference browser's shape).")
+    marker: str = opt("**Final Information**", "The summary is the reply's text after the last occurrence "
+                                               "of this marker (the whole reply when it is missing).")
+
+
+@dataclass
 class SearchToolConfig:
     backend: str = opt("local", "Search backend.", choices=("local", "cache", "brightdata", "serper", "retriever"))
     index_dir: str | None = opt(None, "BM25 index built by `appo index build` (backend=local); the "
@@ -173,6 +208,10 @@ class SearchToolConfig:
     request_timeout: float = opt(20.0, "Seconds per HTTP request.", low=0)
     retry_backoff: float = opt(0.5, "Seconds before the first retry of a failed search (tools.retry_count "
                                     "attempts in all); doubles on each further retry.", low=0)
+    browse: bool = opt(False, "Deep-search mode: fetch the result pages, keep the passage around each "
+                              "snippet and return an LLM summary for the query and the reasoning so far "
+                              "(settings in tools.search.browser; give tools.timeout room for it).")
+    browser: BrowserConfig = opt(help="Deep-search browser (tools.search.browse=true).", factory=BrowserConfig)
 
 
 @dataclass

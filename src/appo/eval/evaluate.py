@@ -68,8 +68,8 @@ def _record(es: EvalSet, prompt, sample: int, traj, tokenizer, reward_fn) -> dic
         "question": _question(prompt), "gold": prompt.ground_truth, "response": response,
         "pred": scored["pred"], "answer_key": answer_key(scored["pred"]), "scores": scored["scores"],
         "rule_equal": scored["rule_equal"], "judge": None, "correct": scored["rule_equal"],
-        "tool_log": [{"tool": t["tool"], "ok": bool(t["ok"]), "seconds": round(float(t["seconds"]), 4)}
-                     for t in traj.tool_log],
+        "tool_log": [{"tool": t["tool"], "ok": bool(t["ok"]), "seconds": round(float(t["seconds"]), 4),
+                      **({"phases": t["phases"]} if t.get("phases") else {})} for t in traj.tool_log],
         "finish_reason": traj.finish_reason, "response_tokens": len(traj.token_ids),
         "generated_tokens": int(sum(traj.generated)),
     }

@@ -227,7 +227,8 @@ class ToolLoop:
             self._splice(row, tool, payload, ToolResult(EMPTY_TEXT.format(tool=tool), ok=False))
             return
         history = tuple(e["payload"] for e in traj.tool_log if e["tool"] == tool and e["ok"])
-        self._queue.append(_Queued(row, ToolCall(tool=tool, payload=payload, history=history)))
+        reasoning = self.tokenizer.decode(traj.token_ids, skip_special_tokens=True)
+        self._queue.append(_Queued(row, ToolCall(tool=tool, payload=payload, history=history, reasoning=reasoning)))
 
     def _run_queued(self) -> None:
         if not self._queue:
@@ -238,6 +239,8 @@ class ToolLoop:
         self._count("tool_seconds", time.perf_counter() - t0)
         self._count("tool_calls", len(queued))
         for q, res in zip(queued, results):
+            for phase, seconds in res.meta.get("phases", {}).items():  # the browser's search/fetch/summarise
+                self._count(f"{q.call.tool}_{phase}_seconds", seconds)
             self._splice(q.row, q.call.tool, q.call.payload, res)
 
     def _splice(self, row: LoopRow, tool: str, payload: str, result: ToolResult, refused: bool = False) -> None:
@@ -245,8 +248,9 @@ class ToolLoop:
         ids = result_token_ids(self.tokenizer, result.text)[:budget - len(traj)]
         start = len(traj)
         traj.append(ids, generated=0)
+        phases = {"phases": result.meta["phases"]} if result.meta.get("phases") else {}  # the browser's timing
         traj.tool_log.append(dict(tool=tool, payload=payload, ok=result.ok, seconds=result.seconds,
-                                  start=start, end=len(traj), refused=refused))
+                                  start=start, end=len(traj), refused=refused, **phases))
         row.turn_start = len(traj)
         if len(traj) >= budget:
             row.finish("length")

@@ -22,7 +22,8 @@ import urllib.request
 from pathlib import Path
 
 from appo.config import SearchToolConfig
-from appo.tools.search import SearchBackend, SearchError, TransientSearchError, parse_results
+from appo.tools.search import SearchBackend, SearchError, SearchHit, TransientSearchError, parse_results
+from appo.tools.web_fetch import no_redirect_opener
 
 BRIGHTDATA_URL = "https://api.brightdata.com/request"
 SERPER_URL = "https://google.serper.dev/search"
@@ -51,7 +52,7 @@ def post_json(url: str, body: dict, headers: dict[str, str], timeout: float, sec
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json", **headers})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with no_redirect_opener().open(request, timeout=timeout) as response:  # keys stay with this host
             raw = response.read()
     except urllib.error.HTTPError as e:
         detail = _redact(e.read(300).decode("utf-8", errors="replace").strip(), secrets)
@@ -79,10 +80,20 @@ def _key(env: str, backend: str) -> str:
     return value
 
 
-def _organic(data: object, field: str) -> list[str]:
+def _organic_rows(data: object) -> list[dict]:
     if not isinstance(data, dict):
         raise TransientSearchError("unexpected response shape (not a JSON object)")
-    return [str(r.get(field) or "").strip() for r in data.get("organic") or [] if isinstance(r, dict)]
+    return [r for r in data.get("organic") or [] if isinstance(r, dict)]
+
+
+def _organic(data: object, field: str) -> list[str]:
+    return [str(r.get(field) or "").strip() for r in _organic_rows(data)]
+
+
+def _organic_hits(data: object, snippet_field: str, date_field: str) -> list[SearchHit]:
+    return [SearchHit(snippet=str(r.get(snippet_field) or "").strip(), title=str(r.get("title") or "").strip(),
+                      url=str(r.get("link") or "").strip(), date=str(r.get(date_field) or "").split("T")[0])
+            for r in _organic_rows(data)]
 
 
 def _is_chinese(query: str) -> bool:
@@ -108,10 +119,15 @@ class BrightDataBackend:
         target = f"https://www.bing.com/search?{params}&brd_json=1&cc={self.location}"
         return {"zone": self.zone, "url": target, "format": "raw"}
 
-    def search(self, query: str, k: int, timeout: float) -> list[str]:
-        data = post_json(self.url, self.request_body(query), {"Authorization": f"Bearer {self.key}"}, timeout,
+    def _serp(self, query: str, timeout: float) -> object:
+        return post_json(self.url, self.request_body(query), {"Authorization": f"Bearer {self.key}"}, timeout,
                          (self.key,))
-        return _organic(data, "description")[:k]
+
+    def search(self, query: str, k: int, timeout: float) -> list[str]:
+        return _organic(self._serp(query, timeout), "description")[:k]
+
+    def hits(self, query: str, k: int, timeout: float) -> list[SearchHit]:
+        return _organic_hits(self._serp(query, timeout), "description", "datePublished")[:k]
 
 
 class SerperBackend:
@@ -123,10 +139,15 @@ class SerperBackend:
         self.location = cfg.location
         self.signature = f"serper|{self.location}"
 
-    def search(self, query: str, k: int, timeout: float) -> list[str]:
+    def _serp(self, query: str, k: int, timeout: float) -> object:
         body = {"q": query, "gl": self.location, "num": k}
-        data = post_json(self.url, body, {"X-API-KEY": self.key}, timeout, (self.key,))
-        return _organic(data, "snippet")[:k]
+        return post_json(self.url, body, {"X-API-KEY": self.key}, timeout, (self.key,))
+
+    def search(self, query: str, k: int, timeout: float) -> list[str]:
+        return _organic(self._serp(query, k, timeout), "snippet")[:k]
+
+    def hits(self, query: str, k: int, timeout: float) -> list[SearchHit]:
+        return _organic_hits(self._serp(query, k, timeout), "snippet", "date")[:k]
 
 
 class RetrieverBackend:
@@ -139,11 +160,17 @@ class RetrieverBackend:
         self.signature = f"retriever|{self.url}"
 
     def search(self, query: str, k: int, timeout: float) -> list[str]:
+        return [" ".join(c.split()) for c in self._contents(query, k, timeout)]
+
+    def hits(self, query: str, k: int, timeout: float) -> list[SearchHit]:
+        return [SearchHit(snippet=" ".join(c.split()), text=c) for c in self._contents(query, k, timeout)]
+
+    def _contents(self, query: str, k: int, timeout: float) -> list[str]:
         data = post_json(self.url, {"queries": [query], "topk": k, "return_scores": True}, {}, timeout)
         try:
             hits = data["result"][0]
             docs = [h.get("document", h) for h in hits]   # with return_scores=false a hit is the document
-            return [" ".join(str(d["contents"]).split()) for d in docs][:k]
+            return [str(d["contents"]) for d in docs][:k]
         except (KeyError, IndexError, TypeError, AttributeError):
             raise TransientSearchError("unexpected response shape from the retriever (want result[0][i].document"
                                        ".contents)") from None
@@ -190,6 +217,15 @@ class LocalBM25Backend:
         self._lock = threading.Lock()
 
     def search(self, query: str, k: int, timeout: float) -> list[str]:
+        return [_doc_snippet(d) for d in self._docs(query, k)]
+
+    def hits(self, query: str, k: int, timeout: float) -> list[SearchHit]:
+        """A document with a `url` is fetched like a web result; one without is its own page."""
+        return [SearchHit(snippet=_doc_snippet(d), title=str(d.get("title") or ""), url=str(d.get("url") or ""),
+                          text="" if d.get("url") else str(d.get("text") or ""))
+                for d in self._docs(query, k)]
+
+    def _docs(self, query: str, k: int) -> list[dict]:
         bm25s = _bm25s()
 
         tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)
@@ -197,7 +233,7 @@ class LocalBM25Backend:
             return []
         with self._lock:  # bm25s keeps per-call state on the retriever
             docs, scores = self.retriever.retrieve(tokens, k=min(k, self.num_docs), show_progress=False)
-        return [_doc_snippet(d) for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
+        return [d for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
 
 
 def _doc_snippet(doc: dict) -> str:
@@ -206,7 +242,7 @@ def _doc_snippet(doc: dict) -> str:
 
 
 def read_corpus(path: str | os.PathLike) -> list[dict]:
-    """JSONL of {id, title, text}; `id` defaults to the line number, `title` to empty."""
+    """JSONL of {id, title, text} and an optional url; `id` defaults to the line number, `title` to empty."""
     docs = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
@@ -217,7 +253,10 @@ def read_corpus(path: str | os.PathLike) -> list[dict]:
                 text = row["text"] if "text" in row else row["contents"]
             except (ValueError, KeyError, TypeError):
                 raise ValueError(f"{path}:{line_no}: expected a JSON object with a 'text' field") from None
-            docs.append({"id": str(row.get("id", line_no)), "title": str(row.get("title") or ""), "text": str(text)})
+            doc = {"id": str(row.get("id", line_no)), "title": str(row.get("title") or ""), "text": str(text)}
+            if row.get("url"):
+                doc["url"] = str(row["url"])  # the browser fetches it (tools.search.browse)
+            docs.append(doc)
     return docs
 
 
