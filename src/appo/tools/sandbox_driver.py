@@ -5,13 +5,24 @@ replay silently, and the cell to run.
 Limits are set here, after the interpreter has started and before any model code runs, with soft = hard
 so the code cannot raise them again; inside the sandbox's user namespace RLIMIT_NPROC then counts only
 this call's processes and threads.
+
+With a `watch` entry (the bwrap sandbox) this process is the sandbox's pid 1 (bwrap --as-pid-1) and model
+code runs in a child it forks. The supervisor makes itself non-dumpable first: model code runs as the same
+uid but without capabilities, so it can then neither open /proc/1/mem nor take the supervisor's file
+descriptors, and signals it sends to pid 1 are dropped (pid 1 has no handlers). The supervisor reports the
+child's exit status as its own and watches the call as a whole, which per-process rlimits cannot: the
+anonymous memory of all the call's processes together, and the number of files in its tmpfs mounts.
 """
 
 import _ast  # the C node classes; the `ast` module itself costs ~15 ms of start-up per call
 import marshal  # not json: importing json costs ~20 ms per call
 import os
 import resource
+import signal
 import sys
+
+_PR_SET_DUMPABLE = 4
+_TMPFS = ("/tmp", "/dev/shm")
 
 
 class _Discard:
@@ -20,6 +31,10 @@ class _Discard:
 
     def flush(self):
         pass
+
+
+class _CellExited(BaseException):
+    """Raised in place of os._exit while earlier cells are replayed, so one of them cannot end the call."""
 
 
 def _set_limits(limits):
@@ -54,24 +69,40 @@ def _report(error, tb):
         sys.stderr.write(f"{type(error).__name__}: {error}\n")
 
 
-def main():
-    job = marshal.loads(sys.stdin.buffer.read())
-    sys.stdin.close()
-    sys.stdin = open(os.devnull)  # noqa: SIM115 -- stays open for the cell: input() sees EOF
-    _set_limits(job["limits"])
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+def _replay(history, namespace):
+    import posix
+
+    replaying, real_exit = os.getpid(), os._exit
+
+    def exit_cell(status):
+        if os.getpid() != replaying:  # a process the cell forked ends as it asked
+            real_exit(status)
+        raise _CellExited
+
     out, err = sys.stdout, sys.stderr
-    for cell in job["history"]:
-        sys.stdout = sys.stderr = _Discard()
-        try:
-            exec(_compile_cell(cell), namespace)
-        except (Exception, SystemExit):
-            pass  # a replayed cell that fails now only loses its own variables
-        finally:
-            sys.stdout, sys.stderr = out, err
+    os._exit = posix._exit = exit_cell
+    try:
+        for cell in history:
+            sys.stdout = sys.stderr = _Discard()
+            try:
+                exec(_compile_cell(cell), namespace)
+            except (Exception, SystemExit, _CellExited):
+                pass  # a replayed cell that fails now only loses its own variables
+            finally:
+                sys.stdout, sys.stderr = out, err
+    finally:
+        os._exit = posix._exit = real_exit
+
+
+def _run(job, replayed_fd=None):
+    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    _replay(job["history"], namespace)
+    if replayed_fd is not None:
+        os.write(replayed_fd, b"1")
+        os.close(replayed_fd)
     try:
         code = _compile_cell(job["code"])
-    except SyntaxError as e:
+    except (SyntaxError, ValueError) as e:  # ValueError: a NUL byte in the source
         _report(e, None)
         sys.exit(1)
     try:
@@ -81,6 +112,148 @@ def main():
     except BaseException as e:
         _report(e, e.__traceback__.tb_next)  # without this driver's own frame
         sys.exit(1)
+
+
+def _set_dumpable(libc, flag):
+    if libc.prctl(_PR_SET_DUMPABLE, flag, 0, 0, 0) != 0:
+        raise OSError("prctl(PR_SET_DUMPABLE) failed")
+
+
+def _anonymous_bytes(me):
+    """Anonymous memory of every other process here (this is the sandbox's pid namespace). Pages a fork
+    still shares count once per process, so a total over the budget is checked again with PSS."""
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                fields = f.read().split()
+            total += (int(fields[1]) - int(fields[2])) * resource.getpagesize()
+        except (OSError, IndexError, ValueError):
+            pass  # the process has just exited
+    return total, pids
+
+
+def _proportional_anonymous_bytes(pids):
+    """The same total with shared pages split between their sharers; None where the kernel has no
+    Pss_Anon (before 5.10)."""
+    total, seen = 0, False
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Pss_Anon:"):
+                        total, seen = total + (int(line.split()[1]) << 10), True
+        except (OSError, IndexError, ValueError):
+            pass  # the process has just exited
+    return total if seen else None
+
+
+def _files():
+    used = 0
+    for mount in _TMPFS:
+        st = os.statvfs(mount)
+        used += st.f_files - st.f_ffree
+    return used
+
+
+def _over_limit(watch, me, baseline_files):
+    """A message naming the limit the call as a whole has passed, or None."""
+    budget = watch["memory_mb"] << 20
+    total, pids = _anonymous_bytes(me)
+    if total > budget:
+        shared_split = _proportional_anonymous_bytes(pids)
+        total = total if shared_split is None else shared_split
+    if total > budget:
+        return (f"MemoryError: the call's processes together held more than {watch['memory_mb']} MB "
+                "(the memory limit per call)")
+    if _files() - baseline_files > watch["max_files"]:
+        return (f"OSError: the call created more than {watch['max_files']} files in /tmp and /dev/shm "
+                "(the file limit per call)")
+    return None
+
+
+def _describe(status):
+    if os.WIFSIGNALED(status):
+        try:
+            return "killed by " + signal.Signals(os.WTERMSIG(status)).name
+        except ValueError:
+            return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit status {os.WEXITSTATUS(status)}"
+
+
+def _supervise(job):
+    """Fork the process that runs the code; in the supervisor, watch it and exit with its status.
+    Returns only in the child, with the fd on which it says that the replay is done (or None)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    _set_dumpable(libc, 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Python's handler would let the code interrupt pid 1
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    replay_pipe = os.pipe() if job["history"] else None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child == 0:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _set_dumpable(libc, 1)  # so the supervisor may read its memory use
+        if replay_pipe:
+            os.close(replay_pipe[0])
+            return replay_pipe[1]
+        return None
+    me, watch, baseline_files = os.getpid(), job["watch"], _files()
+    if replay_pipe:
+        os.close(replay_pipe[1])
+        os.set_blocking(replay_pipe[0], False)
+    status, message = None, None
+    while status is None:
+        signal.sigtimedwait({signal.SIGCHLD}, watch["interval"])
+        status = _reap(child)
+        if status is None:
+            message = _over_limit(watch, me, baseline_files)
+            if message:
+                os.kill(-1, signal.SIGKILL)  # every process here but this one
+                while status is None:
+                    status = _reap(child, block=True)
+    if message is None and replay_pipe and not _read_ready(replay_pipe[0]):
+        message = (f"Error: replaying the session's earlier cells ended the process ({_describe(status)}), "
+                   "so this cell did not run; an earlier cell exits or kills its own process")
+    if message:
+        os.write(2, message.encode() + b"\n")
+        os._exit(1)
+    os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+
+
+def _reap(child, block=False):
+    """Reap every exited process (orphans are re-parented here); the child's wait status once it exited."""
+    found = None
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0 if block and found is None else os.WNOHANG)
+        except ChildProcessError:
+            return found
+        if pid == 0:
+            return found
+        if pid == child:
+            found = status
+
+
+def _read_ready(fd):
+    try:
+        return os.read(fd, 1) == b"1"
+    except BlockingIOError:
+        return False
+
+
+def main():
+    job = marshal.loads(sys.stdin.buffer.read())
+    sys.stdin.close()
+    sys.stdin = open(os.devnull)  # noqa: SIM115 -- stays open for the cell: input() sees EOF
+    _set_limits(job["limits"])
+    replayed_fd = _supervise(job) if "watch" in job else None
+    _run(job, replayed_fd)
 
 
 if __name__ == "__main__":
