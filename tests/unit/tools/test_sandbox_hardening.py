@@ -129,3 +129,53 @@ def test_session_cell_that_exits_does_not_empty_later_cells():
     assert r.ok and r.text == "40 42", r.text
     r = run(tool, "print('after', y)", [*history, "import os\nos.kill(os.getpid(), 9)"])
     assert not r.ok and "earlier cell" in r.text and "SIGKILL" in r.text, r.text
+
+
+# --- all at once ---------------------------------------------------------------------------------------
+
+HOSTILE = [
+    ("memory-bomb", "x = b'1' * (1 << 30)"),
+    ("forked-memory", "import os\nfor _ in range(6):\n    if os.fork() == 0:\n        x = b'1' * (200 << 20)\n"
+                      "        while True: pass\nwhile True: pass"),
+    ("fork-bomb", "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"),
+    ("pid-1", LIBC + "import signal\nfor s in (2, 9, 15, 19):\n    os.kill(1, s)\n"
+              "print(libc.syscall(438, libc.syscall(434, 1, 0), 1, 0))\nopen('/proc/1/mem', 'r+b')"),
+    ("files", "i = 0\nwhile True:\n    open('/tmp/%d' % i, 'w').close()\n    i += 1"),
+    ("spin", "while True: pass"),
+    ("sleep-forever", "import time\ntime.sleep(600)"),
+    ("output-flood", "while True: print('y' * 10_000)"),
+]
+
+
+def test_sixteen_parallel_hostile_calls_return_in_time_and_the_host_stays_responsive():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    tool = _python_tool(timeout=2.0, memory_mb=256, max_processes=8)
+    gaps, stop = [0.0], threading.Event()
+
+    def tick():  # the host's own responsiveness: how late a 10 ms sleep wakes up
+        last = time.monotonic()
+        while not stop.wait(0.01):
+            now = time.monotonic()
+            gaps[0] = max(gaps[0], now - last - 0.01)
+            last = now
+
+    def one(case):
+        started = time.monotonic()
+        result = run(tool, case[1])
+        return case[0], time.monotonic() - started, result
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(one, HOSTILE * 2))
+    finally:
+        stop.set()
+        ticker.join()
+    for name, seconds, result in outcomes:
+        assert not result.ok, f"{name}: {result.text[:300]!r}"
+        assert seconds <= tool.timeout + 3.0, f"{name} returned after {seconds:.1f}s"
+    assert gaps[0] < 1.0, f"the host stalled for {gaps[0]:.2f}s"
+    print(f"slowest call {max(o[1] for o in outcomes):.2f}s, longest host stall {gaps[0]:.3f}s")
