@@ -4,11 +4,14 @@ the smaller leaks (host name, a NUL byte's traceback, a session cell that ends t
 
 from __future__ import annotations
 
+import marshal
 import socket
+import subprocess
 import time
 
 import pytest
 
+from appo.tools import sandbox as sandbox_mod
 from appo.tools.base import ToolCall
 
 from .conftest import _python_tool
@@ -22,8 +25,8 @@ def run(tool, code, history=()):
 
 @pytest.fixture(scope="module")
 def small():
-    """A 256 MB, 8-process budget: small enough that the attacks below exceed it quickly."""
-    return _python_tool(timeout=8.0, memory_mb=256, max_processes=8)
+    """A 256 MB, 8-process, 2000-file budget: small enough that the attacks below exceed it quickly."""
+    return _python_tool(timeout=8.0, memory_mb=256, max_processes=8, max_tmp_files=2000)
 
 
 # --- class 1: the sandbox's own init process ---------------------------------------------------------
@@ -62,6 +65,17 @@ def test_model_code_is_not_pid_1(sandboxed):
     assert r.ok and r.text == "True 1", r.text
 
 
+def test_supervisor_refuses_to_run_unless_it_is_pid_1(sandboxed):
+    # Under bwrap's own init the driver is pid 2, so were this guard missing, its kill(-1) would still
+    # stay inside that pid namespace; on the host it would reach every process of the machine.
+    box = sandboxed.sandbox
+    command = [arg for arg in box.command() if arg != "--as-pid-1"]
+    job = {"history": [], "code": "print('ran')", "limits": {}, "watch": box.limits.watch()}
+    proc = subprocess.run(command, input=marshal.dumps(job, 4), capture_output=True, timeout=30,
+                          **sandbox_mod._drop_privileges())
+    assert proc.returncode == 1 and b"must run as pid 1" in proc.stderr and b"ran" not in proc.stdout
+
+
 # --- class 2: one memory budget per call ---------------------------------------------------------------
 
 
@@ -96,7 +110,7 @@ def test_sysv_ipc_memory_is_refused(small, name, code):
 def test_empty_files_are_capped(small):
     # Empty files cost no tmpfs bytes but ~500 B of kernel memory each (480,000 in 5 s were seen).
     r = run(small, "for i in range(60_000):\n    open('/tmp/e%d' % i, 'w').close()\nprint('created 60000')")
-    assert not r.ok and "files" in r.text and "limit" in r.text, r.text
+    assert not r.ok and r.text.endswith("more than 2000 files in /tmp and /dev/shm (the file limit per call)"), r.text
 
 
 def test_a_call_within_budget_with_workers_still_works(small):
