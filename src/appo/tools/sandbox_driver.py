@@ -11,7 +11,7 @@ code runs in a child it forks. The supervisor makes itself non-dumpable first: m
 uid but without capabilities, so it can then neither open /proc/1/mem nor take the supervisor's file
 descriptors, and signals it sends to pid 1 are dropped (pid 1 has no handlers). The supervisor reports the
 child's exit status as its own and watches the call as a whole, which per-process rlimits cannot: the
-anonymous memory of all the call's processes together, and the number of files in its tmpfs mounts.
+memory all the call's processes hold together, and the number of files in its tmpfs mounts.
 """
 
 import _ast  # the C node classes; the `ast` module itself costs ~15 ms of start-up per call
@@ -140,34 +140,38 @@ def _set_dumpable(libc, flag):
         raise OSError("prctl(PR_SET_DUMPABLE) failed")
 
 
-def _anonymous_bytes(me):
-    """Anonymous memory of every other process here (this is the sandbox's pid namespace). Pages a fork
-    still shares count once per process, so a total over the budget is checked again with PSS."""
-    pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/statm", "rb") as f:
-                fields = f.read().split()
-            total += (int(fields[1]) - int(fields[2])) * resource.getpagesize()
-        except (OSError, IndexError, ValueError):
-            pass  # the process has just exited
-    return total, pids
+# Memory a process holds that is not a file's page cache: private, shared anonymous (mmap(-1, n), which a
+# fork can share), tmpfs pages it maps, and what of these is swapped out.
+_HELD = (b"RssAnon:", b"RssShmem:", b"VmSwap:")
+_HELD_PROPORTIONAL = (b"Pss_Anon:", b"Pss_Shmem:", b"SwapPss:")
 
 
-def _proportional_anonymous_bytes(pids):
-    """The same total with shared pages split between their sharers; None where the kernel has no
-    Pss_Anon (before 5.10)."""
+def _sum_fields(path, names):
+    """The sum in bytes of the `names` lines (values in kB) of a /proc status-like file, and whether any was
+    there; (0, False) for a process that has just exited."""
     total, seen = 0, False
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
-                for line in f:
-                    if line.startswith(b"Pss_Anon:"):
-                        total, seen = total + (int(line.split()[1]) << 10), True
-        except (OSError, IndexError, ValueError):
-            pass  # the process has just exited
-    return total if seen else None
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if line.startswith(names):
+                    total, seen = total + (int(line.split()[1]) << 10), True
+    except (OSError, IndexError, ValueError):
+        pass
+    return total, seen
+
+
+def _held_bytes(me):
+    """Memory held by every other process here (this is the sandbox's pid namespace). Pages that processes
+    share count once per process, so a total over the budget is checked again with PSS."""
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
+    return sum(_sum_fields(f"/proc/{pid}/status", _HELD)[0] for pid in pids), pids
+
+
+def _proportional_held_bytes(pids):
+    """The same total with shared pages split between their sharers; None where the kernel lacks the
+    fields (Pss_Anon and Pss_Shmem came in 5.10)."""
+    parts = [_sum_fields(f"/proc/{pid}/smaps_rollup", _HELD_PROPORTIONAL) for pid in pids]
+    return sum(p[0] for p in parts) if any(p[1] for p in parts) else None
 
 
 def _files():
@@ -181,9 +185,9 @@ def _files():
 def _over_limit(watch, me, baseline_files):
     """A message naming the limit the call as a whole has passed, or None."""
     budget = watch["memory_mb"] << 20
-    total, pids = _anonymous_bytes(me)
+    total, pids = _held_bytes(me)
     if total > budget:
-        shared_split = _proportional_anonymous_bytes(pids)
+        shared_split = _proportional_held_bytes(pids)
         total = total if shared_split is None else shared_split
     if total > budget:
         return (f"MemoryError: the call's processes together held more than {watch['memory_mb']} MB "

@@ -90,6 +90,16 @@ def test_children_together_cannot_exceed_the_call_budget(small):
     assert time.monotonic() - started < 3.0, "the call ran on after it exceeded its budget"
 
 
+def test_shared_anonymous_mappings_count_against_the_call_budget(small):
+    # mmap(-1, n) is shared memory (RssShmem), not anonymous memory (RssAnon): it must count all the same.
+    code = ("import mmap, os, time\npids = []\nfor _ in range(3):\n    pid = os.fork()\n    if pid == 0:\n"
+            "        m = mmap.mmap(-1, 150 << 20)\n        for _ in range(150):\n            m.write(b'\\x01' * (1 << 20))\n"
+            "        time.sleep(3)\n        os._exit(0)\n    pids.append(pid)\n"
+            "for pid in pids:\n    os.waitpid(pid, 0)\nprint('held 450 MB')")
+    r = run(small, code)
+    assert not r.ok and "memory limit" in r.text, r.text
+
+
 def test_memfd_buffers_are_refused(small):
     # Each buffer stays under RLIMIT_FSIZE, none is mapped, so no address space shows them.
     r = run(small, "import os\nfds = [os.memfd_create('hoard') for _ in range(20)]\nfor fd in fds:\n"
