@@ -160,11 +160,22 @@ def _sum_fields(path, names):
     return total, seen
 
 
-def _held_bytes(me):
-    """Memory held by every other process here (this is the sandbox's pid namespace). Pages that processes
-    share count once per process, so a total over the budget is checked again with PSS."""
-    pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
-    return sum(_sum_fields(f"/proc/{pid}/status", _HELD)[0] for pid in pids), pids
+def _resident_bytes(pids):
+    """The processes' resident sets: a cheap bound on what they hold while the machine has no swap."""
+    pages = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                pages += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass  # the process has just exited
+    return pages * resource.getpagesize()
+
+
+def _held_bytes(pids):
+    """What the processes hold. Pages they share count once per process, so a total over the budget is
+    checked again with PSS."""
+    return sum(_sum_fields(f"/proc/{pid}/status", _HELD)[0] for pid in pids)
 
 
 def _proportional_held_bytes(pids):
@@ -182,14 +193,29 @@ def _files():
     return used
 
 
-def _over_limit(watch, me, baseline_files):
-    """A message naming the limit the call as a whole has passed, or None."""
-    budget = watch["memory_mb"] << 20
-    total, pids = _held_bytes(me)
+def _memory_over(budget, pids, swap):
+    if not swap and _resident_bytes(pids) <= budget:
+        return False
+    total = _held_bytes(pids)
     if total > budget:
         shared_split = _proportional_held_bytes(pids)
         total = total if shared_split is None else shared_split
-    if total > budget:
+    return total > budget
+
+
+def _swap_enabled():
+    try:
+        with open("/proc/swaps", "rb") as f:
+            return len(f.read().splitlines()) > 1  # a header, then one line per swap area
+    except OSError:
+        return True  # unknown: take the exact path
+
+
+def _over_limit(watch, me, baseline_files, swap):
+    """A message naming the limit the call as a whole has passed, or None. This is the sandbox's pid
+    namespace, so /proc lists the call's processes only."""
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
+    if _memory_over(watch["memory_mb"] << 20, pids, swap):
         return (f"MemoryError: the call's processes together held more than {watch['memory_mb']} MB "
                 "(the memory limit per call)")
     if _files() - baseline_files > watch["max_files"]:
@@ -230,7 +256,7 @@ def _supervise(job):
             os.close(replay_pipe[0])
             return replay_pipe[1]
         return None
-    me, watch, baseline_files = os.getpid(), job["watch"], _files()
+    me, watch, baseline_files, swap = os.getpid(), job["watch"], _files(), _swap_enabled()
     if replay_pipe:
         os.close(replay_pipe[1])
         os.set_blocking(replay_pipe[0], False)
@@ -239,7 +265,7 @@ def _supervise(job):
         _signal.sigtimedwait({_signal.SIGCHLD}, watch["interval"])
         status = _reap(child)
         if status is None:
-            message = _over_limit(watch, me, baseline_files)
+            message = _over_limit(watch, me, baseline_files, swap)
             if message:
                 os.kill(-1, _signal.SIGKILL)  # every process here but this one
                 while status is None:
