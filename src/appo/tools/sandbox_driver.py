@@ -147,14 +147,16 @@ _HELD_PROPORTIONAL = (b"Pss_Anon:", b"Pss_Shmem:", b"SwapPss:")
 
 
 def _sum_fields(path, names):
-    """The sum in bytes of the `names` lines (values in kB) of a /proc status-like file, and whether any was
-    there; (0, False) for a process that has just exited."""
+    """The sum in bytes of the `names` lines (values in kB) of a /proc status-like file, and whether the
+    first of them was there (kernels add these fields over time); (0, False) for a process that has just
+    exited or whose file is closed to the supervisor."""
     total, seen = 0, False
     try:
         with open(path, "rb") as f:
             for line in f:
                 if line.startswith(names):
-                    total, seen = total + (int(line.split()[1]) << 10), True
+                    total += int(line.split()[1]) << 10
+                    seen = seen or line.startswith(names[0])
     except (OSError, IndexError, ValueError):
         pass
     return total, seen
@@ -173,16 +175,18 @@ def _resident_bytes(pids):
 
 
 def _held_bytes(pids):
-    """What the processes hold. Pages they share count once per process, so a total over the budget is
-    checked again with PSS."""
-    return sum(_sum_fields(f"/proc/{pid}/status", _HELD)[0] for pid in pids)
+    """What each process holds. Pages that processes share count once per process, so a total over the
+    budget is checked again with PSS, where the process lets the supervisor read it (a process that made
+    itself non-dumpable does not) and the kernel has the fields (5.10 and later)."""
+    return {pid: _sum_fields(f"/proc/{pid}/status", _HELD)[0] for pid in pids}
 
 
-def _proportional_held_bytes(pids):
-    """The same total with shared pages split between their sharers; None where the kernel lacks the
-    fields (Pss_Anon and Pss_Shmem came in 5.10)."""
-    parts = [_sum_fields(f"/proc/{pid}/smaps_rollup", _HELD_PROPORTIONAL) for pid in pids]
-    return sum(p[0] for p in parts) if any(p[1] for p in parts) else None
+def _proportional_held_bytes(held):
+    total = 0
+    for pid, plain in held.items():
+        split, seen = _sum_fields(f"/proc/{pid}/smaps_rollup", _HELD_PROPORTIONAL)
+        total += split if seen else plain
+    return total
 
 
 def _files():
@@ -196,11 +200,8 @@ def _files():
 def _memory_over(budget, pids, swap):
     if not swap and _resident_bytes(pids) <= budget:
         return False
-    total = _held_bytes(pids)
-    if total > budget:
-        shared_split = _proportional_held_bytes(pids)
-        total = total if shared_split is None else shared_split
-    return total > budget
+    held = _held_bytes(pids)
+    return sum(held.values()) > budget and _proportional_held_bytes(held) > budget
 
 
 def _swap_enabled():

@@ -100,6 +100,15 @@ def test_shared_anonymous_mappings_count_against_the_call_budget(small):
     assert not r.ok and "memory limit" in r.text, r.text
 
 
+def test_processes_that_hide_their_memory_maps_still_count(small):
+    # A non-dumpable process's smaps_rollup is closed to the supervisor; its memory must count anyway.
+    code = (LIBC + "import time\npids = []\nfor _ in range(3):\n    pid = os.fork()\n    if pid == 0:\n"
+            "        libc.prctl(4, 0, 0, 0, 0)\n        block = b'\\x01' * (150 << 20)\n        time.sleep(3)\n"
+            "        os._exit(0)\n    pids.append(pid)\nfor pid in pids:\n    os.waitpid(pid, 0)\nprint('held 450 MB')")
+    r = run(small, code)
+    assert not r.ok and "memory limit" in r.text, r.text
+
+
 def test_memfd_buffers_are_refused(small):
     # Each buffer stays under RLIMIT_FSIZE, none is mapped, so no address space shows them.
     r = run(small, "import os\nfds = [os.memfd_create('hoard') for _ in range(20)]\nfor fd in fds:\n"
