@@ -20,6 +20,7 @@ import marshal  # not json: importing json costs ~20 ms per call
 import os
 import resource
 import sys
+import time
 
 _PR_SET_DUMPABLE = 4
 _TMPFS = ("/tmp", "/dev/shm")
@@ -147,19 +148,16 @@ _HELD_PROPORTIONAL = (b"Pss_Anon:", b"Pss_Shmem:", b"SwapPss:")
 
 
 def _sum_fields(path, names):
-    """The sum in bytes of the `names` lines (values in kB) of a /proc status-like file, and whether the
-    first of them was there (kernels add these fields over time); (0, False) for a process that has just
-    exited or whose file is closed to the supervisor."""
-    total, seen = 0, False
-    try:
-        with open(path, "rb") as f:
-            for line in f:
-                if line.startswith(names):
-                    total += int(line.split()[1]) << 10
-                    seen = seen or line.startswith(names[0])
-    except (OSError, IndexError, ValueError):
-        pass
-    return total, seen
+    """(sum in bytes of the `names` lines, values in kB; whether the first of them was there, as kernels add
+    these fields over time; whether the file had any line at all) of a /proc status-like file."""
+    total, seen, lines = 0, False, False
+    with open(path, "rb") as f:
+        for line in f:
+            lines = True
+            if line.startswith(names):
+                total += int(line.split()[1]) << 10
+                seen = seen or line.startswith(names[0])
+    return total, seen, lines
 
 
 def _resident_bytes(pids):
@@ -176,16 +174,30 @@ def _resident_bytes(pids):
 
 def _held_bytes(pids):
     """What each process holds. Pages that processes share count once per process, so a total over the
-    budget is checked again with PSS, where the process lets the supervisor read it (a process that made
-    itself non-dumpable does not) and the kernel has the fields (5.10 and later)."""
-    return {pid: _sum_fields(f"/proc/{pid}/status", _HELD)[0] for pid in pids}
+    budget is checked again with PSS (_proportional_held_bytes)."""
+    held = {}
+    for pid in pids:
+        try:
+            held[pid] = _sum_fields(f"/proc/{pid}/status", _HELD)[0]
+        except (OSError, IndexError, ValueError):
+            held[pid] = 0  # the process has just exited
+    return held
 
 
 def _proportional_held_bytes(held):
     total = 0
     for pid, plain in held.items():
-        split, seen = _sum_fields(f"/proc/{pid}/smaps_rollup", _HELD_PROPORTIONAL)
-        total += split if seen else plain
+        try:
+            split, seen, lines = _sum_fields(f"/proc/{pid}/smaps_rollup", _HELD_PROPORTIONAL)
+        except PermissionError:
+            split, seen, lines = plain, True, True  # it made itself non-dumpable: no PSS, count it all
+        except (OSError, IndexError, ValueError):
+            split, seen, lines = 0, True, True  # it is exiting: its memory is being freed
+        if not lines:
+            split = 0  # exiting as well
+        elif not seen:
+            split = plain  # a kernel before 5.10, without Pss_Anon
+        total += split
     return total
 
 
@@ -261,12 +273,15 @@ def _supervise(job):
     if replay_pipe:
         os.close(replay_pipe[1])
         os.set_blocking(replay_pipe[0], False)
-    status, message = None, None
+    status, message, wait = None, None, watch["interval"]
     while status is None:
-        _signal.sigtimedwait({_signal.SIGCHLD}, watch["interval"])
+        _signal.sigtimedwait({_signal.SIGCHLD}, wait)
         status = _reap(child)
         if status is None:
+            started = time.monotonic()
             message = _over_limit(watch, me, baseline_files, swap)
+            # Reading the page maps of large processes that share memory is slow: stay under ~20% of a core.
+            wait = max(watch["interval"], 4 * (time.monotonic() - started))
             if message:
                 os.kill(-1, _signal.SIGKILL)  # every process here but this one
                 while status is None:
