@@ -140,6 +140,16 @@ def test_a_call_within_budget_with_workers_still_works(small):
     assert r.ok and r.text == "[7, 7, 7, 7]", r.text
 
 
+def test_workers_sharing_a_large_block_count_it_once(small):
+    # Six processes each map the same 100 MB (copy-on-write after fork): 600 MB resident, 100 MB held. They
+    # also exit together, when their memory is still listed but already being freed.
+    code = ("import os, time\nblock = b'\\x01' * (100 << 20)\npids = []\nfor _ in range(5):\n    pid = os.fork()\n"
+            "    if pid == 0:\n        time.sleep(0.5)\n        os._exit(0)\n    pids.append(pid)\n"
+            "for pid in pids:\n    os.waitpid(pid, 0)\nprint('shared', len(block) >> 20)")
+    r = run(small, code)
+    assert r.ok and r.text == "shared 100", r.text
+
+
 # --- class 4: smaller leaks ----------------------------------------------------------------------------
 
 
