@@ -6,9 +6,8 @@ is also non-dumpable, see sandbox_driver.py), memory that no process's address s
 rlimit or supervisor check sees (memfd_create and memfd_secret buffers, System V shared memory, message
 queues and semaphores, POSIX message queues), and kernel interfaces that are frequent sources of privilege
 escalation (bpf, perf_event_open, userfaultfd, io_uring, keyrings, the mount API). Blocked calls fail with
-EPERM. Only
-x86_64 is covered (the numbers are per architecture and only these were tested); other machines run
-without the filter and say so once.
+EPERM. Only x86_64 is covered (the numbers are per architecture and only these were tested); other
+machines run without the filter and say so once.
 """
 
 from __future__ import annotations

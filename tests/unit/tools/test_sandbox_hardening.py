@@ -119,9 +119,11 @@ def test_memfd_buffers_are_refused(small):
 @pytest.mark.parametrize("name, code", [
     ("shmget", "print(libc.shmget(0, 300 << 20, 0o1600), ctypes.get_errno())"),
     ("msgget", "print(libc.msgget(0, 0o1600), ctypes.get_errno())"),
+    ("semget", "print(libc.semget(0, 1000, 0o1600), ctypes.get_errno())"),
+    ("mq_open", "print(libc.mq_open(b'/hoard', 0o102, 0o600, None), ctypes.get_errno())"),
 ])
 def test_sysv_ipc_memory_is_refused(small, name, code):
-    # Segments and queues hold memory in the IPC namespace that no process's address space shows.
+    # Segments, queues and semaphore sets hold memory in the IPC namespace that no address space shows.
     r = run(small, LIBC + code)
     assert r.ok and r.text == "-1 1", f"{name}: {r.text}"
 
