@@ -47,6 +47,16 @@ def test_init_file_descriptors_cannot_be_taken(sandboxed):
     assert r.ok and r.text == "-1 1", r.text
 
 
+def test_init_stays_out_of_reach_without_the_seccomp_filter():
+    # Other architectures run without the filter: pid 1 being non-dumpable must then suffice on its own.
+    tool = _python_tool(timeout=8.0)
+    tool.sandbox._seccomp = None
+    r = run(tool, LIBC + "pidfd = libc.syscall(434, 1, 0)\ngot = libc.syscall(438, pidfd, 1, 0)\n"
+                         "errno = ctypes.get_errno()\ntry:\n    open('/proc/1/mem', 'r+b')\n    mem = 'opened'\n"
+                         "except OSError as e:\n    mem = type(e).__name__\nprint(pidfd >= 0, got, errno, mem)")
+    assert r.ok and r.text == "True -1 1 PermissionError", r.text
+
+
 def test_init_runs_under_the_call_limits(small):
     # Code that did reach pid 1 used to run there without any limit (1.5 GB and 40 forks on 512 MB / 16).
     r = run(small, "print([l.split()[-3] for l in open('/proc/1/limits') if l.startswith(('Max address', 'Max processes'))])")
