@@ -156,6 +156,9 @@ class PythonToolConfig:
     max_open_files: int = opt(64, "Open-file limit per call.", low=8)
     disk_mb: int = opt(64, "Size of the sandbox's private /tmp (a tmpfs, held in RAM): all a call may "
                            "write (sandbox=bwrap).", low=1)
+    max_tmp_files: int = opt(10_000, "Files, directories and links a call may create in its /tmp and "
+                                     "/dev/shm together; each costs kernel memory that disk_mb does not "
+                                     "count (sandbox=bwrap; past it the call is stopped).", low=1)
     session: bool = opt(False, "Replay the trajectory's earlier successful cells first so variables persist.")
 
 
