@@ -150,7 +150,7 @@ class PythonToolConfig:
     sandbox: str = opt("bwrap", "'bwrap' (bubblewrap, required by default) or 'none' (UNSAFE: runs model "
                                 "code unsandboxed; logged loudly).", choices=("bwrap", "none"))
     interpreter: str = opt("/usr/bin/python3", "Interpreter run inside the sandbox (needs numpy and sympy).")
-    memory_mb: int = opt(512, "Address-space limit per call.", low=16)
+    memory_mb: int = opt(512, "Memory per call: each process's address space and, with sandbox=bwrap, what all its processes hold together.", low=16)
     max_processes: int = opt(16, "Process/thread limit per call.", low=1)
     max_file_mb: int = opt(16, "Largest file a call may write.", low=1)
     max_open_files: int = opt(64, "Open-file limit per call.", low=8)
