@@ -207,6 +207,11 @@ class AlgorithmConfig:
     math_reward: str = opt("math_verify", "Reward for ability=='math' rows under 'auto': math-verify "
                                           "equivalence or the reference's token F1.",
                            choices=("math_verify", "f1"))
+    reward_text: str = opt("generated", "Text the reward and evaluation scoring read: 'generated' = the policy's "
+                                        "own tokens, each tool result replaced by an empty <result></result> "
+                                        "frame (a tool's output cannot be scored as the answer); 'full' = the "
+                                        "whole response, tool output included (the reference).",
+                           choices=("generated", "full"))
 
 
 @dataclass

@@ -4,9 +4,9 @@ Each round generates for every live row until a tool's closing tag (`</python>`,
 string per enabled tool), EOS or the response budget. A row that stopped on a closing tag has its call
 parsed from its *current turn* only (the text generated since the last tool result), the calls of all
 rows run in parallel through the ToolRunner, and each result is spliced in as
-` <result>\\n{text}\\n</result>` (tokenised without special tokens) with generated=0 and 0.0 log-prob and
-entropy records, so that every per-token array stays aligned with the response tokens. Tool results
-count toward the response budget and are cut at it.
+` <result>\\n{text}\\n</result>` (tokenised without special tokens, the protocol's tags inside `text`
+escaped) with generated=0 and 0.0 log-prob and entropy records, so that every per-token array stays
+aligned with the response tokens. Tool results count toward the response budget and are cut at it.
 
 Decisions the reference leaves implicit:
 - Call limit: counted over the calls in the response only, so a branch starts at the calls of its
@@ -21,6 +21,7 @@ Decisions the reference leaves implicit:
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -29,16 +30,27 @@ from appo.rollout.trajectory import Trajectory
 from appo.tools.base import ToolCall, ToolResult
 
 RESULT_TEMPLATE = " <result>\n{text}\n</result>"
+# Tags of the agent protocol: inside tool output they are shown escaped ("&lt;/result&gt;"), so a program
+# cannot end its result early, open a fake answer, or fake a tool call in what the model reads next.
+_PROTOCOL_TAG = re.compile(r"<(/?)(answer|result|think|python|search)>")
 LIMIT_TEXT = "Error: the tool call limit ({limit}) is reached; no more tool calls. Give your final answer now."
 EMPTY_TEXT = "Error: empty <{tool}> call; put the input between <{tool}> and </{tool}>."
 ON_LIMIT = ("stop", "result", "eos")
 
 
-def result_token_ids(tokenizer, text: str) -> list[int]:
+def escape_tags(text: str) -> str:
+    """Tool output with the protocol's tags (<result>, </answer>, <python>, ...) made inert: `<` and `>`
+    of those tags become `&lt;` and `&gt;`; all other text is left as it is."""
+    return _PROTOCOL_TAG.sub(r"&lt;\1\2&gt;", text)
+
+
+def result_token_ids(tokenizer, text: str, escape: bool = True) -> list[int]:
     """The tokens of a spliced tool result. Special-token strings inside tool output (say a program that
-    prints "<|im_end|>") stay plain text: untrusted output must not inject an EOS or a chat-turn marker."""
-    return tokenizer.encode(RESULT_TEMPLATE.format(text=text), add_special_tokens=False,
-                            split_special_tokens=True)
+    prints "<|im_end|>") stay plain text: untrusted output must not inject an EOS or a chat-turn marker;
+    protocol tags are escaped (`escape_tags`) for the same reason. `escape=False` is for the loop's own
+    messages (EMPTY_TEXT names the tags to use)."""
+    text = escape_tags(text) if escape else text
+    return tokenizer.encode(RESULT_TEMPLATE.format(text=text), add_special_tokens=False, split_special_tokens=True)
 
 
 @dataclass
@@ -221,7 +233,7 @@ class ToolLoop:
                 row.finish("call_limit")
             else:
                 self._splice(row, tool, "", ToolResult(LIMIT_TEXT.format(limit=settings.call_limit), ok=False),
-                             refused=True)
+                             refused=True, own=True)
             return
         turn = self._turn_text(row)
         end = turn.find(stop)
@@ -230,7 +242,7 @@ class ToolLoop:
         traj.tool_calls += 1
         if not payload:
             self._count("empty_calls", 1)
-            self._splice(row, tool, payload, ToolResult(EMPTY_TEXT.format(tool=tool), ok=False))
+            self._splice(row, tool, payload, ToolResult(EMPTY_TEXT.format(tool=tool), ok=False), own=True)
             return
         history = tuple(e["payload"] for e in traj.tool_log if e["tool"] == tool and e["ok"])
         self._queue.append(_Queued(row, ToolCall(tool=tool, payload=payload, history=history)))
@@ -246,9 +258,11 @@ class ToolLoop:
         for q, res in zip(queued, results):
             self._splice(q.row, q.call.tool, q.call.payload, res)
 
-    def _splice(self, row: LoopRow, tool: str, payload: str, result: ToolResult, refused: bool = False) -> None:
+    def _splice(self, row: LoopRow, tool: str, payload: str, result: ToolResult, refused: bool = False,
+                own: bool = False) -> None:
+        """Append a result; `own` marks the loop's own messages, the only result text not escaped."""
         traj, budget = row.traj, self.settings.max_response_length
-        ids = result_token_ids(self.tokenizer, result.text)[:budget - len(traj)]
+        ids = result_token_ids(self.tokenizer, result.text, escape=not own)[:budget - len(traj)]
         start = len(traj)
         traj.append(ids, generated=0)
         traj.tool_log.append(dict(tool=tool, payload=payload, ok=result.ok, seconds=result.seconds,

@@ -75,11 +75,11 @@ def batch_for_step(num_prompts: int, batch_size: int, step: int, seed: int, shuf
     return epoch, order[slot * batch_size:(slot + 1) * batch_size]
 
 
-def score_groups(groups: list[RolloutGroup], reward_fn, tokenizer) -> None:
-    """Set `reward` on every row (initial and branch) from its decoded response."""
+def score_groups(groups: list[RolloutGroup], reward_fn, tokenizer, text: str = "generated") -> None:
+    """Set `reward` on every row (initial and branch) from its decoded response (`algorithm.reward_text`)."""
     for group in groups:
         for traj in group.rows:
-            traj.reward = reward_fn(traj.response_text(tokenizer), group.prompt)
+            traj.reward = reward_fn(traj.reward_text(tokenizer, text), group.prompt)
 
 
 def flatten(groups: list[RolloutGroup]) -> tuple[list[Trajectory], list[int], list[tuple[int, int, int]]]:
@@ -228,7 +228,7 @@ class Trainer:
                                                scorer=self._scorer(), first_group=first)
         # 2. rewards for every row, branch rows included (they feed the initial rows' advantages)
         with timer("reward"):
-            score_groups(groups, self.reward_fn, self.tokenizer)
+            score_groups(groups, self.reward_fn, self.tokenizer, self.cfg.algorithm.reward_text)
         rows, group_ids, splits = flatten(groups)
         mask = loss_mask(rows, mask_branches=cfg.algorithm.adv_estimator == "appo")
         # 3. advantages over all rows; then keep the rows that carry loss (branch rows dropped, B6)
@@ -353,7 +353,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         """Run RL from step 1 (or after the latest checkpoint with `resume`); returns the last metrics."""
         cfg = self.cfg
-        resume_from = ckpt.latest_checkpoint(self.out) if resume else None
+        resume_from = ckpt.resume_checkpoint(self.out) if resume else None
         if resume_from is not None:
             self.restore(resume_from)
             log.info("resuming after step %d from %s", self.step, resume_from)
