@@ -26,7 +26,7 @@ def prepare_task(cfg: Config):
 
 def load_prompt_sets(cfg: Config, tokenizer, task=None) -> tuple[list, list]:
     """Training and held-out prompts: a built-in task's generated splits, or data.train_files/val_files."""
-    from appo.data.datasets import build_prompts, load_prompts
+    from appo.data.datasets import DataError, build_prompts, load_prompts
 
     if cfg.data.task is not None:
         task = task or prepare_task(cfg)
@@ -39,6 +39,8 @@ def load_prompt_sets(cfg: Config, tokenizer, task=None) -> tuple[list, list]:
         prompts = []
         for path in files:
             got, report = load_prompts(path, tokenizer, cfg.data)
+            if not got:  # an empty set would only fail later, or train/evaluate on nothing
+                raise DataError(f"{path}: no usable prompts ({report})")
             if report.dropped:
                 logging.getLogger(__name__).warning("%s: %s", path, report)
             prompts += got
