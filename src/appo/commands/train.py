@@ -66,7 +66,7 @@ class Pipeline:
             print(f"[appo] {len(train)} training prompts, {len(val)} held-out prompts; output: {self.out}"
                   f"{f'; {distributed.world_size()} processes' if distributed.is_distributed() else ''}", flush=True)
         torch.manual_seed(cfg.trainer.seed)
-        latest = ckpt.latest_checkpoint(self.out) if resume else None
+        latest = ckpt.resume_checkpoint(self.out) if resume else None
         evaluate = cfg.trainer.eval_before and bool(val)
 
         if latest is not None and cfg.model.lora.rank == 0:

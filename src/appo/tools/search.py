@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +22,9 @@ from typing import Protocol, TypeVar
 
 from appo.config import SearchToolConfig
 from appo.tools.base import ToolCall, ToolResult
-from appo.tools.search_cache import SqliteCache
+from appo.tools.search_cache import SearchCacheError, SqliteCache
+
+log = logging.getLogger(__name__)
 
 NO_RESULTS = "No search results found."
 _PAGE = re.compile(r"Page (\d+): ")
@@ -108,6 +112,8 @@ class SearchTool:
         self.timeout = timeout
         self.attempts = max(1, attempts)
         self.cache = cache
+        self._cache_lock = threading.Lock()
+        self._warned_bad_value = False
 
     def __call__(self, call: ToolCall) -> ToolResult:
         start = time.time()
@@ -115,18 +121,56 @@ class SearchTool:
         if not query:
             return self._result("Search failed: the query is empty.", False, start, {})
         key = f"{self.backend.signature}|k={self.cfg.max_results}|{query}"
-        cached = self.cache.get(key) if self.cache is not None else None
+        cached = self._cached(key)
         if cached is not None:
-            text = format_results(json.loads(cached), self.cfg.max_results, self.cfg.result_length)
+            text = format_results(cached, self.cfg.max_results, self.cfg.result_length)
             return self._result(text, True, start, {"cache": "hit", "attempts": 0})
         try:
             snippets, attempts = self._search_with_retries(query)
         except SearchError as e:
             return self._result(f"Search failed: {e}", False, start, {})
-        if self.cache is not None:
-            self.cache.put(key, json.dumps(snippets, ensure_ascii=False))
+        cache = self.cache
+        if cache is not None:
+            try:
+                cache.put(key, json.dumps(snippets, ensure_ascii=False))
+            except SearchCacheError as e:
+                self._drop_cache(e)
         text = format_results(snippets, self.cfg.max_results, self.cfg.result_length)
-        return self._result(text, True, start, {"cache": "off" if self.cache is None else "miss", "attempts": attempts})
+        return self._result(text, True, start, {"cache": "off" if cache is None else "miss", "attempts": attempts})
+
+    def _cached(self, key: str) -> list[str] | None:
+        """The cached snippets of `key`, or None. A value that is not a JSON list of strings (another
+        program's, or an old format) is a miss, logged once, and is replaced by the fresh answer."""
+        cache = self.cache
+        if cache is None:
+            return None
+        try:
+            raw = cache.get(key)
+        except SearchCacheError as e:
+            self._drop_cache(e)
+            return None
+        if raw is None:
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = None
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        if not self._warned_bad_value:
+            self._warned_bad_value = True
+            log.warning("search cache %s: the value for %r is not a list of snippets (%.60r); treating it "
+                        "as a miss (logged once)", cache.path, key, raw)
+        return None
+
+    def _drop_cache(self, error: SearchCacheError) -> None:
+        """A cache that fails mid-run (file damaged or removed underneath): searches go on without it."""
+        with self._cache_lock:
+            if self.cache is None:
+                return
+            self.cache, cache = None, self.cache
+        log.warning("%s; searching without the cache for the rest of the run", error)
+        cache.close()
 
     def find_hits(self, query: str) -> tuple[list[SearchHit], dict]:
         """The browser's view of a search: hits with URLs where the backend has them, through the same

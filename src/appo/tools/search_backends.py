@@ -7,14 +7,20 @@
 - `serper`: Google results from google.serper.dev (key SERPER_API_KEY), snippets = organic snippets.
 - `retriever`: a Search-R1-style retrieval server: POST {queries, topk, return_scores} ->
   {result: [[{document: {contents}, score}]]}.
-Keys come only from the environment and are redacted from every error message.
+Keys come only from the environment and are redacted from every error message. Every HTTP request
+ends within its timeout from connecting to the last byte (a watchdog cuts a server that trickles), reads
+at most `tools.search.max_response_mb`, and follows no redirect: a 3xx is an error, so the key header
+never reaches a host other than the configured one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import logging
 import os
+import socket
 import threading
 import urllib.error
 import urllib.parse
@@ -23,7 +29,6 @@ from pathlib import Path
 
 from appo.config import SearchToolConfig
 from appo.tools.search import SearchBackend, SearchError, SearchHit, TransientSearchError, parse_results
-from appo.tools.web_fetch import no_redirect_opener
 
 BRIGHTDATA_URL = "https://api.brightdata.com/request"
 SERPER_URL = "https://google.serper.dev/search"
@@ -45,32 +50,136 @@ def _redact(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
-def post_json(url: str, body: dict, headers: dict[str, str], timeout: float, secrets: tuple[str, ...] = ()) -> object:
-    """POST JSON and decode the JSON answer; HTTP 429/5xx, network errors, timeouts and malformed JSON
-    raise TransientSearchError, other HTTP errors SearchError."""
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx answer is returned as an error, never followed: a redirect would carry the API key header
+    to wherever the server points (another host), and a search API has no reason to redirect."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+class _Watchdog:
+    """Shuts the connections of one request down once its deadline passes, whatever phase it is in: headers
+    or a body trickling in a byte at a time never trip a per-read socket timeout. It keeps shutting down
+    until the request ends, so a connection opened just after the deadline is cut too."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.sockets: list[socket.socket] = []
+        self.expired = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="appo-search-deadline", daemon=True)
+
+    def connection(self, cls):
+        """A factory of `cls` connections whose sockets are remembered when they connect (urllib drops the
+        connection's own reference once the headers are in; the response reads on through the socket)."""
+        def make(*args, **kwargs):
+            conn = cls(*args, **kwargs)
+            connect = conn.connect
+
+            def connect_and_remember():
+                connect()
+                self.sockets.append(conn.sock)
+
+            conn.connect = connect_and_remember
+            return conn
+        return make
+
+    def _watch(self) -> None:
+        if self._done.wait(self.timeout):
+            return
+        self.expired = True
+        while not self._done.is_set():
+            for sock in self.sockets:
+                # The plain socket's shutdown, also under TLS: wakes the reading thread at once.
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            self._done.wait(0.05)
+
+    def __enter__(self) -> _Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+class _HttpHandler(urllib.request.HTTPHandler):
+    def __init__(self, watchdog: _Watchdog):
+        super().__init__()
+        self.watchdog = watchdog
+
+    def http_open(self, req):
+        return self.do_open(self.watchdog.connection(http.client.HTTPConnection), req)
+
+
+class _HttpsHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watchdog: _Watchdog):
+        super().__init__()
+        self.watchdog = watchdog
+
+    def https_open(self, req):
+        return self.do_open(self.watchdog.connection(http.client.HTTPSConnection), req, context=self._context)
+
+
+def _read_capped(response, limit: int, host: str) -> bytes:
+    declared = response.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise SearchError(f"the answer from {host} is {int(declared)} bytes, more than the {limit}-byte cap "
+                          "(tools.search.max_response_mb)")
+    chunks, size = [], 0
+    while chunk := response.read(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise SearchError(f"the answer from {host} is more than the {limit}-byte cap "
+                              "(tools.search.max_response_mb)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def post_json(url: str, body: dict, headers: dict[str, str], timeout: float, secrets: tuple[str, ...] = (),
+              max_bytes: int = 16 << 20) -> object:
+    """POST JSON and decode the JSON answer, all within `timeout` seconds from connecting to the last byte,
+    reading at most `max_bytes`; redirects are not followed. HTTP 429/5xx, network errors, timeouts and
+    malformed JSON raise TransientSearchError; other HTTP errors (3xx, 4xx) and oversized answers
+    SearchError."""
     host = urllib.parse.urlsplit(url).netloc or url
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json", **headers})
-    try:
-        with no_redirect_opener().open(request, timeout=timeout) as response:  # keys stay with this host
-            raw = response.read()
-    except urllib.error.HTTPError as e:
-        detail = _redact(e.read(300).decode("utf-8", errors="replace").strip(), secrets)
-        message = f"HTTP {e.code} from {host}" + (f": {detail}" if detail else "")
-        if e.code == 429 or e.code >= 500:
-            raise TransientSearchError(message) from None
-        raise SearchError(message) from None
-    except TimeoutError:
-        raise TransientSearchError(f"{host} did not answer within {timeout:g}s") from None
-    except (urllib.error.URLError, ConnectionError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        if isinstance(reason, TimeoutError):
-            raise TransientSearchError(f"{host} did not answer within {timeout:g}s") from None
-        raise TransientSearchError(_redact(f"cannot reach {host}: {reason}", secrets)) from None
+    late = TransientSearchError(f"{host} did not answer within {timeout:g}s")
+    with _Watchdog(timeout) as watchdog:
+        try:
+            opener = urllib.request.build_opener(_NoRedirects, _HttpHandler(watchdog), _HttpsHandler(watchdog))
+            with opener.open(request, timeout=timeout) as response:
+                raw = _read_capped(response, max_bytes, host)
+        except urllib.error.HTTPError as e:
+            if 300 <= e.code < 400:
+                target = urllib.parse.urlsplit(e.headers.get("Location") or "").netloc or "elsewhere"
+                raise SearchError(f"HTTP {e.code} from {host}: a redirect (to {target}), not followed; set "
+                                  "tools.search.url to the final endpoint") from None
+            detail = _redact(e.read(300).decode("utf-8", errors="replace").strip(), secrets)
+            message = f"HTTP {e.code} from {host}" + (f": {detail}" if detail else "")
+            if e.code == 429 or e.code >= 500:
+                raise TransientSearchError(message) from None
+            raise SearchError(message) from None
+        except TimeoutError:
+            raise late from None
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            if watchdog.expired or isinstance(reason, TimeoutError):
+                raise late from None
+            raise TransientSearchError(_redact(f"cannot reach {host}: {reason}", secrets)) from None
+    if watchdog.expired:  # the watchdog cut a body short that still parsed as a complete read
+        raise late
     try:
         return json.loads(raw)
     except ValueError:
         raise TransientSearchError(f"malformed JSON from {host}") from None
+
+
+def _max_bytes(cfg: SearchToolConfig) -> int:
+    return int(cfg.max_response_mb * (1 << 20))
 
 
 def _key(env: str, backend: str) -> str:
@@ -111,6 +220,7 @@ class BrightDataBackend:
         self.zone = os.environ.get("BRIGHTDATA_ZONE", "web_unlocker1")
         self.url = cfg.url or BRIGHTDATA_URL
         self.location = cfg.location
+        self.max_bytes = _max_bytes(cfg)
         self.signature = f"brightdata|{self.location}"
 
     def request_body(self, query: str) -> dict:
@@ -121,7 +231,7 @@ class BrightDataBackend:
 
     def _serp(self, query: str, timeout: float) -> object:
         return post_json(self.url, self.request_body(query), {"Authorization": f"Bearer {self.key}"}, timeout,
-                         (self.key,))
+                         (self.key,), self.max_bytes)
 
     def search(self, query: str, k: int, timeout: float) -> list[str]:
         return _organic(self._serp(query, timeout), "description")[:k]
@@ -137,11 +247,12 @@ class SerperBackend:
         self.key = _key("SERPER_API_KEY", self.name)
         self.url = cfg.url or SERPER_URL
         self.location = cfg.location
+        self.max_bytes = _max_bytes(cfg)
         self.signature = f"serper|{self.location}"
 
     def _serp(self, query: str, k: int, timeout: float) -> object:
         body = {"q": query, "gl": self.location, "num": k}
-        return post_json(self.url, body, {"X-API-KEY": self.key}, timeout, (self.key,))
+        return post_json(self.url, body, {"X-API-KEY": self.key}, timeout, (self.key,), self.max_bytes)
 
     def search(self, query: str, k: int, timeout: float) -> list[str]:
         return _organic(self._serp(query, k, timeout), "snippet")[:k]
@@ -158,6 +269,7 @@ class RetrieverBackend:
             raise ValueError("search backend 'retriever' needs tools.search.url (e.g. http://127.0.0.1:8000/retrieve)")
         self.url = cfg.url
         self.signature = f"retriever|{self.url}"
+        self.max_bytes = _max_bytes(cfg)
 
     def search(self, query: str, k: int, timeout: float) -> list[str]:
         return [" ".join(c.split()) for c in self._contents(query, k, timeout)]
@@ -166,7 +278,8 @@ class RetrieverBackend:
         return [SearchHit(snippet=" ".join(c.split()), text=c) for c in self._contents(query, k, timeout)]
 
     def _contents(self, query: str, k: int, timeout: float) -> list[str]:
-        data = post_json(self.url, {"queries": [query], "topk": k, "return_scores": True}, {}, timeout)
+        data = post_json(self.url, {"queries": [query], "topk": k, "return_scores": True}, {}, timeout,
+                         max_bytes=self.max_bytes)
         try:
             hits = data["result"][0]
             docs = [h.get("document", h) for h in hits]   # with return_scores=false a hit is the document

@@ -226,7 +226,7 @@ def test_browse_keys_are_documented_and_checked(monkeypatch):
     assert all(rows[k] for k in rows if k.startswith("tools.search.browser.")) and "tools.search.browse" in rows
     with pytest.raises(ConfigError, match="Valid keys under 'tools.search.browser.'"):
         load_config("tiny", ["tools.search.browser.pages=3"])
-    with pytest.raises(ConfigError, match=r"tools.search.browser.min_f1=2.0 is out of range \(<= 1\)"):
+    with pytest.raises(ConfigError, match=r"tools.search.browser.min_f1=2.0 is out of range; valid: 0 to 1"):
         load_config("tiny", ["tools.search.browser.min_f1=2"])
     monkeypatch.setenv("APPO_BROWSER_URL", "http://127.0.0.1:9")
     zero = SearchToolConfig(backend="retriever", url="http://127.0.0.1:9/r", browse=True,
