@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from appo.errors import UserError
+
 # name -> (module:function taking argv, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("appo.commands.train:main", "Run the RL pipeline (cold-start SFT -> RL -> evaluation); default preset: quickstart."),
@@ -16,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("appo.commands.index:main", "Build a BM25 index for the local search backend: `appo index build`."),
     "config": ("appo.commands.config:main", "Show the resolved config (`appo config show [preset] [overrides]`) and all keys."),
     "prepare": ("appo.commands.prepare:main", "Convert/build the built-in models ahead of time (smollm2-135m-instruct, tiny)."),
+    "convert": ("appo.commands.convert:main", "Convert a verl FSDP checkpoint into a Hugging Face directory: `appo convert --from verl-fsdp DIR --out HF_DIR`."),
 }
 
 
@@ -40,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"appo: unknown command '{name}'. Commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module, func = COMMANDS[name][0].split(":")
-    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+    try:
+        return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+    except UserError as e:  # bad config/data/checkpoint/cache: one line naming the file, not a traceback
+        print(f"appo {name}: " + str(e).replace("\n", " "), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

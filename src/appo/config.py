@@ -18,11 +18,13 @@ from typing import Any
 
 import yaml
 
+from appo.errors import UserError
+
 PRESET_DIR = Path(__file__).parent / "configs"
 _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration problem found at start-up."""
 
 
@@ -55,8 +57,12 @@ class ModelConfig:
                     "model with a locally trained tokenizer, for tests).")
     ref_path: str | None = opt(None, "Frozen reference model for the KL loss; default: the starting weights.")
     dtype: str = opt("float32", "Parameter dtype of the policy (master weights).", choices=("float32", "bfloat16"))
-    autocast: str = opt("bfloat16", "Autocast dtype for the learner's forward/backward; 'none' disables it.",
-                        choices=("none", "bfloat16", "float16"))
+    autocast: str = opt("auto", "Autocast dtype of the SFT, learner and scorer forward/backward passes: 'auto' is "
+                                "bfloat16 where bf16 is native (CUDA with bf16, or a CPU with AVX512-BF16 or AMX) "
+                                "and float32 elsewhere, chosen once at start-up and logged; 'none' runs float32; "
+                                "an explicit 'bfloat16' on a CPU without native bf16 works but warns (about 19x "
+                                "slower matmuls on AVX2). Generation runs in model.dtype.",
+                        choices=("auto", "none", "bfloat16", "float16"))
     gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass to save memory.")
     lora: LoraConfig = opt(help="Low-rank adapters (peft).", factory=LoraConfig)
     cache_dir: str = opt("~/.cache/appo", "Where built-in models are converted/built and cached.")
@@ -149,13 +155,52 @@ class PythonToolConfig:
     sandbox: str = opt("bwrap", "'bwrap' (bubblewrap, required by default) or 'none' (UNSAFE: runs model "
                                 "code unsandboxed; logged loudly).", choices=("bwrap", "none"))
     interpreter: str = opt("/usr/bin/python3", "Interpreter run inside the sandbox (needs numpy and sympy).")
-    memory_mb: int = opt(512, "Address-space limit per call.", low=16)
-    max_processes: int = opt(16, "Process/thread limit per call.", low=1)
-    max_file_mb: int = opt(16, "Largest file a call may write.", low=1)
-    max_open_files: int = opt(64, "Open-file limit per call.", low=8)
+    memory_mb: int = opt(512, "Memory per call: each process's address space and, with sandbox=bwrap, what "
+                              "all its processes hold together.", low=16, high=1 << 20)
+    max_processes: int = opt(16, "Process/thread limit per call.", low=1, high=4096)
+    max_file_mb: int = opt(16, "Largest file a call may write.", low=1, high=1 << 16)
+    max_open_files: int = opt(64, "Open-file limit per call.", low=8, high=1 << 16)
     disk_mb: int = opt(64, "Size of the sandbox's private /tmp (a tmpfs, held in RAM): all a call may "
-                           "write (sandbox=bwrap).", low=1)
+                           "write (sandbox=bwrap).", low=1, high=1 << 16)
+    max_tmp_files: int = opt(10_000, "Files, directories and links a call may create in its /tmp and "
+                                     "/dev/shm together; each costs kernel memory that disk_mb does not "
+                                     "count (sandbox=bwrap; past it the call is stopped).", low=1, high=1 << 20)
     session: bool = opt(False, "Replay the trajectory's earlier successful cells first so variables persist.")
+
+
+@dataclass
+class BrowserConfig:
+    top_pages: int = opt(10, "Result pages fetched per query (the reference: the top 10).", low=1)
+    page_timeout: float = opt(20.0, "Deadline in seconds for one page, connect to last byte (a server that "
+                                    "trickles bytes is cut off at it).", low=0)
+    max_page_bytes: int = opt(4_000_000, "Bytes read per page; the rest is never downloaded. HTML is "
+                                         "extracted from the part read, a cut PDF is reported as too large.",
+                              low=1024)
+    page_max_chars: int = opt(20000, "Characters of main text kept per page (the reference: 20,000).", low=1)
+    context_chars: int = opt(3000, "Characters kept on each side of the sentence that best matches the "
+                                   "snippet (the first 2x this when no sentence matches).", low=1)
+    min_f1: float = opt(0.2, "Word-set F1 with the snippet a sentence must exceed to anchor the passage.",
+                        low=0, high=1)
+    fetch_workers: int = opt(10, "Pages fetched in parallel per call.", low=1)
+    url_cache: str | None = opt(None, "SQLite cache of extracted page text by URL (failures are not "
+                                      "cached); null disables.")
+    user_agent: str = opt("Mozilla/5.0 (compatible; appo-browser/0.1)", "User-Agent sent with page requests.")
+    url_env: str = opt("APPO_BROWSER_URL", "Environment variable holding the summariser's OpenAI-compatible "
+                                           "base URL (e.g. http://localhost:8000/v1).")
+    key_env: str = opt("APPO_BROWSER_API_KEY", "Environment variable holding the summariser's API key "
+                                               "(optional).")
+    model: str = opt("Qwen2.5-72B-Instruct", "Summariser model name (the reference served every browser "
+                                             "model under this name).")
+    temperature: float = opt(0.6, "Summariser sampling temperature (the reference: 0.6).", low=0)
+    top_p: float = opt(0.95, "Summariser nucleus mass (the reference: 0.95).", low=0, high=1)
+    max_tokens: int = opt(4096, "Summariser reply budget in tokens.", low=1)
+    timeout: float = opt(60.0, "Seconds per summariser request (also bounded by tools.timeout).", low=0)
+    retries: int = opt(1, "Summariser attempts per call; when all fail the model gets the search snippets "
+                          "and a line saying why.", low=1)
+    prompt_file: str | None = opt(None, "Summariser prompt template with {reasoning}, {query} and {pages}; "
+                                        "null uses the built-in one (the reference browser's shape).")
+    marker: str = opt("**Final Information**", "The summary is the reply's text after the last occurrence "
+                                               "of this marker (the whole reply when it is missing).")
 
 
 @dataclass
@@ -165,27 +210,37 @@ class SearchToolConfig:
                                       "quickstart builds its own.")
     cache_file: str | None = opt(None, "Reference-format JSON cache {query: result} (backend=cache).")
     sqlite_cache: str | None = opt(None, "Persistent SQLite cache in front of every backend; null disables.")
-    url: str | None = opt(None, "Endpoint for brightdata/serper/retriever (defaults to the provider's).")
-    max_results: int = opt(10, "Results per query.", low=1)
-    result_length: int = opt(1000, "Characters kept per result.", low=1)
+    url: str | None = opt(None, "Endpoint for brightdata/serper/retriever (defaults to the provider's). "
+                                "Redirects are not followed (the API key never goes to another host).")
+    max_results: int = opt(10, "Results per query.", low=1, high=100)
+    result_length: int = opt(1000, "Characters kept per result.", low=1, high=1 << 20)
     location: str = opt("us", "Country code for web search backends.")
-    request_timeout: float = opt(20.0, "Seconds per HTTP request.", low=0)
+    request_timeout: float = opt(20.0, "Seconds per HTTP request, from connecting to the last byte of the "
+                                       "answer (a slow trickle counts too).", low=0, high=3600)
+    max_response_mb: float = opt(16.0, "Largest HTTP answer read from a search server (MB); a larger one "
+                                       "fails the call.", low=0.001, high=1024)
     retry_backoff: float = opt(0.5, "Seconds before the first retry of a failed search (tools.retry_count "
-                                    "attempts in all); doubles on each further retry.", low=0)
+                                    "attempts in all); doubles on each further retry.", low=0, high=600)
+    browse: bool = opt(False, "Deep-search mode: fetch the result pages, keep the passage around each "
+                              "snippet and return an LLM summary for the query and the reasoning so far "
+                              "(settings in tools.search.browser; give tools.timeout room for it).")
+    browser: BrowserConfig = opt(help="Deep-search browser (tools.search.browse=true).", factory=BrowserConfig)
 
 
 @dataclass
 class ToolsConfig:
     enabled: list[str] = opt(help="Tools the agent may call (by trigger tag).", factory=lambda: ["python", "search"])
-    call_limit: int = opt(3, "Tool calls allowed per response (counted in the response only).", low=0)
+    call_limit: int = opt(3, "Tool calls allowed per response (counted in the response only).", low=0, high=1000)
     on_limit: str = opt("stop", "At the call limit: 'stop' ends the row without training a fake token; "
                                 "'result' returns an error message as the tool result and continues; 'eos' "
                                 "appends an EOS with mask 0 (the reference appended it with mask 1: docs/reference-differences.md#b21).",
                         choices=("stop", "result", "eos"))
-    timeout: float = opt(10.0, "Wall-clock seconds per tool call, enforced.", low=0)
-    retry_count: int = opt(1, "Attempts per call for transient failures (search); code is never re-run.", low=1)
-    max_workers: int = opt(16, "Tool calls run in parallel.", low=1)
-    result_max_chars: int = opt(2000, "Tool output longer than this is truncated with a marker.", low=1)
+    timeout: float = opt(10.0, "Wall-clock seconds per tool call, enforced.", low=0, high=3600)
+    retry_count: int = opt(1, "Attempts per call for transient failures (search); code is never re-run.", low=1,
+                           high=100)
+    max_workers: int = opt(16, "Tool calls run in parallel.", low=1, high=1024)
+    result_max_chars: int = opt(2000, "Tool output longer than this is truncated with a marker.", low=1,
+                                high=1 << 20)
     python: PythonToolConfig = opt(help="Python interpreter tool.", factory=PythonToolConfig)
     search: SearchToolConfig = opt(help="Search tool.", factory=SearchToolConfig)
 
@@ -214,6 +269,11 @@ class AlgorithmConfig:
     math_reward: str = opt("math_verify", "Reward for ability=='math' rows under 'auto': math-verify "
                                           "equivalence or the reference's token F1.",
                            choices=("math_verify", "f1"))
+    reward_text: str = opt("generated", "Text the reward and evaluation scoring read: 'generated' = the policy's "
+                                        "own tokens, each tool result replaced by an empty <result></result> "
+                                        "frame (a tool's output cannot be scored as the answer); 'full' = the "
+                                        "whole response, tool output included (the reference).",
+                           choices=("generated", "full"))
 
 
 @dataclass
@@ -491,13 +551,22 @@ def build(cls: type, data: dict | None, path: str = "") -> Any:
         if meta.get("choices") is not None and value not in meta["choices"]:
             shown = ", ".join("null" if c is None else str(c) for c in meta["choices"])
             raise ConfigError(f"{sub}={value!r} is not valid; choose one of: {shown}")
-        for bound, ok in (("low", lambda v, b: v >= b), ("high", lambda v, b: v <= b)):
-            b = meta.get(bound)
-            vals = value if isinstance(value, list) else [value]
-            if b is not None and any(isinstance(v, (int, float)) and not ok(v, b) for v in vals):
-                raise ConfigError(f"{sub}={value!r} is out of range ({'>=' if bound == 'low' else '<='} {b})")
+        low, high = meta.get("low"), meta.get("high")
+        vals = value if isinstance(value, list) else [value]
+        if any(isinstance(v, (int, float)) and ((low is not None and v < low) or (high is not None and v > high))
+               for v in vals):
+            raise ConfigError(f"{sub}={value!r} is out of range; valid: {_range_text(low, high)}")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _range_text(low: float | None, high: float | None) -> str:
+    def show(b: float) -> str:
+        return str(int(b)) if float(b).is_integer() else f"{b:g}"
+
+    if low is not None and high is not None:
+        return f"{show(low)} to {show(high)}"
+    return f">= {show(low)}" if low is not None else f"<= {show(high)}"
 
 
 def to_dict(cfg: Any) -> dict:
@@ -548,6 +617,76 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 100_000  # values after aliases are expanded: a real config has a few hundred
+
+
+def _yaml_where(path: Path, text: str, error: yaml.YAMLError) -> str:
+    """'file:line:column: problem' for a YAML error, on one line."""
+    if isinstance(error, yaml.reader.ReaderError):  # a control character: YAML gives an offset, no line
+        line = text[:error.position].count("\n") + 1
+        return f"{path}:{line}: character {chr(error.character)!r} is not allowed in YAML (binary data?)"
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    parts = [getattr(error, "context", None), getattr(error, "problem", None) or str(error)]
+    return f"{where}: " + " ".join(" ".join(str(p) for p in parts if p).split())
+
+
+def _count_nodes(node: yaml.Node, budget: int) -> int:
+    """Nodes of the document with every alias expanded, counted up to `budget` (an alias bomb expands to
+    billions: stop counting, and so walking, at the budget)."""
+    count, stack = 0, [node]
+    while stack and count <= budget:
+        n = stack.pop()
+        count += 1
+        if isinstance(n, yaml.SequenceNode):
+            stack += n.value
+        elif isinstance(n, yaml.MappingNode):
+            for key, value in n.value:
+                stack += (key, value)
+    return count
+
+
+def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    """The document of a config file and its node tree (for line numbers); every problem is a ConfigError
+    naming the file (and line where YAML gives one)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size} bytes; a config file is at most {MAX_CONFIG_BYTES} bytes")
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
+    try:
+        loader = yaml.SafeLoader(text)  # checks for control characters here already
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return {}, None
+            if _count_nodes(node, MAX_CONFIG_NODES) > MAX_CONFIG_NODES:
+                raise ConfigError(f"{path}: more than {MAX_CONFIG_NODES} values once YAML aliases are expanded "
+                                  "(an alias bomb?)")
+            return loader.construct_document(node), node
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as e:
+        raise ConfigError(_yaml_where(path, text, e)) from None
+
+
+def _line_of(node: yaml.Node | None, key: str) -> str:
+    """':line' of top-level `key` in the document, for messages; empty when unknown."""
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if getattr(k, "value", None) == key:
+                return f":{v.start_mark.line + 1}"
+    return ""
+
+
 def _load_yaml(name_or_path: str, seen: tuple = ()) -> dict:
     path = Path(name_or_path)
     if not path.suffix:
@@ -556,10 +695,15 @@ def _load_yaml(name_or_path: str, seen: tuple = ()) -> dict:
         raise ConfigError(f"config '{name_or_path}' not found; presets: {', '.join(preset_names())}")
     if path.resolve() in seen:
         raise ConfigError(f"config '{path}' includes itself")
-    data = yaml.safe_load(path.read_text()) or {}
+    data, node = _read_yaml(path)
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config '{path}' must be a mapping")
+        raise ConfigError(f"{path}: a config file must be a mapping of keys, got {type(data).__name__}")
     parent = data.pop("defaults", None)
+    if parent is not None and (not isinstance(parent, str) or not parent.strip()):
+        raise ConfigError(f"{path}{_line_of(node, 'defaults')}: defaults={parent!r}: expected a preset name "
+                          f"({', '.join(preset_names())}) or the path of a YAML file")
     merged: dict = {}
     if parent:
         merged = _load_yaml(parent, seen + (path.resolve(),))

@@ -84,7 +84,7 @@ def sample(cfg, num_prompts: int, split: str, step: int, out: Path):
         groups, metrics = sample_groups(engine, tools, prompts, cfg, step=step, score_inits=score_inits)
     for group in groups:
         for traj in group.rows:
-            traj.reward = float(reward_fn(traj.response_text(tokenizer), group.prompt))
+            traj.reward = float(reward_fn(traj.reward_text(tokenizer, cfg.algorithm.reward_text), group.prompt))
     return groups, metrics, tokenizer
 
 

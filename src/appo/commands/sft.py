@@ -13,6 +13,7 @@ from appo.commands.common import setup_logging, with_task_index
 from appo.config import ConfigError, load_config
 from appo.data.prompt_sets import prepare_task
 from appo.models import load_model, load_tokenizer, resolve_device
+from appo.precision import resolve_autocast
 from appo.train.sft import train_sft
 
 
@@ -34,7 +35,9 @@ def main(argv: list[str]) -> int:
     cfg = with_task_index(cfg, task)
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.cache_dir)
     torch.manual_seed(cfg.trainer.seed)
-    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.cache_dir, resolve_device(cfg.trainer.device))
+    device = resolve_device(cfg.trainer.device)
+    resolve_autocast(cfg.model.autocast, device)  # once, logged
+    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.cache_dir, device)
     train_sft(cfg, args.output or Path(cfg.trainer.output_dir) / "sft", model, tokenizer,
               task_rows=task.train if task is not None else None)
     return 0

@@ -25,6 +25,7 @@ from appo.config import Config, ConfigError, load_config, preset_names
 from appo.data.prompt_sets import load_prompt_sets, prepare_task
 from appo.eval.evaluate import evaluate
 from appo.models import load_model, load_tokenizer, resolve_device
+from appo.precision import resolve_autocast
 from appo.train import checkpoint as ckpt
 from appo.train import distributed
 from appo.train.report import write_report
@@ -58,13 +59,14 @@ class Pipeline:
         task = prepare_task(self.cfg)
         cfg = self.cfg = with_task_index(self.cfg, task)
         device = resolve_device(cfg.trainer.device)
+        resolve_autocast(cfg.model.autocast, device)  # once, logged, before any work; SFT and learner reuse it
         tokenizer = load_tokenizer(cfg.model.path, cfg.model.cache_dir)
         train, val = load_prompt_sets(cfg, tokenizer, task)
         if distributed.is_main():
             print(f"[appo] {len(train)} training prompts, {len(val)} held-out prompts; output: {self.out}"
                   f"{f'; {distributed.world_size()} processes' if distributed.is_distributed() else ''}", flush=True)
         torch.manual_seed(cfg.trainer.seed)
-        latest = ckpt.latest_checkpoint(self.out) if resume else None
+        latest = ckpt.resume_checkpoint(self.out) if resume else None
         evaluate = cfg.trainer.eval_before and bool(val)
 
         if latest is not None and cfg.model.lora.rank == 0:

@@ -20,6 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from appo.data.templates import REFERENCE_SYSTEM_PROMPT, fix_backspace, resolve_system_prompt
+from appo.errors import UserError
 from appo.prompts import MATH_SOURCES, Prompt, as_gold_list
 
 _QUESTION_KEYS = ("question", "Question", "problem")
@@ -30,7 +31,7 @@ _GENERIC_FILE_NAMES = {"test", "train", "valid", "validation", "dev", "data"}
 _TOKENIZE_CHUNK = 1024
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A malformed file or row; the message names the file and the row index."""
 
 
@@ -70,25 +71,43 @@ class DropReport:
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+    with path.open("rb") as f:  # bytes, so a bad encoding is reported with its line
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: line {line_no} is not valid UTF-8 (byte {e.start}: "
+                                f"{raw[e.start:e.start + 1]!r})") from None
             if not line.strip():
                 continue
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {line_no} is not valid JSON ({e})") from e
+                raise DataError(f"{path}: line {line_no} is not valid JSON ({e})") from None
     return rows
 
 
 def _read_json(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 (byte offset {e.start})") from None
     if text.lstrip().startswith("["):
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON ({e})") from e
+            raise DataError(f"{path}: not valid JSON ({e})") from None
     return _read_jsonl(path)  # JSON lines under a .json name (e.g. HLE's top.json)
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except (pyarrow.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable parquet file ({e})") from None
 
 
 def _read_hf(name: str, split: str) -> list[dict]:
@@ -131,9 +150,7 @@ def load_rows(path: str | Path) -> list[dict]:
     if p.is_dir():
         return _read_dir(p)
     if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(p).to_pylist()
+        return _read_parquet(p)
     if p.suffix == ".jsonl":
         return _read_jsonl(p)
     if p.suffix == ".json":

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from appo.config import Config, ConfigError
-from appo.data.datasets import build_prompts, load_prompts
+from appo.data.datasets import DataError, build_prompts, load_prompts
 from appo.data.tasks import TaskData, build_task
 from appo.tools.search_backends import build_index
 
@@ -44,6 +44,8 @@ def load_prompt_sets(cfg: Config, tokenizer, task: TaskData | None = None) -> tu
         prompts = []
         for path in files:
             got, report = load_prompts(path, tokenizer, cfg.data)
+            if not got:  # an empty set would only fail later, or train/evaluate on nothing
+                raise DataError(f"{path}: no usable prompts ({report})")
             if report.dropped:
                 logging.getLogger(__name__).warning("%s: %s", path, report)
             prompts += got

@@ -28,6 +28,7 @@ import re
 
 from appo.data.tasks import evaluate_expression
 from appo.data.templates import resolve_system_prompt
+from appo.tool_format import RESULT_TEMPLATE, escape_tags, result_token_ids
 
 NOTOOL_THINK = "Easy."
 _PRINTED = re.compile(r"print\((.*)\)", re.DOTALL)
@@ -133,7 +134,6 @@ def _plan(row: dict, rng: random.Random, p_notool: float, p_wrong: float) -> tup
 def _trace(
     row: dict, variant: str, steps: list[dict], outputs: list[tuple[str, bool]], system_prompt: str | None
 ) -> dict | None:
-    from appo.tool_format import RESULT_TEMPLATE
 
     gold = row["reward_model"]["ground_truth"]
     segments = []
@@ -144,7 +144,7 @@ def _trace(
         segments.append(
             {"text": f"<think>{step['think']}</think><{tool}>{step['payload']}</{tool}>", "train": True}
         )
-        segments.append({"text": RESULT_TEMPLATE.format(text=output), "train": False, "tool_output": output})
+        segments.append({"text": RESULT_TEMPLATE.format(text=escape_tags(output)), "train": False, "tool_output": output})
     if not steps:
         segments.append({"text": f"<think>{NOTOOL_THINK}</think>", "train": True})
     # Arithmetic answers copy the interpreter's output (wrong for a corrupted expression); search answers
@@ -171,7 +171,6 @@ def _trace(
 def encode_trace(trace: dict, tokenizer) -> tuple[list[int], list[int]]:
     """(input_ids, loss_mask) of a trace: the prompt as `build_prompts` tokenizes it (mask 0), each
     segment tokenized on its own (mask 1 for model text, 0 for tool results), then EOS (mask 1)."""
-    from appo.tool_format import result_token_ids
 
     prompt = tokenizer.apply_chat_template(trace["messages"][:-1], add_generation_prompt=True, tokenize=False)
     ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])

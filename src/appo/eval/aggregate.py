@@ -80,10 +80,13 @@ def _judge_stats(records: list[dict]) -> dict:
 def _tool_stats(records: list[dict]) -> dict:
     by_tool: Counter = Counter()
     errors: Counter = Counter()
+    phase_seconds: dict[str, list[float]] = {}
     for r in records:
         for call in r["tool_log"]:
             by_tool[call["tool"]] += 1
             errors[call["tool"]] += not call["ok"]
+            for phase, seconds in call.get("phases", {}).items():  # the browser's search/fetch/summarise
+                phase_seconds.setdefault(f"{call['tool']}_{phase}_seconds", []).append(seconds)
     n = len(records)
     calls = sum(by_tool.values())
     out = {"tool_calls_per_sample": calls / n,
@@ -92,6 +95,7 @@ def _tool_stats(records: list[dict]) -> dict:
     for tool in sorted(by_tool):
         out[f"{tool}_calls_per_sample"] = by_tool[tool] / n
         out[f"{tool}_errors"] = errors[tool]
+    out.update({key: _mean(values) for key, values in sorted(phase_seconds.items())})  # mean per timed call
     return out
 
 

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appo.data.datasets import load_rows, source_name
+from appo.errors import UserError
 from appo.prompts import MATH_SOURCES
 
 _REPO_SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "benchmarks"
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(UserError):
     """A benchmark name or file that cannot be used; the message says what is available."""
 
 
@@ -68,6 +69,8 @@ def kind_of(name: str) -> str:
 def load_benchmark(spec: str, data_root: Path | None, max_samples: int | None = None) -> Benchmark:
     name, path = resolve(spec, data_root)
     rows = load_rows(path)
+    if not rows:
+        raise BenchmarkError(f"benchmark '{name}': {path} has no rows")
     if max_samples is not None:
         rows = rows[:max_samples]
     return Benchmark(name=name, path=path, kind=kind_of(name), rows=rows)

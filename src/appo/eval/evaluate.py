@@ -56,11 +56,14 @@ def _question(prompt) -> str:
     return users[-1] if users else ""
 
 
-def _record(es: EvalSet, prompt, sample: int, traj, tokenizer, reward_fn) -> dict:
+def _record(es: EvalSet, prompt, sample: int, traj, tokenizer, reward_fn, text: str = "generated") -> dict:
+    """One sample's record: `response` is the whole text (tool output included, for reading); the scores
+    come from `traj.reward_text(tokenizer, text)` (algorithm.reward_text)."""
     response = traj.response_text(tokenizer)
-    scored = score_sample(response, prompt.ground_truth, "qa" if es.kind == "reward" else es.kind)
+    scored_text = traj.reward_text(tokenizer, text)
+    scored = score_sample(scored_text, prompt.ground_truth, "qa" if es.kind == "reward" else es.kind)
     if es.kind == "reward":
-        reward = float(reward_fn(response, prompt))
+        reward = float(reward_fn(scored_text, prompt))
         scored["scores"]["reward"] = reward
         scored["rule_equal"] = reward >= 1.0
     return {
@@ -68,8 +71,8 @@ def _record(es: EvalSet, prompt, sample: int, traj, tokenizer, reward_fn) -> dic
         "question": _question(prompt), "gold": prompt.ground_truth, "response": response,
         "pred": scored["pred"], "answer_key": answer_key(scored["pred"]), "scores": scored["scores"],
         "rule_equal": scored["rule_equal"], "judge": None, "correct": scored["rule_equal"],
-        "tool_log": [{"tool": t["tool"], "ok": bool(t["ok"]), "seconds": round(float(t["seconds"]), 4)}
-                     for t in traj.tool_log],
+        "tool_log": [{"tool": t["tool"], "ok": bool(t["ok"]), "seconds": round(float(t["seconds"]), 4),
+                      **({"phases": t["phases"]} if t.get("phases") else {})} for t in traj.tool_log],
         "finish_reason": traj.finish_reason, "response_tokens": len(traj.token_ids),
         "generated_tokens": int(sum(traj.generated)),
     }
@@ -93,7 +96,7 @@ def fingerprint(cfg: Config) -> dict:
             "top_k": r.top_k, "max_response_length": e.max_response_length or r.max_response_length,
             "seed": r.seed, "tools": list(t.enabled), "call_limit": t.call_limit, "on_limit": t.on_limit,
             "search_backend": t.search.backend if "search" in t.enabled else None,
-            "system_prompt": cfg.data.system_prompt}
+            "system_prompt": cfg.data.system_prompt, "reward_text": cfg.algorithm.reward_text}
 
 
 def check_resume(out_dir: Path, cfg: Config) -> None:
@@ -137,7 +140,8 @@ def run_sets(engine, tools, sets: list[EvalSet], cfg: Config, out_dir: str | Pat
         for start in range(0, len(pending), chunk):
             rows = pending[start:start + chunk]
             trajs = _sample(engine, tools, rows, cfg)
-            records = [_record(es, p, s, t, tokenizer, reward_fn) for (es, p, s), t in zip(rows, trajs, strict=True)]
+            records = [_record(es, p, s, t, tokenizer, reward_fn, cfg.algorithm.reward_text)
+                       for (es, p, s), t in zip(rows, trajs, strict=True)]
             if judge is not None:
                 _apply_judge(judge, records)
             store.append(records)
@@ -190,6 +194,9 @@ def build_sets(benchmarks: list[bm.Benchmark], cfg: Config, tokenizer) -> list[E
     sets = []
     for bench in benchmarks:
         prompts, report = build_prompts(bench.rows, tokenizer, cfg.data, source=str(bench.path))
+        if not prompts:  # a 0-question report would look like a result
+            raise bm.BenchmarkError(f"benchmark '{bench.name}': {bench.path} has no usable questions ({report}; "
+                                    "raise data.max_prompt_length if they are too long)")
         if report.dropped:
             log.warning("%s: %s (raise data.max_prompt_length to keep them)", bench.name, report)
         sets.append(EvalSet(bench.name, bench.kind, prompts, dropped=report.dropped))

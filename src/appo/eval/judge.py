@@ -18,16 +18,13 @@ put into an error message.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from appo.config import JudgeConfig
+from appo.tools.openai_client import ChatClient, ChatError, endpoint_from_env
 
 JUDGE_PROMPT = """You are grading the answer of a question-answering system.
 
@@ -84,53 +81,28 @@ def decide(rule_equal: bool, verdict: Verdict | None) -> bool:
     return bool(rule_equal) or (verdict is not None and verdict.status == "correct")
 
 
-def _chat_url(base: str) -> str:
-    base = base.rstrip("/")
-    if base.endswith("/chat/completions"):
-        return base
-    return base + "/chat/completions" if base.endswith("/v1") else base + "/v1/chat/completions"
-
-
 class JudgeClient:
     """Grades (question, gold, prediction) triples through an OpenAI-compatible chat endpoint."""
 
     def __init__(self, cfg: JudgeConfig, backoff: float = 1.0):
-        base = os.environ.get(cfg.url_env, "").strip()
+        base, key = endpoint_from_env(cfg.url_env, cfg.key_env)
         if not base:
             raise JudgeError(f"eval.judge.enabled=true but the environment variable {cfg.url_env} (the judge's "
                              "base URL, e.g. http://localhost:8000/v1) is not set")
-        self._url = _chat_url(base)
-        self._key = os.environ.get(cfg.key_env, "").strip()
+        self._client = ChatClient(base, key, cfg.model)
         self.cfg = cfg
         self.backoff = backoff
-
-    def _request(self, prompt: str) -> str:
-        body = {"model": self.cfg.model, "messages": [{"role": "user", "content": prompt}],
-                "temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
-        headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        req = urllib.request.Request(self._url, data=json.dumps(body).encode(), headers=headers, method="POST")
-        with urllib.request.urlopen(req, timeout=self.cfg.timeout) as resp:
-            payload = json.loads(resp.read().decode("utf-8", errors="replace"))
-        content = payload["choices"][0]["message"]["content"]
-        if not isinstance(content, str):
-            raise ValueError("reply has no text content")
-        return content
 
     def judge(self, question: str, gold: str | list[str], pred: str) -> Verdict:
         prompt = build_judge_prompt(question, gold, pred)
         error = ""
         for attempt in range(1, self.cfg.retries + 1):
             try:
-                reply = self._request(prompt)
+                reply = self._client.complete(prompt, temperature=self.cfg.temperature,
+                                              max_tokens=self.cfg.max_tokens, timeout=self.cfg.timeout)
                 return Verdict(parse_verdict(reply), reply, attempt)
-            except urllib.error.HTTPError as e:  # the body may echo headers; keep only the status
-                error = f"HTTP {e.code}"
-            except (urllib.error.URLError, TimeoutError, OSError) as e:
-                error = f"connection failed: {type(e).__name__}"
-            except (ValueError, KeyError, IndexError, TypeError) as e:
-                error = f"malformed response: {type(e).__name__}"
+            except ChatError as e:
+                error = str(e)
             if attempt < self.cfg.retries:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
         return Verdict("error", "", self.cfg.retries, error)

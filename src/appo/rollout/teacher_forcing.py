@@ -8,18 +8,10 @@ vocabularies make that the dominant memory cost).
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from appo.core.branching import entropy_from_logits
-
-
-def autocast(device_type: str, dtype: str):
-    """`torch.autocast` for a `model.autocast` value ('none' disables it)."""
-    if dtype == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=getattr(torch, dtype))
+from appo.precision import autocast
 
 
 def pad_rows(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int):
@@ -74,7 +66,7 @@ def response_log_probs(head: torch.nn.Module, prompt_ids: list[list[int]], respo
     asked, and the response mask; zero off the mask. Logits are divided by the sampling temperature, so
     the numbers describe the distribution the rows were sampled from."""
     ids, attn, where, targets, mask = (t.to(device) for t in pad_rows(prompt_ids, response_ids, pad_id))
-    with autocast(device.type, autocast_dtype):
+    with autocast(autocast_dtype, device.type):
         logits = head(ids, attn, where)
     logits = logits.float() / temperature
     log_probs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)

@@ -4,9 +4,9 @@ Each round generates for every live row until a tool's closing tag (`</python>`,
 string per enabled tool), EOS or the response budget. A row that stopped on a closing tag has its call
 parsed from its *current turn* only (the text generated since the last tool result), the calls of all
 rows run in parallel through the ToolRunner, and each result is spliced in as
-` <result>\\n{text}\\n</result>` (tokenised without special tokens) with generated=0 and 0.0 log-prob and
-entropy records, so that every per-token array stays aligned with the response tokens. Tool results
-count toward the response budget and are cut at it.
+` <result>\\n{text}\\n</result>` (tokenised without special tokens, the protocol's tags inside `text`
+escaped) with generated=0 and 0.0 log-prob and entropy records, so that every per-token array stays
+aligned with the response tokens. Tool results count toward the response budget and are cut at it.
 
 Decisions the reference leaves implicit:
 - Call limit: counted over the calls in the response only, so a branch starts at the calls of its
@@ -203,7 +203,7 @@ class ToolLoop:
                 row.finish("call_limit")
             else:
                 self._splice(row, tool, "", ToolResult(LIMIT_TEXT.format(limit=settings.call_limit), ok=False),
-                             refused=True)
+                             refused=True, own=True)
             return
         turn = self._turn_text(row)
         end = turn.find(stop)
@@ -212,10 +212,11 @@ class ToolLoop:
         traj.tool_calls += 1
         if not payload:
             self._count("empty_calls", 1)
-            self._splice(row, tool, payload, ToolResult(EMPTY_TEXT.format(tool=tool), ok=False))
+            self._splice(row, tool, payload, ToolResult(EMPTY_TEXT.format(tool=tool), ok=False), own=True)
             return
         history = tuple(e["payload"] for e in traj.tool_log if e["tool"] == tool and e["ok"])
-        self._queue.append(_Queued(row, ToolCall(tool=tool, payload=payload, history=history)))
+        reasoning = self.tokenizer.decode(traj.token_ids, skip_special_tokens=True)
+        self._queue.append(_Queued(row, ToolCall(tool=tool, payload=payload, history=history, reasoning=reasoning)))
 
     def _run_queued(self) -> None:
         if not self._queue:
@@ -226,15 +227,20 @@ class ToolLoop:
         self._count("tool_seconds", time.perf_counter() - t0)
         self._count("tool_calls", len(queued))
         for q, res in zip(queued, results):
+            for phase, seconds in res.meta.get("phases", {}).items():  # the browser's search/fetch/summarise
+                self._count(f"{q.call.tool}_{phase}_seconds", seconds)
             self._splice(q.row, q.call.tool, q.call.payload, res)
 
-    def _splice(self, row: LoopRow, tool: str, payload: str, result: ToolResult, refused: bool = False) -> None:
+    def _splice(self, row: LoopRow, tool: str, payload: str, result: ToolResult, refused: bool = False,
+                own: bool = False) -> None:
+        """Append a result; `own` marks the loop's own messages, the only result text not escaped."""
         traj, budget = row.traj, self.settings.max_response_length
-        ids = result_token_ids(self.tokenizer, result.text)[:budget - len(traj)]
+        ids = result_token_ids(self.tokenizer, result.text, escape=not own)[:budget - len(traj)]
         start = len(traj)
         traj.append(ids, generated=0)
+        phases = {"phases": result.meta["phases"]} if result.meta.get("phases") else {}  # the browser's timing
         traj.tool_log.append(dict(tool=tool, payload=payload, ok=result.ok, seconds=result.seconds,
-                                  start=start, end=len(traj), refused=refused))
+                                  start=start, end=len(traj), refused=refused, **phases))
         row.turn_start = len(traj)
         if len(traj) >= budget:
             row.finish("length")

@@ -7,6 +7,12 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from appo.tool_format import RESULT_TEMPLATE
+
+# What `generated_text` puts where a tool result was: the empty frame of the tool loop's result template.
+RESULT_PLACEHOLDER = RESULT_TEMPLATE.format(text="")
+REWARD_TEXT = ("generated", "full")
+
 
 @dataclass
 class Trajectory:
@@ -56,7 +62,29 @@ class Trajectory:
             top_logprobs=None if self.top_logprobs is None else [dict(d) for d in self.top_logprobs[:length]])
 
     def response_text(self, tokenizer, skip_special_tokens: bool = True) -> str:
+        """The whole response as the model saw it, tool results included."""
         return tokenizer.decode(self.token_ids, skip_special_tokens=skip_special_tokens)
+
+    def generated_text(self, tokenizer, skip_special_tokens: bool = True) -> str:
+        """The response with the content of every tool result removed: each result span (as in `tool_log`)
+        becomes RESULT_PLACEHOLDER, so what a tool printed can never be read as the policy's answer,
+        while the frame that format checks look for (a call, then <result>...</result>) stays."""
+        parts, pos = [], 0
+        for entry in sorted(self.tool_log, key=lambda e: e["start"]):
+            parts.append(tokenizer.decode(self.token_ids[pos:entry["start"]], skip_special_tokens=skip_special_tokens))
+            parts.append(RESULT_PLACEHOLDER)
+            pos = entry["end"]
+        parts.append(tokenizer.decode(self.token_ids[pos:], skip_special_tokens=skip_special_tokens))
+        return "".join(parts)
+
+    def reward_text(self, tokenizer, source: str = "generated") -> str:
+        """The text rewards and evaluation score (`algorithm.reward_text`): 'generated' (`generated_text`)
+        or 'full' (`response_text`, tool output included, the reference)."""
+        if source == "generated":
+            return self.generated_text(tokenizer)
+        if source == "full":
+            return self.response_text(tokenizer)
+        raise ValueError(f"reward text source {source!r} is not valid; choose one of: {', '.join(REWARD_TEXT)}")
 
     def to_dict(self, tokenizer=None) -> dict[str, Any]:
         """A JSON-ready record (top-k log-probs omitted); with a tokenizer, the texts too."""

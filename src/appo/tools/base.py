@@ -11,6 +11,7 @@ class ToolCall:
     tool: str                       # trigger tag: "python" or "search"
     payload: str                    # the text between <tag> and </tag> of the current turn
     history: tuple[str, ...] = ()   # earlier successful payloads of this tool in the same trajectory
+    reasoning: str = ""             # the response text up to and including this call (the browser reads it)
 
 
 @dataclass
@@ -18,7 +19,7 @@ class ToolResult:
     text: str                       # what goes between <result>\n and \n</result>
     ok: bool                        # False on errors, timeouts and refusals (the text then says why)
     seconds: float = 0.0
-    meta: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)   # "phases": {phase: seconds} where a tool times its steps
 
 
 class Tool(Protocol):

@@ -4,7 +4,7 @@ Semantics follow the reference PythonTool: a trailing bare expression is printed
 stripped stdout is returned, on failure the stripped error text (here ok=False, where the reference
 passed errors off as successes); a timeout says `Execution timeout (exceeded Ns)`, and here the limit
 really is enforced. With `session=True` the trajectory's earlier successful cells are replayed silently
-first, so variables persist across calls.
+first, so variables persist across calls (a replayed `os._exit` ends only its own cell).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class PythonTool:
         self.timeout = timeout
         self.result_max_chars = result_max_chars
         limits = Limits(memory_mb=cfg.memory_mb, max_processes=cfg.max_processes, max_file_mb=cfg.max_file_mb,
-                        max_open_files=cfg.max_open_files, disk_mb=cfg.disk_mb)
+                        max_open_files=cfg.max_open_files, disk_mb=cfg.disk_mb, max_tmp_files=cfg.max_tmp_files)
         # Capture a few times the shown size so head and tail survive; the rest is only counted.
         self.sandbox = Sandbox(cfg.interpreter, cfg.sandbox, limits, capture_bytes=max(4 * result_max_chars, 8192))
         self.missing_modules = self.sandbox.check()

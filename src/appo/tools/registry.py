@@ -91,4 +91,9 @@ def build_search_tool(tools_cfg: ToolsConfig):
     if cfg.request_timeout <= 0:
         raise ValueError(f"tools.search.request_timeout={cfg.request_timeout} must be > 0 (seconds)")
     cache = SqliteCache(cfg.sqlite_cache) if cfg.sqlite_cache else None
-    return SearchTool(cfg, build_backend(cfg), tools_cfg.timeout, tools_cfg.retry_count, cache)
+    search = SearchTool(cfg, build_backend(cfg), tools_cfg.timeout, tools_cfg.retry_count, cache)
+    if not cfg.browse:
+        return search
+    from appo.tools.browse import build_browse_tool
+
+    return build_browse_tool(search, tools_cfg)

@@ -1,11 +1,13 @@
 """Process isolation for model-written code.
 
 Each call starts a fresh bubblewrap sandbox: new user, pid, network, ipc, uts and cgroup namespaces (so no
-network and no view of host processes), only the system directories bound read-only (the repository,
-/work, /root, home directories and any venv are simply absent), a size-capped private tmpfs as /tmp, an
-empty environment, and, when the host runs as root, the uid/gid of `nobody`. Resource limits are applied
-by the in-sandbox driver before model code runs. The host enforces the wall-clock limit by killing the
-sandbox's process group; the pid namespace takes every descendant (orphans included) down with it.
+network, no view of host processes and a fixed host name), only the system directories bound read-only
+(the repository, /work, /root, home directories and any venv are simply absent), a size-capped private
+tmpfs as /tmp, an empty environment, and, when the host runs as root, the uid/gid of `nobody`. The
+in-sandbox driver is the sandbox's pid 1: it applies the resource limits, then runs model code in a child
+that cannot reach it, and enforces what per-process limits cannot (memory and files of the call as a
+whole; see sandbox_driver.py). The host enforces the wall-clock limit by killing the sandbox's process
+group; the pid namespace takes every descendant (orphans included) down with it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ log = logging.getLogger(__name__)
 
 NOBODY = 65534
 WORKDIR = "/tmp/sandbox"
+HOSTNAME = "sandbox"
+# How often the supervisor checks the call's total memory and file count: a call can exceed its budget by
+# what it allocates in this time, and each check costs the sandbox about 0.2 ms of CPU.
+WATCH_INTERVAL_S = 0.01
 INSTALL_HINT = "apt-get install -y bubblewrap"
 DRIVER_SOURCE = (Path(__file__).parent / "sandbox_driver.py").read_text()
 
@@ -63,6 +69,7 @@ class Limits:
     max_file_mb: int = 16
     max_open_files: int = 64
     disk_mb: int = 64
+    max_tmp_files: int = 10_000
 
     def rlimits(self, timeout: float) -> dict[str, int]:
         mb = 1 << 20
@@ -73,7 +80,12 @@ class Limits:
             "RLIMIT_FSIZE": self.max_file_mb * mb,
             "RLIMIT_NOFILE": self.max_open_files,
             "RLIMIT_CORE": 0,
+            "RLIMIT_MSGQUEUE": 0,  # POSIX message queues hold kernel memory no address space shows
         }
+
+    def watch(self) -> dict:
+        """What the sandbox's supervisor enforces over all the call's processes together."""
+        return {"memory_mb": self.memory_mb, "max_files": self.max_tmp_files, "interval": WATCH_INTERVAL_S}
 
 
 @dataclass
@@ -128,8 +140,11 @@ class Sandbox:
                 raise SandboxUnavailable(
                     "the python tool needs bubblewrap (bwrap) to sandbox model code, and it is not installed: "
                     f"run `{INSTALL_HINT}`, or set tools.python.sandbox=none to run model code UNSANDBOXED")
-            self._prefix = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
-                            "--clearenv", *_system_binds(interpreter),
+            # --as-pid-1: the driver replaces bwrap's own init, which ran as the same uid as model code,
+            # without limits, and could be taken over (its memory written, its exit status forged).
+            self._prefix = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+                            "--new-session", "--as-pid-1", "--hostname", HOSTNAME, "--clearenv",
+                            *_system_binds(interpreter),
                             "--dev", "/dev", "--proc", "/proc",
                             # Everything writable is a size-capped tmpfs; /dev itself is then made read-only.
                             "--size", str(limits.disk_mb << 20), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
@@ -151,7 +166,10 @@ class Sandbox:
 
     def run(self, job: dict, timeout: float) -> Outcome:
         # marshal format 4 (dicts, lists, str, int) reads the same in every Python >= 3.4.
-        payload = marshal.dumps({**job, "limits": self.limits.rlimits(timeout)}, 4)
+        job = {**job, "limits": self.limits.rlimits(timeout)}
+        if self.mode == "bwrap":
+            job["watch"] = self.limits.watch()  # unsandboxed, pid 1 and /proc are the host's: no supervisor
+        payload = marshal.dumps(job, 4)
         start = time.monotonic()
         workdir = None
         kwargs: dict = {"env": {}}

@@ -5,13 +5,25 @@ replay silently, and the cell to run.
 Limits are set here, after the interpreter has started and before any model code runs, with soft = hard
 so the code cannot raise them again; inside the sandbox's user namespace RLIMIT_NPROC then counts only
 this call's processes and threads.
+
+With a `watch` entry (the bwrap sandbox) this process is the sandbox's pid 1 (bwrap --as-pid-1) and model
+code runs in a child it forks. The supervisor makes itself non-dumpable first: model code runs as the same
+uid but without capabilities, so it can then neither open /proc/1/mem nor take the supervisor's file
+descriptors, and signals it sends to pid 1 are dropped (pid 1 has no handlers). The supervisor reports the
+child's exit status as its own and watches the call as a whole, which per-process rlimits cannot: the
+memory all the call's processes hold together, and the number of files in its tmpfs mounts.
 """
 
 import _ast  # the C node classes; the `ast` module itself costs ~15 ms of start-up per call
+import _signal  # not `signal`: its enum classes cost ~4 ms per call
 import marshal  # not json: importing json costs ~20 ms per call
 import os
 import resource
 import sys
+import time
+
+_PR_SET_DUMPABLE = 4
+_TMPFS = ("/tmp", "/dev/shm")
 
 
 class _Discard:
@@ -20,6 +32,10 @@ class _Discard:
 
     def flush(self):
         pass
+
+
+class _CellExited(BaseException):
+    """Raised in place of os._exit while earlier cells are replayed, so one of them cannot end the call."""
 
 
 def _set_limits(limits):
@@ -54,33 +70,263 @@ def _report(error, tb):
         sys.stderr.write(f"{type(error).__name__}: {error}\n")
 
 
+def _replay(history, namespace):
+    import posix
+
+    replaying, real_exit = os.getpid(), os._exit
+
+    def exit_cell(status):
+        if os.getpid() != replaying:  # a process the cell forked ends as it asked
+            real_exit(status)
+        raise _CellExited
+
+    out, err = sys.stdout, sys.stderr
+    os._exit = posix._exit = exit_cell
+    try:
+        for cell in history:
+            sys.stdout = sys.stderr = _Discard()
+            try:
+                exec(_compile_cell(cell), namespace)
+            except (Exception, SystemExit, _CellExited):
+                pass  # a replayed cell that fails now only loses its own variables
+            finally:
+                sys.stdout, sys.stderr = out, err
+    finally:
+        os._exit = posix._exit = real_exit
+
+
+def _run(job, replayed_fd=None):
+    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    _replay(job["history"], namespace)
+    if replayed_fd is not None:
+        os.write(replayed_fd, b"1")
+        os.close(replayed_fd)
+    try:
+        code = _compile_cell(job["code"])
+    except (SyntaxError, ValueError) as e:  # ValueError: a NUL byte in the source
+        _report(e, None)
+        return 1
+    try:
+        exec(code, namespace)
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        sys.stderr.write(f"{e.code}\n")  # as the interpreter does for sys.exit("message")
+        return 1
+    except BaseException as e:
+        _report(e, e.__traceback__.tb_next)  # without this driver's own frame
+        return 1
+    return 0
+
+
+def _exit(status):
+    """End as interpreter shutdown would for the cell (non-daemon threads joined, atexit handlers run,
+    output flushed) without then tearing every module down, which costs 5-10 ms a call."""
+    threading = sys.modules.get("threading")
+    if threading is not None and hasattr(threading, "_shutdown"):
+        threading._shutdown()
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            status = status or 120  # the interpreter's status when it cannot flush
+    os._exit(status)
+
+
+def _set_dumpable(libc, flag):
+    if libc.prctl(_PR_SET_DUMPABLE, flag, 0, 0, 0) != 0:
+        raise OSError("prctl(PR_SET_DUMPABLE) failed")
+
+
+# Memory a process holds that is not a file's page cache: private, shared anonymous (mmap(-1, n), which a
+# fork can share), tmpfs pages it maps, and what of these is swapped out.
+_HELD = (b"RssAnon:", b"RssShmem:", b"VmSwap:")
+_HELD_PROPORTIONAL = (b"Pss_Anon:", b"Pss_Shmem:", b"SwapPss:")
+
+
+def _sum_fields(path, names):
+    """(sum in bytes of the `names` lines, values in kB; whether the first of them was there, as kernels add
+    these fields over time; whether the file had any line at all) of a /proc status-like file."""
+    total, seen, lines = 0, False, False
+    with open(path, "rb") as f:
+        for line in f:
+            lines = True
+            if line.startswith(names):
+                total += int(line.split()[1]) << 10
+                seen = seen or line.startswith(names[0])
+    return total, seen, lines
+
+
+def _resident_bytes(pids):
+    """The processes' resident sets: a cheap bound on what they hold while the machine has no swap."""
+    pages = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                pages += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass  # the process has just exited
+    return pages * resource.getpagesize()
+
+
+def _held_bytes(pids):
+    """What each process holds. Pages that processes share count once per process, so a total over the
+    budget is checked again with PSS (_proportional_held_bytes)."""
+    held = {}
+    for pid in pids:
+        try:
+            held[pid] = _sum_fields(f"/proc/{pid}/status", _HELD)[0]
+        except (OSError, IndexError, ValueError):
+            held[pid] = 0  # the process has just exited
+    return held
+
+
+def _proportional_held_bytes(held):
+    total = 0
+    for pid, plain in held.items():
+        try:
+            split, seen, lines = _sum_fields(f"/proc/{pid}/smaps_rollup", _HELD_PROPORTIONAL)
+        except PermissionError:
+            split, seen, lines = plain, True, True  # it made itself non-dumpable: no PSS, count it all
+        except (OSError, IndexError, ValueError):
+            split, seen, lines = 0, True, True  # it is exiting: its memory is being freed
+        if not lines:
+            split = 0  # exiting as well
+        elif not seen:
+            split = plain  # a kernel before 5.10, without Pss_Anon
+        total += split
+    return total
+
+
+def _files():
+    used = 0
+    for mount in _TMPFS:
+        st = os.statvfs(mount)
+        used += st.f_files - st.f_ffree
+    return used
+
+
+def _memory_over(budget, pids, swap):
+    if not swap and _resident_bytes(pids) <= budget:
+        return False
+    held = _held_bytes(pids)
+    return sum(held.values()) > budget and _proportional_held_bytes(held) > budget
+
+
+def _swap_enabled():
+    try:
+        with open("/proc/swaps", "rb") as f:
+            return len(f.read().splitlines()) > 1  # a header, then one line per swap area
+    except OSError:
+        return True  # unknown: take the exact path
+
+
+def _over_limit(watch, me, baseline_files, swap):
+    """A message naming the limit the call as a whole has passed, or None. This is the sandbox's pid
+    namespace, so /proc lists the call's processes only."""
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
+    if _memory_over(watch["memory_mb"] << 20, pids, swap):
+        return (f"MemoryError: the call's processes together held more than {watch['memory_mb']} MB "
+                "(the memory limit per call)")
+    if _files() - baseline_files > watch["max_files"]:
+        return (f"OSError: the call created more than {watch['max_files']} files in /tmp and /dev/shm "
+                "(the file limit per call)")
+    return None
+
+
+def _describe(status):
+    if os.WIFSIGNALED(status):
+        import signal
+
+        try:
+            return "killed by " + signal.Signals(os.WTERMSIG(status)).name
+        except ValueError:
+            return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit status {os.WEXITSTATUS(status)}"
+
+
+def _supervise(job):
+    """Fork the process that runs the code; in the supervisor, watch it and exit with its status.
+    Returns only in the child, with the fd on which it says that the replay is done (or None)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    _set_dumpable(libc, 0)
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)  # Python's handler would let the code interrupt pid 1
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGCHLD})
+    replay_pipe = os.pipe() if job["history"] else None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child == 0:
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {_signal.SIGCHLD})
+        _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+        _set_dumpable(libc, 1)  # so the supervisor may read its memory use
+        if replay_pipe:
+            os.close(replay_pipe[0])
+            return replay_pipe[1]
+        return None
+    me, watch, baseline_files, swap = os.getpid(), job["watch"], _files(), _swap_enabled()
+    if replay_pipe:
+        os.close(replay_pipe[1])
+        os.set_blocking(replay_pipe[0], False)
+    status, message, wait = None, None, watch["interval"]
+    while status is None:
+        _signal.sigtimedwait({_signal.SIGCHLD}, wait)
+        status = _reap(child)
+        if status is None:
+            started = time.monotonic()
+            message = _over_limit(watch, me, baseline_files, swap)
+            # Reading the page maps of large processes that share memory is slow: stay under ~20% of a core.
+            wait = max(watch["interval"], 4 * (time.monotonic() - started))
+            if message:
+                os.kill(-1, _signal.SIGKILL)  # every process here but this one
+                while status is None:
+                    status = _reap(child, block=True)
+    if message is None and replay_pipe and not _read_ready(replay_pipe[0]):
+        message = (f"Error: replaying the session's earlier cells ended the process ({_describe(status)}), "
+                   "so this cell did not run; an earlier cell exits or kills its own process")
+    if message:
+        os.write(2, message.encode() + b"\n")
+        os._exit(1)
+    os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+
+
+def _reap(child, block=False):
+    """Reap every exited process (orphans are re-parented here); the child's wait status once it exited."""
+    found = None
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0 if block and found is None else os.WNOHANG)
+        except ChildProcessError:
+            return found
+        if pid == 0:
+            return found
+        if pid == child:
+            found = status
+
+
+def _read_ready(fd):
+    try:
+        return os.read(fd, 1) == b"1"
+    except BlockingIOError:
+        return False
+
+
 def main():
     job = marshal.loads(sys.stdin.buffer.read())
     sys.stdin.close()
     sys.stdin = open(os.devnull)  # noqa: SIM115 -- stays open for the cell: input() sees EOF
     _set_limits(job["limits"])
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-    out, err = sys.stdout, sys.stderr
-    for cell in job["history"]:
-        sys.stdout = sys.stderr = _Discard()
-        try:
-            exec(_compile_cell(cell), namespace)
-        except (Exception, SystemExit):
-            pass  # a replayed cell that fails now only loses its own variables
-        finally:
-            sys.stdout, sys.stderr = out, err
-    try:
-        code = _compile_cell(job["code"])
-    except SyntaxError as e:
-        _report(e, None)
-        sys.exit(1)
-    try:
-        exec(code, namespace)
-    except SystemExit:
-        raise
-    except BaseException as e:
-        _report(e, e.__traceback__.tb_next)  # without this driver's own frame
-        sys.exit(1)
+    if "watch" in job and os.getpid() != 1:
+        # The supervisor reads /proc and kills with kill(-1): both mean "this call" only in its own pid
+        # namespace. Anywhere else they would mean every process of the machine.
+        sys.exit("sandbox driver: a supervised job must run as pid 1 of its own pid namespace")
+    replayed_fd = _supervise(job) if "watch" in job else None
+    _exit(_run(job, replayed_fd))
 
 
 if __name__ == "__main__":

@@ -4,22 +4,31 @@ A backend returns the result snippets for a query; this module owns everything a
 query clean-up (`"` removed, as the reference), the SQLite cache, a deadline of `tools.timeout` per
 call, bounded retries with exponential backoff for transient failures, and the text the model sees:
 `Page i: snippet` lines, or `No search results found.`, or a one-line `Search failed: ...` message.
-A search failure never raises into the rollout.
+A search failure never raises into the rollout. `find_hits` gives the browser (browse.py) the same search
+with result URLs and titles where the backend has them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import re
+import threading
 import time
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from appo.config import SearchToolConfig
 from appo.tools.base import ToolCall, ToolResult
-from appo.tools.search_cache import SqliteCache
+from appo.tools.search_cache import SearchCacheError, SqliteCache
+
+log = logging.getLogger(__name__)
 
 NO_RESULTS = "No search results found."
 _PAGE = re.compile(r"Page (\d+): ")
+_T = TypeVar("_T")
 
 
 class SearchError(Exception):
@@ -30,6 +39,18 @@ class TransientSearchError(SearchError):
     """A failure that may pass: timeouts, connection errors, HTTP 429/5xx, malformed responses."""
 
 
+@dataclass(frozen=True)
+class SearchHit:
+    """One result as the browser needs it. `text` is the whole document when the backend holds it (a local
+    index, a retriever): then there is no page to fetch."""
+
+    snippet: str
+    title: str = ""
+    url: str = ""
+    date: str = ""
+    text: str = ""
+
+
 class SearchBackend(Protocol):
     name: str
     signature: str   # identifies the backend and the settings that change its answers (cache key prefix)
@@ -37,6 +58,15 @@ class SearchBackend(Protocol):
     def search(self, query: str, k: int, timeout: float) -> list[str]:
         """Up to `k` result snippets, best first; raise SearchError/TransientSearchError on failure."""
         ...
+
+    # Backends that know more than snippets (URLs, titles, whole documents) also define
+    # hits(query, k, timeout) -> list[SearchHit]; see `backend_hits`.
+
+
+def backend_hits(backend: SearchBackend, query: str, k: int, timeout: float) -> list[SearchHit]:
+    if hasattr(backend, "hits"):
+        return backend.hits(query, k, timeout)
+    return [SearchHit(snippet=s) for s in backend.search(query, k, timeout)]
 
 
 def format_results(snippets: list[str], max_results: int, result_length: int) -> str:
@@ -68,6 +98,10 @@ def parse_results(text: str) -> list[str]:
     return snippets
 
 
+def clean_query(payload: str) -> str:
+    return payload.replace('"', "").strip()
+
+
 class SearchTool:
     name = "search"
 
@@ -78,28 +112,84 @@ class SearchTool:
         self.timeout = timeout
         self.attempts = max(1, attempts)
         self.cache = cache
+        self._cache_lock = threading.Lock()
+        self._warned_bad_value = False
 
     def __call__(self, call: ToolCall) -> ToolResult:
         start = time.time()
-        query = call.payload.replace('"', "").strip()
+        query = clean_query(call.payload)
         if not query:
             return self._result("Search failed: the query is empty.", False, start, {})
         key = f"{self.backend.signature}|k={self.cfg.max_results}|{query}"
-        cached = self.cache.get(key) if self.cache is not None else None
+        cached = self._cached(key)
         if cached is not None:
-            text = format_results(json.loads(cached), self.cfg.max_results, self.cfg.result_length)
+            text = format_results(cached, self.cfg.max_results, self.cfg.result_length)
             return self._result(text, True, start, {"cache": "hit", "attempts": 0})
         try:
             snippets, attempts = self._search_with_retries(query)
         except SearchError as e:
             return self._result(f"Search failed: {e}", False, start, {})
-        if self.cache is not None:
-            self.cache.put(key, json.dumps(snippets, ensure_ascii=False))
+        cache = self.cache
+        if cache is not None:
+            try:
+                cache.put(key, json.dumps(snippets, ensure_ascii=False))
+            except SearchCacheError as e:
+                self._drop_cache(e)
         text = format_results(snippets, self.cfg.max_results, self.cfg.result_length)
-        return self._result(text, True, start, {"cache": "off" if self.cache is None else "miss", "attempts": attempts})
+        return self._result(text, True, start, {"cache": "off" if cache is None else "miss", "attempts": attempts})
+
+    def _cached(self, key: str) -> list[str] | None:
+        """The cached snippets of `key`, or None. A value that is not a JSON list of strings (another
+        program's, or an old format) is a miss, logged once, and is replaced by the fresh answer."""
+        cache = self.cache
+        if cache is None:
+            return None
+        try:
+            raw = cache.get(key)
+        except SearchCacheError as e:
+            self._drop_cache(e)
+            return None
+        if raw is None:
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = None
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        if not self._warned_bad_value:
+            self._warned_bad_value = True
+            log.warning("search cache %s: the value for %r is not a list of snippets (%.60r); treating it "
+                        "as a miss (logged once)", cache.path, key, raw)
+        return None
+
+    def _drop_cache(self, error: SearchCacheError) -> None:
+        """A cache that fails mid-run (file damaged or removed underneath): searches go on without it."""
+        with self._cache_lock:
+            if self.cache is None:
+                return
+            self.cache, cache = None, self.cache
+        log.warning("%s; searching without the cache for the rest of the run", error)
+        cache.close()
+
+    def find_hits(self, query: str) -> tuple[list[SearchHit], dict]:
+        """The browser's view of a search: hits with URLs where the backend has them, through the same
+        cache (its own keys) and retries; raises SearchError."""
+        key = f"{self.backend.signature}|k={self.cfg.max_results}|hits|{query}"
+        cached = self.cache.get(key) if self.cache is not None else None
+        if cached is not None:
+            return [SearchHit(**h) for h in json.loads(cached)], {"cache": "hit", "attempts": 0}
+        hits, attempts = self._with_retries(
+            lambda timeout: backend_hits(self.backend, query, self.cfg.max_results, timeout))
+        if self.cache is not None:
+            self.cache.put(key, json.dumps([dataclasses.asdict(h) for h in hits], ensure_ascii=False))
+        return hits, {"cache": "off" if self.cache is None else "miss", "attempts": attempts}
 
     def _search_with_retries(self, query: str) -> tuple[list[str], int]:
-        """Snippets and the attempts it took; transient failures are retried while attempts and the
+        return self._with_retries(lambda timeout: self.backend.search(query, self.cfg.max_results, timeout))
+
+    def _with_retries(self, attempt_once: Callable[[float], _T]) -> tuple[_T, int]:
+        """The answer and the attempts it took; transient failures are retried while attempts and the
         call's deadline allow, waiting retry_backoff, then twice as long each time."""
         deadline = time.monotonic() + self.timeout
         wait = self.cfg.retry_backoff
@@ -108,7 +198,7 @@ class SearchTool:
             attempt += 1
             remaining = max(deadline - time.monotonic(), 0.001)
             try:
-                return self.backend.search(query, self.cfg.max_results, min(self.cfg.request_timeout, remaining)), attempt
+                return attempt_once(min(self.cfg.request_timeout, remaining)), attempt
             except TransientSearchError as e:
                 if attempt >= self.attempts or time.monotonic() + wait >= deadline:
                     suffix = f" (after {attempt} attempts)" if attempt > 1 else ""

@@ -1,11 +1,13 @@
 """A seccomp blocklist for the sandbox, as a classic-BPF program that bwrap installs (`--seccomp FD`).
 
-Namespaces already hide the host; this closes what is left inside them. Without it, model code could
-ptrace the sandbox's init process (which runs before the driver sets resource limits) and so escape the
-limits, and could reach kernel interfaces that are frequent sources of privilege escalation (bpf,
-perf_event_open, userfaultfd, io_uring, keyrings, the mount API). Blocked calls fail with EPERM. Only
-x86_64 is covered (the numbers are per architecture and only these were tested); other machines run
-without the filter and say so once.
+Namespaces already hide the host; this closes what is left inside them: ways to reach another process of
+the sandbox (ptrace, process_vm_*, pidfd_open/pidfd_getfd, kcmp, process_madvise; the supervisor at pid 1
+is also non-dumpable, see sandbox_driver.py), memory that no process's address space shows and so no
+rlimit or supervisor check sees (memfd_create and memfd_secret buffers, System V shared memory, message
+queues and semaphores, POSIX message queues), and kernel interfaces that are frequent sources of privilege
+escalation (bpf, perf_event_open, userfaultfd, io_uring, keyrings, the mount API). Blocked calls fail with
+EPERM. Only x86_64 is covered (the numbers are per architecture and only these were tested); other
+machines run without the filter and say so once.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ _AUDIT_ARCH_X86_64 = 0xC000003E
 _X32_SYSCALL_BIT = 0x40000000
 
 _BLOCKED_X86_64 = {
+    "shmget": 29, "semget": 64, "msgget": 68, "mq_open": 240, "kcmp": 312, "memfd_create": 319,
+    "pidfd_open": 434, "pidfd_getfd": 438, "process_madvise": 440, "memfd_secret": 447,
     "ptrace": 101, "syslog": 103, "acct": 163, "mount": 165, "umount2": 166, "swapon": 167, "swapoff": 168,
     "reboot": 169, "pivot_root": 155, "init_module": 175, "delete_module": 176, "quotactl": 179,
     "kexec_load": 246, "add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272,

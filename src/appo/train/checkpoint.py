@@ -8,6 +8,7 @@ Layout: `<output_dir>/checkpoints/step_<N>/{hf/, trainer_state.pt}` and `<output
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from appo.errors import UserError
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
@@ -102,7 +105,12 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, trainer
     return final
 
 
+class CheckpointError(UserError):
+    """A checkpoint that `--resume` cannot continue from; the message names the file."""
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint, or None (no pointer, or one naming a step that is gone)."""
     pointer = checkpoint_root(output_dir) / "latest"
     if not pointer.exists():
         return None
@@ -110,6 +118,29 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return path if (path / "trainer_state.pt").exists() else None
 
 
+def resume_checkpoint(output_dir: str | Path) -> Path | None:
+    """The checkpoint `--resume` continues from: None when the run never saved one (it starts at step 1);
+    an error when the `latest` pointer names a step that is missing or torn, since starting over would
+    silently discard the run and its metrics."""
+    pointer = checkpoint_root(output_dir) / "latest"
+    if not pointer.exists():
+        return None
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{pointer}: cannot read the checkpoint pointer ({e})") from None
+    path = pointer.parent / name
+    if not name or "/" in name or not (path / "trainer_state.pt").is_file():
+        raise CheckpointError(f"{pointer} points at '{name}', but {path / 'trainer_state.pt'} does not exist; "
+                              f"restore that checkpoint, point {pointer.name} at an existing step_N, or start "
+                              f"a new run without --resume")
+    return path
+
+
 def load_trainer_state(ckpt_dir: str | Path) -> dict[str, Any]:
-    # Our own file: it holds optimizer tensors and RNG tuples, which need the full unpickler.
-    return torch.load(Path(ckpt_dir) / "trainer_state.pt", map_location="cpu", weights_only=False)
+    path = Path(ckpt_dir) / "trainer_state.pt"
+    try:
+        # Our own file: it holds optimizer tensors and RNG tuples, which need the full unpickler.
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{path}: cannot load the trainer state ({type(e).__name__}: {e})") from None

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from appo.config import Config, ConfigError, ModelConfig, SftConfig
 from appo.data.traces import make_sft_traces
-from appo.rollout.teacher_forcing import ResponseLogits, autocast
+from appo.precision import autocast
+from appo.rollout.teacher_forcing import ResponseLogits
 from appo.tool_format import result_token_ids
 from appo.tools import build_tools
 from appo.train.checkpoint import save_hf
@@ -180,7 +181,7 @@ def sft_loss(model, batch: dict[str, torch.Tensor], autocast_dtype: str = "none"
     batch = {k: v.to(device) for k, v in batch.items()}
     causal = model.get_base_model() if hasattr(model, "peft_config") else model
     keep = batch["targets"] >= 0
-    with autocast(device.type, autocast_dtype):
+    with autocast(autocast_dtype, device.type):
         logits = ResponseLogits(causal)(batch["input_ids"], batch["attention_mask"], keep, batch["position_ids"])
     loss = torch.nn.functional.cross_entropy(logits.float(), batch["targets"][keep], reduction="sum")
     return loss, int(keep.sum())

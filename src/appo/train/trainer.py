@@ -79,11 +79,11 @@ def _rows(values: torch.Tensor, trajs: list[Trajectory]) -> list[list[float]]:
     return [values[i, : len(t)].tolist() for i, t in enumerate(trajs)]
 
 
-def score_groups(groups: list[RolloutGroup], reward_fn, tokenizer) -> None:
-    """Set `reward` on every row (initial and branch) from its decoded response."""
+def score_groups(groups: list[RolloutGroup], reward_fn, tokenizer, text: str = "generated") -> None:
+    """Set `reward` on every row (initial and branch) from its decoded response (`algorithm.reward_text`)."""
     for group in groups:
         for traj in group.rows:
-            traj.reward = reward_fn(traj.response_text(tokenizer), group.prompt)
+            traj.reward = reward_fn(traj.reward_text(tokenizer, text), group.prompt)
 
 
 def flatten(groups: list[RolloutGroup]) -> tuple[list[Trajectory], list[int], list[tuple[int, int, int]]]:
@@ -274,7 +274,7 @@ class Trainer:
                                                score_inits=self.rescorer, first_group=first)
         # 2. rewards for every row, branch rows included (they feed the initial rows' advantages)
         with timer("reward"):
-            score_groups(groups, self.reward_fn, self.tokenizer)
+            score_groups(groups, self.reward_fn, self.tokenizer, self.cfg.algorithm.reward_text)
         # 3. advantages over all rows; then keep the rows that carry loss (APPO drops its branch rows:
         #    docs/reference-differences.md#b6)
         rows, group_ids, splits = flatten(groups)
@@ -383,7 +383,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         """Run RL from step 1 (or after the latest checkpoint with `resume`); returns the last metrics."""
         cfg = self.cfg
-        resume_from = ckpt.latest_checkpoint(self.out) if resume else None
+        resume_from = ckpt.resume_checkpoint(self.out) if resume else None
         if resume_from is not None:
             self.restore(resume_from)
             log.info("resuming after step %d from %s", self.step, resume_from)

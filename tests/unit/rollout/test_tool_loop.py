@@ -7,15 +7,9 @@ import pytest
 
 from appo.rollout.hf import HFEngine
 from appo.rollout.teacher_forcing import teacher_forced_logprobs
-from appo.rollout.tool_loop import (
-    EMPTY_TEXT,
-    LoopStart,
-    RolloutLoopSettings,
-    ToolLoop,
-    result_token_ids,
-    run_tool_loop,
-)
+from appo.rollout.tool_loop import EMPTY_TEXT, LoopStart, RolloutLoopSettings, ToolLoop, run_tool_loop
 from appo.rollout.trajectory import Trajectory
+from appo.tool_format import result_token_ids
 
 from .conftest import ScriptedEngine
 

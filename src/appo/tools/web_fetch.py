@@ -1,0 +1,162 @@
+"""HTTP for the tools: a page GET under one overall deadline and a size cap, and an opener for API calls
+that never follows redirects.
+
+`http_get` (the browser's page fetch):
+- Deadline: one wall-clock budget from connect to last byte. A watchdog shuts the socket down when it
+  passes, so a server that trickles its headers or body a byte at a time is cut off there, not after
+  n x (socket timeout). Name resolution is the one step it cannot interrupt.
+- Size cap: at most `max_bytes` of body are read; the answer says when it was cut.
+- Redirects (at most 5, http and https only) are followed by hand, each with a fresh request that carries
+  only the fixed headers. Credentials written into the URL (`user:password@`) go as Basic auth to their own
+  origin only, never to a host a redirect names; no cookies are kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import socket
+import threading
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+MAX_REDIRECTS = 5
+_REDIRECT_CODES = (301, 302, 303, 307, 308)
+_CHUNK = 64 * 1024
+
+
+class FetchError(Exception):
+    """Why a page could not be fetched, in a few words (no credentials in it)."""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises HTTPError with the 3xx status
+
+
+_NO_REDIRECT_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def no_redirect_opener() -> urllib.request.OpenerDirector:
+    """For requests that carry an API key: urllib's default redirect handling copies the request's headers,
+    `Authorization` included, to whatever host the redirect names."""
+    return _NO_REDIRECT_OPENER
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    content_type: str      # lower-case media type without parameters ("" when absent)
+    charset: str           # from the Content-Type parameters ("" when absent)
+    body: bytes
+    url: str               # after redirects
+    truncated: bool        # the body was cut at max_bytes
+
+
+def _origin(parts: urllib.parse.SplitResult) -> tuple[str, str, int]:
+    default = 443 if parts.scheme == "https" else 80
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+
+def _basic_auth(parts: urllib.parse.SplitResult) -> str:
+    if parts.username is None:
+        return ""
+    user = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+class _Watchdog:
+    """Shuts a connection's socket down at the deadline; a blocked read then returns at once. It holds the
+    socket itself: http.client drops `conn.sock` once a response that ends with the connection begins."""
+
+    def __init__(self, seconds: float):
+        self.fired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sock = sock
+            fired = self.fired
+        if fired:  # the deadline passed while connecting
+            self._shutdown()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):  # already closed by the reader
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def http_get(url: str, *, timeout: float, max_bytes: int, headers: dict[str, str]) -> HttpResponse:
+    """GET `url` within `timeout` seconds in all; raises FetchError."""
+    deadline = time.monotonic() + timeout
+    first = urllib.parse.urlsplit(url)
+    origin, auth = _origin(first), _basic_auth(first)
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise FetchError(f"not an http(s) URL (scheme {parts.scheme!r})")
+        send = dict(headers)
+        if auth and _origin(parts) == origin:
+            send["Authorization"] = auth
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise FetchError(f"no complete answer within {timeout:g}s")
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = cls(parts.hostname, parts.port, timeout=left)
+        watchdog = _Watchdog(left)
+        try:
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            conn.connect()
+            watchdog.watch(conn.sock)
+            conn.request("GET", path, headers=send)
+            resp = conn.getresponse()
+            location = resp.getheader("Location")
+            if resp.status in _REDIRECT_CODES and location:
+                url = urllib.parse.urljoin(url, location)
+                continue
+            body, truncated = _read(resp, max_bytes)
+            if watchdog.fired:
+                raise FetchError(f"no complete answer within {timeout:g}s")
+            media = (resp.getheader("Content-Type") or "").split(";")
+            params = dict(p.strip().lower().partition("=")[::2] for p in media[1:] if "=" in p)
+            return HttpResponse(resp.status, media[0].strip().lower(), params.get("charset", "").strip('"'),
+                                body, url, truncated)
+        except FetchError:
+            raise
+        except (OSError, http.client.HTTPException) as e:
+            if watchdog.fired or isinstance(e, TimeoutError):
+                raise FetchError(f"no complete answer within {timeout:g}s") from None
+            raise FetchError(f"connection failed: {type(e).__name__}") from None
+        finally:
+            watchdog.cancel()
+            conn.close()
+    raise FetchError(f"more than {MAX_REDIRECTS} redirects")
+
+
+def _read(resp: http.client.HTTPResponse, max_bytes: int) -> tuple[bytes, bool]:
+    """At most max_bytes of the body; read1 returns after a single receive, so the watchdog's shutdown
+    ends the loop promptly."""
+    chunks, size = [], 0
+    while size < max_bytes:
+        chunk = resp.read1(min(_CHUNK, max_bytes - size))
+        if not chunk:
+            return b"".join(chunks), False
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks), not resp.isclosed()
