@@ -333,7 +333,7 @@ class Trainer:
         state = self.state()
         if distributed.is_main():
             ckpt.save_checkpoint(self.out, self.step, self.learner.model, self.tokenizer, state,
-                                 state_dict=weights)
+                                 state_dict=weights, trained_on=[p.messages for p in self.train_prompts])
         distributed.barrier()
 
     def state(self) -> dict:
