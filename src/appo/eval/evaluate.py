@@ -26,7 +26,7 @@ from appo.config import Config, ConfigError, load_config
 from appo.eval import benchmarks as bm
 from appo.eval.aggregate import summarize
 from appo.eval.judge import JudgeClient, JudgeError, decide
-from appo.eval.report import markdown_table, write_report
+from appo.eval.report import markdown_table, settings_markdown, write_report
 from appo.eval.scoring import answer_key, score_sample
 from appo.eval.store import SampleStore
 
@@ -81,19 +81,44 @@ def _apply_judge(judge: JudgeClient, records: list[dict]) -> list[dict]:
 # ------------------------------------------------------------------------------------------ running
 
 
-def _fingerprint(cfg: Config) -> dict:
-    """The settings that shape the samples; a resumed run must match them."""
+# The reference harness's settings (shared/reference/evaluation.md §1.2) as dotted overrides; the user's
+# own overrides and flags come after them and win. The reference has no total tool-call cap (its budgets
+# are per tool) and answers a call over budget with a message, hence tools.call_limit=15 and 'result'.
+PROTOCOLS: dict[str, dict[str, object]] = {
+    "reference": {"eval.temperature": 0.6, "eval.top_p": 0.95, "rollout.repetition_penalty": 1.1,
+                  "rollout.max_tokens_per_call": 4096, "eval.k": 5, "eval.max_samples": None,
+                  "tools.python.call_limit": 5, "tools.search.call_limit": 10, "tools.call_limit": 15,
+                  "tools.on_limit": "result"},
+}
+
+
+def protocol_overrides(name: str | None) -> list[str]:
+    if name is None:
+        return []
+    if name not in PROTOCOLS:
+        raise ConfigError(f"--protocol {name!r} is not known; choose one of: {', '.join(PROTOCOLS)}")
+    return [f"{key}={json.dumps(value)}" for key, value in PROTOCOLS[name].items()]
+
+
+def _fingerprint(cfg: Config, protocol: str | None = None) -> dict:
+    """Every setting that shapes the samples (the summary lists them); a resumed run must match them."""
+    from appo.rollout.tool_loop import tool_call_limits
+
     e, r, t = cfg.eval, cfg.rollout, cfg.tools
-    return {"model": cfg.model.path, "k": e.k, "temperature": e.temperature, "top_p": e.top_p,
-            "top_k": r.top_k, "max_response_length": e.max_response_length or r.max_response_length,
-            "seed": r.seed, "tools": list(t.enabled), "call_limit": t.call_limit, "on_limit": t.on_limit,
+    return {"protocol": protocol, "model": cfg.model.path, "engine": r.engine, "k": e.k,
+            "temperature": e.temperature, "top_p": e.top_p, "top_k": r.top_k,
+            "repetition_penalty": r.repetition_penalty, "max_tokens_per_call": r.max_tokens_per_call,
+            "max_response_length": e.max_response_length or r.max_response_length,
+            "max_prompt_length": cfg.data.max_prompt_length, "max_samples": e.max_samples,
+            "seed": r.seed, "tools": list(t.enabled), "call_limit": t.call_limit,
+            "tool_call_limits": tool_call_limits(t), "on_limit": t.on_limit,
             "search_backend": t.search.backend if "search" in t.enabled else None,
-            "system_prompt": cfg.data.system_prompt}
+            "judge": e.judge.model if e.judge.enabled else None, "system_prompt": cfg.data.system_prompt}
 
 
-def _check_resume(out_dir: Path, cfg: Config) -> None:
+def _check_resume(out_dir: Path, cfg: Config, protocol: str | None = None) -> None:
     path = out_dir / "run.json"
-    want = _fingerprint(cfg)
+    want = _fingerprint(cfg, protocol)
     if path.exists():
         have = json.loads(path.read_text())
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
@@ -199,6 +224,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="Sampling temperature; 0 is greedy (sets eval.temperature).")
     p.add_argument("--max-samples", type=int, help="First N questions per benchmark (sets eval.max_samples).")
     p.add_argument("--output-dir", help="Output folder (sets eval.output_dir).")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS),
+                   help="Evaluate the way the papers report: 'reference' sets T=0.6, top_p=0.95, repetition penalty "
+                        "1.1, 4096 tokens per generation call, python/search budgets 5/10, 5 runs per item "
+                        "(pass@1 = mean over runs, pass@5) and the whole file; flags and key=value win over it.")
     p.add_argument("--judge", action="store_true", help="Enable the LLM judge (sets eval.judge.enabled=true).")
     p.add_argument("--restart", action="store_true", help="Discard earlier samples in the output folder.")
     p.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
@@ -225,10 +254,33 @@ def build_sets(benchmarks: list[bm.Benchmark], cfg: Config, tokenizer) -> list[E
     sets = []
     for bench in benchmarks:
         prompts, report = build_prompts(bench.rows, tokenizer, cfg.data, source=str(bench.path))
+        if bench.rows and not prompts:
+            raise ConfigError(f"{bench.path}: no row is left to evaluate ({report}); raise "
+                              f"data.max_prompt_length (now {cfg.data.max_prompt_length}) or use a shorter system "
+                              "prompt (data.system_prompt=quickstart)")
         if report.dropped:
             log.warning("%s: %s (raise data.max_prompt_length to keep them)", bench.name, report)
         sets.append(EvalSet(bench.name, bench.kind, prompts, dropped=report.dropped))
     return sets
+
+
+def adopt_prompt_format(cfg: Config, model_path: str | Path) -> str:
+    """Prompt benchmark rows the way the checkpoint was trained unless `data.system_prompt` says otherwise:
+    the system prompt in its `appo_prompt.json` (written by `appo train` / `appo sft`). Returns a line
+    saying which prompt is used."""
+    from appo.data.templates import PROMPT_FILE, SYSTEM_PROMPTS, read_prompt_format
+
+    if cfg.data.system_prompt is not None:
+        named = cfg.data.system_prompt in SYSTEM_PROMPTS
+        return f"data.system_prompt={cfg.data.system_prompt if named else '<custom text>'} (as configured)"
+    try:
+        saved = read_prompt_format(model_path)
+    except ValueError as e:
+        raise ConfigError(f"{e}; fix or delete it, or set data.system_prompt") from None
+    if saved is None:
+        return "the benchmark files' own (the reference system prompt for question/answer rows)"
+    cfg.data.system_prompt = saved["system_prompt"] if saved["system_prompt"] is not None else "none"
+    return f"the checkpoint's training prompt ({Path(model_path) / PROMPT_FILE}); data.system_prompt=... overrides it"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,46 +293,50 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="[appo] %(message)s")
     logging.getLogger("appo").setLevel(logging.INFO)  # our progress lines, not every library's
     preset, overrides = split_preset(args.args)
+    tools = None
     try:
-        cfg = load_config(preset or "quickstart", overrides + _overrides(args))
+        cfg = load_config(preset or "quickstart", protocol_overrides(args.protocol) + overrides + _overrides(args))
         if not cfg.eval.benchmarks:
             raise ConfigError("no benchmarks: pass --benchmarks NAME|FILE ... (or eval.benchmarks=[...]); "
                               f"available: {', '.join(bm.available(bm.default_data_root(cfg.eval.data_root))) or 'none'}")
         judge = JudgeClient(cfg.eval.judge) if cfg.eval.judge.enabled else None
         benchmarks = load_benchmarks(cfg)
-    except (ConfigError, JudgeError, bm.BenchmarkError) as e:
+        out_dir = Path(cfg.eval.output_dir or Path(cfg.trainer.output_dir) / "eval")
+        if args.restart:
+            for name in ("samples.jsonl", "run.json"):
+                (out_dir / name).unlink(missing_ok=True)
+        # Everything that can fail is checked before the model loads: prompt format, tools, prompt lengths.
+        from appo.models import load_model, load_tokenizer, resolve_model_path
+        from appo.tools import build_tools
+
+        path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
+        prompt_source = adopt_prompt_format(cfg, path)
+        _check_resume(out_dir, cfg, args.protocol)
+        tools = build_tools(cfg.tools)
+        tokenizer = load_tokenizer(path)
+        sets = build_sets(benchmarks, cfg, tokenizer)
+    except (ConfigError, JudgeError, bm.BenchmarkError, ValueError, OSError) as e:
+        if tools is not None:
+            tools.close()
         print(f"appo eval: {e}", file=sys.stderr)
         return 2
-    out_dir = Path(cfg.eval.output_dir or Path(cfg.trainer.output_dir) / "eval")
-    if args.restart:
-        for name in ("samples.jsonl", "run.json"):
-            (out_dir / name).unlink(missing_ok=True)
-    try:
-        _check_resume(out_dir, cfg)
-    except ConfigError as e:
-        print(f"appo eval: {e}", file=sys.stderr)
-        return 2
+    log.info("system prompt: %s", prompt_source)
 
-    from appo.models import load_model, load_tokenizer, resolve_model_path
-    from appo.rewards import get_reward_fn
-    from appo.rollout.engine import make_engine
-    from appo.tools import build_tools
-
-    path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
-    tokenizer = load_tokenizer(path)
-    sets = build_sets(benchmarks, cfg, tokenizer)
     import torch
 
-    device = cfg.trainer.device if cfg.trainer.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(path, cfg.model.dtype, cfg.model.cache_dir, device).eval()
-    engine = make_engine(cfg.rollout, model, tokenizer)
-    tools = build_tools(cfg.tools)
+    from appo.rewards import get_reward_fn
+    from appo.rollout.engine import make_engine
+
     try:
+        device = cfg.trainer.device if cfg.trainer.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_model(path, cfg.model.dtype, cfg.model.cache_dir, device).eval()
+        engine = make_engine(cfg.rollout, model, tokenizer)
         summaries = run_sets(engine, tools, sets, cfg, out_dir, judge, get_reward_fn(cfg.algorithm),
                              progress=not args.no_progress)
     finally:
         tools.close()
-    paths = write_report(summaries, out_dir, meta=_fingerprint(cfg))
-    print(markdown_table(summaries), end="")
+    meta = _fingerprint(cfg, args.protocol) | {"system_prompt_source": prompt_source}
+    paths = write_report(summaries, out_dir, meta=meta)
+    print(markdown_table(summaries) + "\n" + settings_markdown(meta), end="")
     print(f"wrote {paths['md']}, {paths['json']}, {paths['png']} and {out_dir / 'samples.jsonl'}")
     return 0
