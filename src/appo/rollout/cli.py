@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "val"), default="train", help="Which prompt set to take them from.")
     p.add_argument("--step", type=int, default=0, help="Step number for the seeds (a training step's rollouts).")
     p.add_argument("--out", default="runs/rollouts", help="Output folder (default runs/rollouts).")
+    p.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     p.add_argument("overrides", nargs="*", help="Dotted config overrides, e.g. rollout.n=8 tools.call_limit=2.")
     return p
 
@@ -44,16 +45,37 @@ def main(argv: list[str]) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    groups, metrics, tokenizer = sample(cfg, args.num_prompts, args.split, args.step, out)
+    groups, metrics, tokenizer = sample(cfg, args.num_prompts, args.split, args.step, out,
+                                        progress=not args.no_progress)
     write_outputs(groups, metrics, tokenizer, out, title=f"appo rollout · {cfg.rollout.strategy} · {args.config}")
     rows = sum(len(g.rows) for g in groups)
     print(f"wrote {rows} rows for {len(groups)} prompts to {out / 'rollouts.jsonl'} and {out / 'rollouts.html'}")
     return 0
 
 
-def sample(cfg, num_prompts: int, split: str, step: int, out: Path):
+class ProgressEngine:
+    """An engine that advances a progress bar by the tokens each generation call returns (rows finish at
+    different times, so generated tokens are the steady measure of progress); everything else is the
+    wrapped engine's."""
+
+    def __init__(self, engine, bar):
+        self._engine, self._bar, self._calls = engine, bar, 0
+
+    def generate(self, requests):
+        results = self._engine.generate(requests)
+        self._calls += 1
+        self._bar.update(sum(len(r.token_ids) for r in results))
+        self._bar.set_postfix(engine_calls=self._calls, rows=len(requests))
+        return results
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+
+def sample(cfg, num_prompts: int, split: str, step: int, out: Path, progress: bool = True):
     """Load the policy, prompts, tools and rewards named by `cfg`, and sample `num_prompts` groups."""
     import torch
+    from tqdm.auto import tqdm
 
     from appo.data.prompt_sets import load_prompt_sets
     from appo.models import load_model, load_tokenizer
@@ -83,9 +105,12 @@ def sample(cfg, num_prompts: int, split: str, step: int, out: Path):
     if cfg.rollout.strategy == "appo" and cfg.rollout.appo.fv_source == "train_infer_mismatch":
         scorer = make_mismatch_scorer(model, temperature=cfg.rollout.temperature or 1.0,
                                       pad_id=tokenizer.pad_token_id or 0)
-    engine = make_engine(cfg.rollout, model, tokenizer)
     reward_fn = get_reward_fn(cfg.algorithm)
-    with build_tools(cfg.tools) as tools:
+    log.info("sampling %d prompts x %d rows (%s) with %s", len(prompts), cfg.rollout.n, cfg.rollout.strategy,
+             cfg.model.path)
+    with build_tools(cfg.tools) as tools, tqdm(desc="rollout", unit="tok", disable=not progress,
+                                               dynamic_ncols=True) as bar:
+        engine = ProgressEngine(make_engine(cfg.rollout, model, tokenizer), bar)
         groups, metrics = sample_groups(engine, tools, prompts, cfg, step=step, scorer=scorer)
     for group in groups:
         for traj in group.rows:

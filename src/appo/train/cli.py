@@ -44,19 +44,49 @@ class Pipeline:
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_path)
+        self._report(state, "running (report rewritten after each stage)")
+
+    def _report(self, state: dict, status: str) -> Path | None:
+        from appo.train.report import write_report
+
+        if not distributed.is_main():
+            return None
+        return write_report(self.out, _eval_table(state["evals"]), tokenizer=self.tokenizer, status=status)
 
     def run(self, resume: bool = False) -> dict:
+        """The stages; whatever stops them (an error, Ctrl-C, SIGTERM) still leaves report.md of what ran."""
+        import signal
+        import threading
+
+        def stop(signum, frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
+        self.tokenizer, self.state = None, self._load_state(resume)
+        try:
+            return self._run(resume)
+        except BaseException as e:
+            try:
+                self._report(self.state, f"stopped early ({type(e).__name__}{f': {e}' if str(e) else ''}); "
+                                         "what ran is below")
+            except Exception:  # the report must not hide why the run stopped
+                logging.getLogger(__name__).exception("could not write the report")
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _run(self, resume: bool) -> dict:
         import torch
 
         from appo.models import load_model, load_tokenizer
         from appo.train import checkpoint as ckpt
-        from appo.train.report import write_report
         from appo.train.sft import train_sft
         from appo.train.trainer import Trainer, resolve_device
 
-        cfg, state = self.cfg, self._load_state(resume)
+        cfg, state = self.cfg, self.state
         device = resolve_device(cfg.trainer.device)
-        tokenizer = load_tokenizer(cfg.model.path, cfg.model.cache_dir)
+        tokenizer = self.tokenizer = load_tokenizer(cfg.model.path, cfg.model.cache_dir)
         task = prepare_task(cfg) if cfg.data.task is not None else None
         train, val = load_prompt_sets(cfg, tokenizer, task)
         if distributed.is_main():
@@ -96,7 +126,7 @@ class Pipeline:
             trainer.close()
         if not distributed.is_main():
             return state
-        report = write_report(self.out, _eval_table(state["evals"]))
+        report = self._report(state, "finished")
         final = ckpt.latest_checkpoint(self.out)
         print(f"[appo] done. report: {report}\n[appo] model (Hugging Face dir): {final / 'hf' if final else '-'}\n"
               f"[appo] metrics: {self.out / 'metrics.jsonl'}; rollouts: {self.out / 'rollouts'}; "

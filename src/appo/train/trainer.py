@@ -300,6 +300,7 @@ class Trainer:
             record = t.to_dict(self.tokenizer)
             record["group"] = first_group + t.group  # step-wide, as in a one-process run
             record["advantage_first_token"] = float(adv[i, 0]) if adv.shape[1] else 0.0
+            record["advantages"] = adv[i, : len(t)].tolist()  # per token, as trained (0 where masked)
             records.append(record)
         if self.world > 1:  # rank 0 writes every rank's rows, in rank (= prompt) order
             records = [r for part in distributed.gather_objects(records) for r in part]
