@@ -51,6 +51,7 @@ def render_html(groups: list[RolloutGroup], tokenizer, title: str = "appo rollou
     scale = _Scale(groups)
     nav = " ".join(f"<a href='#p{g}'>{g}</a>" for g in range(len(groups)))
     has_adv = scale.advantage > 0
+    no_adv = "" if has_adv else ("; all 0 in this step" if scale.recorded else "; none recorded: rollouts without training")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body><h1 id='top'>{html.escape(title)}</h1>",
              "<p class='legend'>Yellow: tool results (not sampled, loss-masked), also inside a branch's copied "
@@ -63,7 +64,7 @@ def render_html(groups: list[RolloutGroup], tokenizer, title: str = "appo rollou
              f"entropy (orange, full at {scale.entropy:.2f} nats)</label> "
              "<label><input type='radio' name='shade' value='advantage' onchange='shade(this.value)'"
              f"{'' if has_adv else ' disabled'}> advantage (green +, red -, full at |A| = {scale.advantage:.2f}"
-             f"{'' if has_adv else '; none recorded: rollouts without training'})</label>"
+             f"{no_adv})</label>"
              f" &nbsp;|&nbsp; Prompts: {nav}</nav>"]
     for g, group in enumerate(groups):
         parts.append(_group(g, len(groups), group, tokenizer, scale))
@@ -94,12 +95,13 @@ class _Scale:
 
     def __init__(self, groups: list[RolloutGroup]):
         entropies = sorted(e for g in groups for t in g.rows for e, s in zip(t.entropies, t.generated) if s)
+        self.recorded = any(t.meta.get("advantages") is not None for g in groups for t in g.rows)
         advs = sorted(abs(a) for g in groups for t in g.rows for a in (t.meta.get("advantages") or []) if a)
         self.entropy = max(_percentile(entropies), 1e-6)
         self.advantage = _percentile(advs)
 
     def style(self, t: Trajectory, i: int) -> str:
-        parts = [f"--e:{min(1.0, t.entropies[i] / self.entropy):.2f}"]
+        parts = [f"--e:{min(1.0, t.entropies[i] / self.entropy) * 0.7:.2f}"]  # 0.7: text stays legible
         advs = t.meta.get("advantages")
         if advs and i < len(advs) and self.advantage > 0:
             a = advs[i]

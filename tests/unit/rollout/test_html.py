@@ -50,6 +50,10 @@ def test_without_advantages_the_switch_says_so(tiny_tokenizer):
             t.meta.pop("advantages")
     page = render_html(groups, tiny_tokenizer)
     assert "--ac:" not in page and "disabled" in page and "none recorded" in page
+    for g in groups:
+        for t in g.rows:
+            t.meta["advantages"] = [0.0] * len(t)
+    assert "all 0 in this step" in render_html(groups, tiny_tokenizer)
 
 
 def test_render_dump_rebuilds_the_tree_from_a_trainer_dump(tiny_tokenizer, tmp_path):
