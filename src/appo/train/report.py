@@ -11,11 +11,12 @@ from appo.train.tracking import read_metrics
 
 log = logging.getLogger(__name__)
 
+# name -> (metric, label, plot title)
 PLOTS = {
-    "reward": ("reward/mean", "mean reward"),
-    "accuracy": ("reward/accuracy", "accuracy (full reward, %)"),
-    "tool_calls": ("rollout/tool_calls_mean", "tool calls per response"),
-    "response_length": ("rollout/response_length_mean", "response length (tokens)"),
+    "reward": ("reward/mean", "mean reward", "Mean reward of each step's rollouts"),
+    "accuracy": ("reward/accuracy", "accuracy (full reward, %)", "Rollouts with full reward (%)"),
+    "tool_calls": ("rollout/tool_calls_mean", "tool calls per response", "Tool calls per response"),
+    "response_length": ("rollout/response_length_mean", "response length (tokens)", "Response length (tokens)"),
 }
 # Metrics shown as percentages (their values are fractions).
 PERCENT = {"pass@1", "acc", "f1", "em", "math_equal", "llm_equal", "tool_use_rate", "truncated_rate",
@@ -40,14 +41,14 @@ def plot_curves(history: list[dict], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    for name, (key, label) in PLOTS.items():
+    for name, (key, label, title) in PLOTS.items():
         scale = 100 if key in PERCENT else 1
         points = [(r["step"], r[key] * scale) for r in history if r.get(key) is not None]
         if not points:
             continue
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
         ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3)
-        ax.set_title(f"{label[0].upper()}{label[1:]} per RL step", fontsize=10)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("RL step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -103,7 +104,7 @@ def write_report(output_dir: str | Path, evals: dict[str, dict] | None = None,
         first, last = history[0], history[-1]
         lines += ["## Training", "", f"{len(history)} RL steps logged.", "",
                   "| metric | first step | last step |", "|---|---:|---:|"]
-        for key, label in PLOTS.values():
+        for key, label, _ in PLOTS.values():
             lines.append(f"| {label} | {_fmt(first.get(key), key)} | {_fmt(last.get(key), key)} |")
         lines.append("")
         times = [k for k in last if k.startswith("time/")]
