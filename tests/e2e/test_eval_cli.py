@@ -156,3 +156,14 @@ def test_eval_prompts_with_the_checkpoints_training_prompt(tiny_model_dir, share
     told = tmp_path / "told"   # told otherwise: the benchmark's own reference prompt
     assert main(_args(ckpt, shared_data, told, "data.system_prompt=reference")) == 0
     assert json.loads((told / "run.json").read_text())["system_prompt"] == "reference"
+
+
+def test_a_missing_engine_fails_before_the_model_loads(tiny_model_dir, shared_data, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    _no_model_load(monkeypatch)
+    assert main(_args(tiny_model_dir, shared_data, tmp_path / "eval", "rollout.engine=vllm")) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "rollout.engine=vllm needs vLLM" in err

