@@ -121,7 +121,7 @@ def plot(summaries: dict[str, dict], path: Path, meta: dict | None = None) -> No
     ax.legend(loc="upper right")
     meta = meta or {}
     model = Path(str(meta.get("model", ""))).name or "model"
-    knobs = ", ".join(f"{k} {meta[key]}" for key, k in (("temperature", "T"), ("k", "k")) if key in meta)
+    knobs = ", ".join(f"{k}={meta[key]}" for key, k in (("temperature", "T"), ("k", "k")) if key in meta)
     protocol = f", protocol {meta['protocol']}" if meta.get("protocol") else ""
     ax.set_title(f"appo eval: {model}" + (f" ({knobs}{protocol})" if knobs else ""), fontsize=10)
     fig.tight_layout()
