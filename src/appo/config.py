@@ -141,6 +141,14 @@ class RolloutConfig:
     temperature: float = opt(1.0, "Sampling temperature; 0 is greedy.", low=0)
     top_p: float = opt(1.0, "Nucleus sampling mass.", low=0, high=1)
     top_k: int = opt(-1, "Top-k sampling; -1 disables.")
+    repetition_penalty: float = opt(1.0, "CTRL/HF repetition penalty (training and eval sampling): logits of tokens "
+                                         "already in the prompt or response are divided by it when positive and "
+                                         "multiplied by it when negative; 1.0 disables (the reference eval used "
+                                         "1.1).", low=0)
+    max_tokens_per_call: int | None = opt(None, "Tokens one generation call (the text between two tool results) "
+                                                "may produce; a call that uses them all ends the row as "
+                                                "'length'. null: only max_response_length limits it (the "
+                                                "reference eval used 4096).", low=1)
     max_response_length: int = opt(256, "Response budget in tokens, tool results included.", low=1)
     gen_batch_size: int = opt(64, "Rows decoded together (one engine batch); larger batches use the CPU/GPU "
                                   "better until the longest row dominates.", low=1)
@@ -166,6 +174,8 @@ class PythonToolConfig:
                                      "/dev/shm together; each costs kernel memory that disk_mb does not "
                                      "count (sandbox=bwrap; past it the call is stopped).", low=1, high=1 << 20)
     session: bool = opt(False, "Replay the trajectory's earlier successful cells first so variables persist.")
+    call_limit: int | None = opt(None, "Python calls allowed per response, on top of tools.call_limit (which "
+                                       "counts all tools); null: only tools.call_limit applies.", low=0)
 
 
 @dataclass
@@ -221,6 +231,8 @@ class SearchToolConfig:
                                        "fails the call.", low=0.001, high=1024)
     retry_backoff: float = opt(0.5, "Seconds before the first retry of a failed search (tools.retry_count "
                                     "attempts in all); doubles on each further retry.", low=0, high=600)
+    call_limit: int | None = opt(None, "Search calls allowed per response, on top of tools.call_limit (which "
+                                       "counts all tools); null: only tools.call_limit applies.", low=0)
     browse: bool = opt(False, "Deep-search mode: fetch the result pages, keep the passage around each "
                               "snippet and return an LLM summary for the query and the reasoning so far "
                               "(settings in tools.search.browser; give tools.timeout room for it).")
@@ -741,6 +753,8 @@ def _cross_checks(cfg: Config) -> None:
     r = cfg.rollout
     if r.strategy in ("appo", "arpo") and r.initial_rollouts > r.n:
         raise ConfigError(f"rollout.initial_rollouts={r.initial_rollouts} must be <= rollout.n={r.n}")
+    if r.repetition_penalty <= 0:
+        raise ConfigError(f"rollout.repetition_penalty={r.repetition_penalty} must be > 0 (1.0 disables it)")
     if cfg.eval.temperature == 0 and cfg.eval.k > 1:
         raise ConfigError("eval.k > 1 needs eval.temperature > 0 (greedy samples are identical)")
     for name in cfg.tools.enabled:

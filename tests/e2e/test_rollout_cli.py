@@ -11,7 +11,7 @@ from appo.cli import main
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["appo", "arpo"])
-def test_rollout_cli_writes_groups_and_tree(tmp_path, monkeypatch, strategy):
+def test_rollout_cli_writes_groups_and_tree(tmp_path, monkeypatch, capsys, strategy):
     monkeypatch.setenv("APPO_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
     rc = main(["rollout", "--config", "tiny", "--num-prompts", "2", "--out", str(out),
@@ -27,5 +27,7 @@ def test_rollout_cli_writes_groups_and_tree(tmp_path, monkeypatch, strategy):
     if strategy == "appo":
         assert len(branches) == 4 and all(r["split_pos"] is not None for r in branches)
     page = (out / "rollouts.html").read_text()
-    assert page.count("<h2>Prompt") == 2 and "initial rollout 0" in page
+    assert page.count("<details class='group'") == 2 and "initial rollout 0" in page
+    err = capsys.readouterr().err
+    assert "rollout: " in err and "tok/s" in err            # the progress bar: generated tokens and rate
     assert json.loads((out / "metrics.json").read_text())["rollout/init_rows"] >= 4

@@ -79,6 +79,9 @@ def test_kill_and_resume_gives_the_uninterrupted_metrics(tmp_path, tiny_model_di
     with pytest.raises(KeyboardInterrupt):
         Pipeline(crashed, progress=False).run()
     assert [r["step"] for r in read_metrics(tmp_path / "b" / "run" / "metrics.jsonl")] == [1, 2]
+    report = (tmp_path / "b" / "run" / "report.md").read_text()   # the killed run still reports what it did
+    assert "stopped early (KeyboardInterrupt: killed)" in report and "2 RL steps logged" in report
+    assert "[step 1](rollouts/step_1.html) · [step 2](rollouts/step_2.html)" in report
     monkeypatch.setattr(Trainer, "rl_step", real_step)
     Pipeline(crashed, progress=False).run(resume=True)
 
@@ -100,5 +103,20 @@ def test_quickstart_pipeline_on_the_tiny_preset(tmp_path, tiny_model_dir):
     assert sft_log and sft_log[-1]["loss"] < sft_log[0]["loss"]
     assert (out / "sft" / "config.json").exists()
     report = (out / "report.md").read_text()
-    assert "after SFT" in report and "after RL" in report
+    assert "after SFT" in report and "after RL" in report and "Status: finished" in report
+    assert "| stage | pass@1 (%) | acc (%) |" in report and "(rollouts/step_2.html)" in report
+    dump = [json.loads(line) for line in (out / "rollouts" / "step_2.jsonl").read_text().splitlines()]
+    assert all(len(r["advantages"]) == len(r["token_ids"]) for r in dump)   # per-token advantages, as trained
+    page = (out / "rollouts" / "step_2.html").read_text()
+    assert page.count("· advantage ") >= len(dump)                        # sampled tokens show theirs on hover
+    # the SFT model and the RL checkpoint prompt as trained with plain transformers' chat template
+    from transformers import AutoTokenizer
+
+    from appo.data.templates import QUICKSTART_SYSTEM_PROMPT, read_prompt_format
+
+    for hf in (out / "sft", out / "checkpoints" / "step_2" / "hf"):
+        text = AutoTokenizer.from_pretrained(hf).apply_chat_template([{"role": "user", "content": "1+1?"}],
+                                                                     tokenize=False, add_generation_prompt=True)
+        assert text.startswith(f"<|im_start|>system\n{QUICKSTART_SYSTEM_PROMPT}<|im_end|>")
+        assert read_prompt_format(hf)["system_prompt"] == QUICKSTART_SYSTEM_PROMPT
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]

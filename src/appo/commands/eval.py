@@ -11,10 +11,21 @@ from pathlib import Path
 
 from appo.commands.common import setup_logging, split_preset
 from appo.config import ConfigError, load_config
+from appo.errors import UserError
 from appo.eval import benchmarks as bm
-from appo.eval.evaluate import build_sets, check_resume, fingerprint, load_benchmarks, run_sets
+from appo.eval.evaluate import (
+    PROTOCOLS,
+    adopt_prompt_format,
+    build_sets,
+    check_resume,
+    check_runtime,
+    fingerprint,
+    load_benchmarks,
+    protocol_overrides,
+    run_sets,
+)
 from appo.eval.judge import JudgeClient, JudgeError
-from appo.eval.report import markdown_table, write_report
+from appo.eval.report import markdown_table, settings_markdown, write_report
 from appo.models import load_model, load_tokenizer, resolve_device, resolve_model_path
 from appo.rewards import get_reward_fn
 from appo.rollout.engines import make_engine
@@ -37,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="Sampling temperature; 0 is greedy (sets eval.temperature).")
     p.add_argument("--max-samples", type=int, help="First N questions per benchmark (sets eval.max_samples).")
     p.add_argument("--output-dir", help="Output folder (sets eval.output_dir).")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS),
+                   help="Evaluate the way the papers report: 'reference' sets T=0.6, top_p=0.95, repetition penalty "
+                        "1.1, 4096 tokens per generation call, python/search budgets 5/10, 5 runs per item "
+                        "(pass@1 = mean over runs, pass@5) and the whole file; flags and key=value win over it.")
     p.add_argument("--judge", action="store_true", help="Enable the LLM judge (sets eval.judge.enabled=true).")
     p.add_argument("--restart", action="store_true", help="Discard earlier samples in the output folder.")
     p.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
@@ -58,38 +73,41 @@ def main(argv: list[str] | None = None) -> int:
         args.benchmarks = [b for b in args.benchmarks if "=" not in b]
     setup_logging()
     preset, overrides = split_preset(args.args)
+    tools = None
     try:
-        cfg = load_config(preset or "quickstart", overrides + _overrides(args))
+        cfg = load_config(preset or "quickstart", protocol_overrides(args.protocol) + overrides + _overrides(args))
         if not cfg.eval.benchmarks:
             raise ConfigError("no benchmarks: pass --benchmarks NAME|FILE ... (or eval.benchmarks=[...]); "
                               f"available: {', '.join(bm.available(bm.default_data_root(cfg.eval.data_root))) or 'none'}")
         judge = JudgeClient(cfg.eval.judge) if cfg.eval.judge.enabled else None
         benchmarks = load_benchmarks(cfg)
-    except (ConfigError, JudgeError, bm.BenchmarkError) as e:
+        out_dir = Path(cfg.eval.output_dir or Path(cfg.trainer.output_dir) / "eval")
+        if args.restart:
+            for name in ("samples.jsonl", "run.json"):
+                (out_dir / name).unlink(missing_ok=True)
+        # Everything that can fail is checked before the model loads: prompt format, tools, prompt lengths.
+        check_runtime(cfg)
+        path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
+        prompt_source = adopt_prompt_format(cfg, path)
+        check_resume(out_dir, cfg, args.protocol)
+        tools = build_tools(cfg.tools)
+        tokenizer = load_tokenizer(path)
+        sets = build_sets(benchmarks, cfg, tokenizer)
+    except (UserError, JudgeError, ValueError, OSError) as e:
+        if tools is not None:
+            tools.close()
         print(f"appo eval: {e}", file=sys.stderr)
         return 2
-    out_dir = Path(cfg.eval.output_dir or Path(cfg.trainer.output_dir) / "eval")
-    if args.restart:
-        for name in ("samples.jsonl", "run.json"):
-            (out_dir / name).unlink(missing_ok=True)
+    log.info("system prompt: %s", prompt_source)
     try:
-        check_resume(out_dir, cfg)
-    except ConfigError as e:
-        print(f"appo eval: {e}", file=sys.stderr)
-        return 2
-
-    path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
-    tokenizer = load_tokenizer(path)
-    sets = build_sets(benchmarks, cfg, tokenizer)
-    model = load_model(path, cfg.model.dtype, cfg.model.cache_dir, resolve_device(cfg.trainer.device)).eval()
-    engine = make_engine(cfg.rollout, model, tokenizer)
-    tools = build_tools(cfg.tools)
-    try:
+        model = load_model(path, cfg.model.dtype, cfg.model.cache_dir, resolve_device(cfg.trainer.device)).eval()
+        engine = make_engine(cfg.rollout, model, tokenizer)
         summaries = run_sets(engine, tools, sets, cfg, out_dir, judge, get_reward_fn(cfg.algorithm),
                              progress=not args.no_progress)
     finally:
         tools.close()
-    paths = write_report(summaries, out_dir, meta=fingerprint(cfg))
-    print(markdown_table(summaries), end="")
+    meta = fingerprint(cfg, args.protocol) | {"system_prompt_source": prompt_source}
+    paths = write_report(summaries, out_dir, meta=meta)
+    print(markdown_table(summaries) + "\n" + settings_markdown(meta), end="")
     print(f"wrote {paths['md']}, {paths['json']}, {paths['png']} and {out_dir / 'samples.jsonl'}")
     return 0

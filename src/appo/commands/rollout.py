@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from appo.commands.common import setup_logging, with_task_index
 from appo.config import ConfigError, load_config, preset_names
@@ -24,6 +26,8 @@ from appo.rollout.sampling import sample_groups
 from appo.rollout.teacher_forcing import teacher_forced_scores
 from appo.tools import build_tools
 
+log = logging.getLogger(__name__)
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="appo rollout", description=__doc__.split("\n\n")[0],
@@ -33,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "val"), default="train", help="Which prompt set to take them from.")
     p.add_argument("--step", type=int, default=0, help="Step number for the seeds (a training step's rollouts).")
     p.add_argument("--out", default="runs/rollouts", help="Output folder (default runs/rollouts).")
+    p.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     p.add_argument("overrides", nargs="*", help="Dotted config overrides, e.g. rollout.n=8 tools.call_limit=2.")
     return p
 
@@ -50,14 +55,34 @@ def main(argv: list[str]) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    groups, metrics, tokenizer = sample(cfg, args.num_prompts, args.split, args.step, out)
+    groups, metrics, tokenizer = sample(cfg, args.num_prompts, args.split, args.step, out,
+                                        progress=not args.no_progress)
     write_outputs(groups, metrics, tokenizer, out, title=f"appo rollout · {cfg.rollout.strategy} · {args.config}")
     rows = sum(len(g.rows) for g in groups)
     print(f"wrote {rows} rows for {len(groups)} prompts to {out / 'rollouts.jsonl'} and {out / 'rollouts.html'}")
     return 0
 
 
-def sample(cfg, num_prompts: int, split: str, step: int, out: Path):
+class ProgressEngine:
+    """An engine that advances a progress bar by the tokens each generation call returns (rows finish at
+    different times, so generated tokens are the steady measure of progress); everything else is the
+    wrapped engine's."""
+
+    def __init__(self, engine, bar):
+        self._engine, self._bar, self._calls = engine, bar, 0
+
+    def generate(self, requests):
+        results = self._engine.generate(requests)
+        self._calls += 1
+        self._bar.update(sum(len(r.token_ids) for r in results))
+        self._bar.set_postfix(engine_calls=self._calls, rows=len(requests))
+        return results
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+
+def sample(cfg, num_prompts: int, split: str, step: int, out: Path, progress: bool = True):
     """Load the policy, prompts, tools and rewards named by `cfg`, and sample `num_prompts` groups."""
     cfg.trainer.output_dir = str(out)  # a built-in task's search index is built here
     task = prepare_task(cfg)
@@ -78,9 +103,12 @@ def sample(cfg, num_prompts: int, split: str, step: int, out: Path):
                                      with_entropy=with_entropy)
 
     score_inits = init_scorer(cfg.rollout.appo.fv_source, recompute, lambda trajectories: None)
-    engine = make_engine(cfg.rollout, model, tokenizer)
     reward_fn = get_reward_fn(cfg.algorithm)
-    with build_tools(cfg.tools) as tools:
+    log.info("sampling %d prompts x %d rows (%s) with %s", len(prompts), cfg.rollout.n, cfg.rollout.strategy,
+             cfg.model.path)
+    with build_tools(cfg.tools) as tools, tqdm(desc="rollout", unit="tok", disable=not progress,
+                                               dynamic_ncols=True) as bar:
+        engine = ProgressEngine(make_engine(cfg.rollout, model, tokenizer), bar)
         groups, metrics = sample_groups(engine, tools, prompts, cfg, step=step, score_inits=score_inits)
     for group in groups:
         for traj in group.rows:

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -53,14 +56,40 @@ class Pipeline:
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_path)
+        self._report(state, "running (report rewritten after each stage)")
+
+    def _report(self, state: dict, status: str) -> Path | None:
+        if not distributed.is_main():
+            return None
+        return write_report(self.out, _eval_table(state["evals"]), tokenizer=self.tokenizer, status=status)
 
     def run(self, resume: bool = False) -> dict:
-        state = self._load_state(resume)
+        """The stages; whatever stops them (an error, Ctrl-C, SIGTERM) still leaves report.md of what ran."""
+        def stop(signum, frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
+        self.tokenizer, self.state = None, self._load_state(resume)
+        try:
+            return self._run(resume)
+        except BaseException as e:
+            try:
+                self._report(self.state, f"stopped early ({type(e).__name__}{f': {e}' if str(e) else ''}); "
+                                         "what ran is below")
+            except Exception:  # the report must not hide why the run stopped
+                logging.getLogger(__name__).exception("could not write the report")
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _run(self, resume: bool) -> dict:
+        state = self.state
         task = prepare_task(self.cfg)
         cfg = self.cfg = with_task_index(self.cfg, task)
         device = resolve_device(cfg.trainer.device)
         resolve_autocast(cfg.model.autocast, device)  # once, logged, before any work; SFT and learner reuse it
-        tokenizer = load_tokenizer(cfg.model.path, cfg.model.cache_dir)
+        tokenizer = self.tokenizer = load_tokenizer(cfg.model.path, cfg.model.cache_dir)
         train, val = load_prompt_sets(cfg, tokenizer, task)
         if distributed.is_main():
             print(f"[appo] {len(train)} training prompts, {len(val)} held-out prompts; output: {self.out}"
@@ -99,7 +128,7 @@ class Pipeline:
             trainer.close()
         if not distributed.is_main():
             return state
-        report = write_report(self.out, _eval_table(state["evals"]))
+        report = self._report(state, "finished")
         final = ckpt.latest_checkpoint(self.out)
         print(f"[appo] done. report: {report}\n[appo] model (Hugging Face dir): {final / 'hf' if final else '-'}\n"
               f"[appo] metrics: {self.out / 'metrics.jsonl'}; rollouts: {self.out / 'rollouts'}; "

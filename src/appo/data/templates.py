@@ -8,9 +8,15 @@
 - `quickstart`: a short prompt for the built-in tasks, so that a 135M model with a 512-token budget
   spends its context on the problem rather than on instructions.
 - `none`: no system message at all.
+
+A saved checkpoint carries the system prompt it was trained with in `appo_prompt.json` and as the default
+system turn of its chat template (see `with_default_system`).
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 REFERENCE_SYSTEM_PROMPT = (
     "You are a helpful assistant that can solve the given question step by step with the help of the "
@@ -48,3 +54,61 @@ def fix_backspace(text: str) -> str:
 def resolve_system_prompt(name_or_text: str) -> str | None:
     """A registered prompt by name (see `SYSTEM_PROMPTS`), else the text itself; None means no system turn."""
     return SYSTEM_PROMPTS.get(name_or_text, name_or_text)
+
+
+# ------------------------------------------------------------------- the prompt format of a checkpoint
+
+PROMPT_FILE = "appo_prompt.json"
+
+
+def common_system_prompt(message_lists) -> str | None:
+    """The system prompt a set of conversations was trained with: the most frequent system message (the
+    built-in tasks and the reference data use one for every row); None when they have none."""
+    counts: dict[str, int] = {}
+    for messages in message_lists:
+        system = next((m["content"] for m in messages if m["role"] == "system"), None)
+        if system is not None:
+            counts[system] = counts.get(system, 0) + 1
+    return max(counts, key=counts.get) if counts else None
+
+
+_DEFAULT_OPEN, _DEFAULT_CLOSE = "{#- appo: training system prompt -#}", "{#- /appo -#}"
+
+
+def with_default_system(chat_template: str, system_prompt: str) -> str:
+    """`chat_template` with `system_prompt` as the system turn of conversations that bring none, so plain
+    `apply_chat_template` (transformers, vLLM's chat endpoint) prompts the way the model was trained. A
+    default set by an earlier save is replaced, not stacked."""
+    if chat_template.startswith(_DEFAULT_OPEN) and _DEFAULT_CLOSE in chat_template:
+        chat_template = chat_template.split(_DEFAULT_CLOSE, 1)[1]
+    literal = json.dumps(system_prompt)  # a JSON string is a valid Jinja string literal
+    return (_DEFAULT_OPEN + "{%- if not messages or messages[0]['role'] != 'system' -%}"
+            f"{{%- set messages = [{{'role': 'system', 'content': {literal}}}] + messages -%}}"
+            "{%- endif -%}" + _DEFAULT_CLOSE + chat_template)
+
+
+def write_prompt_format(out_dir: str | Path, system_prompt: str | None) -> Path:
+    """`<out_dir>/appo_prompt.json`: {"system_prompt": text or null, "tags": the tool/answer tags}, read back
+    by `appo eval` (and anyone scripting against the checkpoint)."""
+    path = Path(out_dir) / PROMPT_FILE
+    path.write_text(json.dumps({"system_prompt": system_prompt, "tags": PROMPT_TAGS}, indent=2,
+                               ensure_ascii=False) + "\n")
+    return path
+
+
+def read_prompt_format(model_dir: str | Path) -> dict | None:
+    """The checkpoint's `appo_prompt.json`, or None when the directory has none (a base model)."""
+    path = Path(model_dir) / PROMPT_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("system_prompt"), (str, type(None))):
+        raise ValueError(f"{path}: expected {{\"system_prompt\": text or null, ...}}")
+    return data
+
+
+PROMPT_TAGS = {"think": "<think></think>", "python": "<python></python>", "search": "<search></search>",
+               "result": "<result></result>", "answer": "<answer>\\boxed{...}</answer>"}

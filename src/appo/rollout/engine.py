@@ -22,6 +22,7 @@ class GenRequest:
     temperature: float = 1.0          # 0 means greedy
     top_p: float = 1.0
     top_k: int = -1                   # -1 (or 0) disables
+    repetition_penalty: float = 1.0   # CTRL/HF penalty on tokens already in prompt + output; 1.0 disables
     stop: list[str] = field(default_factory=list)
     logprobs: int = 0                 # how many top log-probs to return per token (0: none)
     seed: int | None = None           # per-request seed; the same seed gives the same sample

@@ -7,7 +7,8 @@ as they finish.
 
 What the numbers mean:
 - The sampling distribution is softmax(logits / temperature), then top-k, then top-p, renormalised (the
-  order vLLM and HF use). `logprobs`, `entropies` and `top_logprobs` describe exactly that distribution
+  order vLLM and HF use), with the repetition penalty (when set) applied to the logits first. `logprobs`,
+  `entropies` and `top_logprobs` describe exactly that distribution
   (vLLM's "processed" log-probs). With the defaults (T=1, no truncation) it is the model's raw
   distribution. At temperature 0 (greedy) the sampled distribution is a point mass, which carries no
   information, so the numbers are those of the T=1 distribution after top-k/top-p.
@@ -131,7 +132,7 @@ class HFEngine:
 
     def _sample_step(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
         """Draw one token per row, record its log-prob, entropy and top-k, and mark finished rows."""
-        logits = logits.float()
+        logits = apply_repetition_penalty(logits.float(), rows)
         dev = logits.device
         temps = torch.tensor([r.req.temperature for r in rows], device=dev)
         greedy = temps == 0
@@ -179,6 +180,21 @@ class HFEngine:
                 return
         if len(row.tokens) >= row.req.max_new_tokens:
             row.finish = "length"
+
+
+def apply_repetition_penalty(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+    """The CTRL / Hugging Face repetition penalty p, before temperature: for every token already in the row's
+    prompt or output, a positive logit is divided by p and a negative one multiplied by p (vLLM's
+    `repetition_penalty` is the same rule). Rows with p = 1 are unchanged."""
+    penalties = [r.req.repetition_penalty for r in rows]
+    if all(p == 1.0 for p in penalties):
+        return logits
+    seen = torch.zeros_like(logits, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        if penalties[i] != 1.0:
+            seen[i, torch.tensor(r.req.prompt_ids + r.tokens, device=logits.device)] = True
+    p = torch.tensor(penalties, device=logits.device, dtype=logits.dtype)[:, None]
+    return torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
 
 
 def truncate_logits(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,10 @@ Decisions the reference leaves implicit:
   'call_limit'); 'result' splices an error result that says so and lets the model go on (the call is
   not executed and not counted); 'eos' appends an EOS record with generated=0 (never trained as if
   sampled) and ends the row.
+- Per-tool limits (`tools.python.call_limit`, `tools.search.call_limit`, the reference eval's budgets of 5
+  and 10) count that tool's calls the same way and act like the total limit.
+- A generation call that uses `max_tokens_per_call` without reaching a tool tag ends the row ('length'),
+  as in the reference eval, where such a step has no call to answer.
 - Empty payload (or a closing tag with no opening tag in the current turn): the reference ends the row
   silently, leaving a dangling call. Here it counts as a call that fails: an error result tells the model
   how to call the tool, and the row continues.
@@ -22,7 +26,7 @@ Decisions the reference leaves implicit:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from appo.rollout.engine import Engine, GenRequest
 from appo.rollout.trajectory import Trajectory
@@ -31,6 +35,8 @@ from appo.tool_format import result_token_ids
 from appo.tools.base import ToolCall, ToolResult
 
 LIMIT_TEXT = "Error: the tool call limit ({limit}) is reached; no more tool calls. Give your final answer now."
+TOOL_LIMIT_TEXT = ("Error: the {tool} call limit ({limit}) is reached; you may not call {tool} again. Use "
+                   "another tool or give your final answer now.")
 EMPTY_TEXT = "Error: empty <{tool}> call; put the input between <{tool}> and </{tool}>."
 ON_LIMIT = ("stop", "result", "eos")
 
@@ -41,7 +47,10 @@ class RolloutLoopSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
-    call_limit: int = 3
+    repetition_penalty: float = 1.0
+    max_tokens_per_call: int | None = None   # per generation call (between tool results); None: no cap
+    call_limit: int = 3                      # calls of all tools per response
+    tool_call_limits: dict[str, int] = field(default_factory=dict)   # per tool, on top of call_limit
     on_limit: str = "stop"
     top_logprobs: int = 0                    # top-k log-probs requested per generated token
     gen_batch_size: int = 64                 # rows per engine call
@@ -53,9 +62,18 @@ class RolloutLoopSettings:
     @classmethod
     def from_config(cls, rollout_cfg, tools_cfg, top_logprobs: int = 0) -> RolloutLoopSettings:
         return cls(max_response_length=rollout_cfg.max_response_length, temperature=rollout_cfg.temperature,
-                   top_p=rollout_cfg.top_p, top_k=rollout_cfg.top_k, call_limit=tools_cfg.call_limit,
-                   on_limit=tools_cfg.on_limit, top_logprobs=top_logprobs,
+                   top_p=rollout_cfg.top_p, top_k=rollout_cfg.top_k,
+                   repetition_penalty=rollout_cfg.repetition_penalty,
+                   max_tokens_per_call=rollout_cfg.max_tokens_per_call, call_limit=tools_cfg.call_limit,
+                   tool_call_limits=tool_call_limits(tools_cfg), on_limit=tools_cfg.on_limit,
+                   top_logprobs=top_logprobs,
                    gen_batch_size=rollout_cfg.gen_batch_size)
+
+
+def tool_call_limits(tools_cfg) -> dict[str, int]:
+    """The per-tool limits that are set (`tools.<name>.call_limit`), by tool name."""
+    limits = {name: getattr(getattr(tools_cfg, name, None), "call_limit", None) for name in tools_cfg.enabled}
+    return {name: limit for name, limit in limits.items() if limit is not None}
 
 
 @dataclass
@@ -155,9 +173,11 @@ class ToolLoop:
         if not rows:
             return []
         settings, budget = self.settings, self.settings.max_response_length
+        per_call = settings.max_tokens_per_call or budget
         requests = [GenRequest(prompt_ids=r.traj.prompt_ids + r.traj.token_ids,
-                               max_new_tokens=budget - len(r.traj), temperature=settings.temperature,
-                               top_p=settings.top_p, top_k=settings.top_k, stop=list(self.stops),
+                               max_new_tokens=min(budget - len(r.traj), per_call), temperature=settings.temperature,
+                               top_p=settings.top_p, top_k=settings.top_k,
+                               repetition_penalty=settings.repetition_penalty, stop=list(self.stops),
                                logprobs=settings.top_logprobs,
                                seed=None if r.seed is None else derive_seed(r.seed, r.rounds))
                     for r in rows]
@@ -177,7 +197,7 @@ class ToolLoop:
                 self._on_stop(row, res.stop_str)
             elif res.finish_reason == "eos":
                 row.finish("eos")
-            elif len(row.traj) >= budget:
+            elif len(row.traj) >= budget or len(res.token_ids) >= per_call:
                 row.finish("length")
             else:
                 raise RuntimeError(f"engine returned finish_reason={res.finish_reason!r} "
@@ -193,7 +213,8 @@ class ToolLoop:
     def _on_stop(self, row: LoopRow, stop: str) -> None:
         traj, settings = row.traj, self.settings
         tool = stop[2:-1]
-        if traj.tool_calls >= settings.call_limit:
+        limit = self._limit_reached(traj, tool)
+        if limit is not None:
             self._count("limit_hits", 1)
             if settings.on_limit == "stop":
                 row.finish("call_limit")
@@ -202,8 +223,7 @@ class ToolLoop:
                     traj.append([min(self.eos_ids)], generated=0)
                 row.finish("call_limit")
             else:
-                self._splice(row, tool, "", ToolResult(LIMIT_TEXT.format(limit=settings.call_limit), ok=False),
-                             refused=True, own=True)
+                self._splice(row, tool, "", ToolResult(limit, ok=False), refused=True, own=True)
             return
         turn = self._turn_text(row)
         end = turn.find(stop)
@@ -217,6 +237,16 @@ class ToolLoop:
         history = tuple(e["payload"] for e in traj.tool_log if e["tool"] == tool and e["ok"])
         reasoning = self.tokenizer.decode(traj.token_ids, skip_special_tokens=True)
         self._queue.append(_Queued(row, ToolCall(tool=tool, payload=payload, history=history, reasoning=reasoning)))
+
+    def _limit_reached(self, traj: Trajectory, tool: str) -> str | None:
+        """The message for the model when this call is over the total or the tool's own limit, else None."""
+        settings = self.settings
+        if traj.tool_calls >= settings.call_limit:
+            return LIMIT_TEXT.format(limit=settings.call_limit)
+        own = settings.tool_call_limits.get(tool)
+        if own is not None and sum(e["tool"] == tool and not e.get("refused") for e in traj.tool_log) >= own:
+            return TOOL_LIMIT_TEXT.format(tool=tool, limit=own)
+        return None
 
     def _run_queued(self) -> None:
         if not self._queue:

@@ -83,7 +83,7 @@ class VLLMEngine:
             k = max(req.logprobs, self.entropy_topk)
             params.append(SamplingParams(
                 n=1, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k if req.top_k > 0 else -1,
-                max_tokens=req.max_new_tokens, stop=list(req.stop), include_stop_str_in_output=True,
+                repetition_penalty=req.repetition_penalty, max_tokens=req.max_new_tokens, stop=list(req.stop), include_stop_str_in_output=True,
                 logprobs=k, seed=req.seed, skip_special_tokens=False))
             prompts.append(TokensPrompt(prompt_token_ids=list(req.prompt_ids)))
         outputs = iter(self.llm.generate(prompts, params, use_tqdm=False) if live else [])

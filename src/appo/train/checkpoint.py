@@ -1,7 +1,8 @@
 """Checkpoints: a Hugging Face directory that `from_pretrained` loads (LoRA merged in), plus the trainer
 state that makes `--resume` continue exactly (optimizer, scheduler, RNG streams, position, history).
 
-Layout: `<output_dir>/checkpoints/step_<N>/{hf/, trainer_state.pt}` and `<output_dir>/checkpoints/latest`
+Layout: `<output_dir>/checkpoints/step_<N>/{hf/, trainer_state.pt}` (hf/ holds `appo_prompt.json`, the
+training system prompt, beside the weights) and `<output_dir>/checkpoints/latest`
 (the name of the newest complete checkpoint, written last, so a kill mid-save never points at a torn one).
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from appo.data.templates import common_system_prompt, with_default_system, write_prompt_format
 from appo.errors import UserError
 
 
@@ -46,9 +48,14 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
     return merged
 
 
-def save_hf(model, tokenizer, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+def save_hf(model, tokenizer, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None,
+            trained_on: list[list[dict]] | None = None) -> Path:
     """Save a loadable Hugging Face checkpoint (adapters merged) with its tokenizer. `state_dict` gives the
-    weights when the module's own are sharded (FSDP2: the full state dict gathered to rank 0)."""
+    weights when the module's own are sharded (FSDP2: the full state dict gathered to rank 0).
+
+    `trained_on` (the message lists the model was trained with) records the prompt format: the system
+    prompt goes to `appo_prompt.json` and becomes the chat template's default system turn, so that
+    transformers, vLLM and `appo eval` prompt the model as it was trained without being told."""
     out = Path(out_dir)
     if state_dict is not None:
         model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
@@ -56,7 +63,16 @@ def save_hf(model, tokenizer, out_dir: str | Path, state_dict: dict[str, torch.T
         model.get_base_model().save_pretrained(out, state_dict=merged_state_dict(model), safe_serialization=True)
     else:
         model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    system = common_system_prompt(trained_on) if trained_on is not None else None
+    original = tokenizer.chat_template
+    if system is not None and original:
+        tokenizer.chat_template = with_default_system(original, system)
+    try:
+        tokenizer.save_pretrained(out)
+    finally:
+        tokenizer.chat_template = original
+    if trained_on is not None:
+        write_prompt_format(out, system)
     return out
 
 
@@ -76,16 +92,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, trainer_state: dict[str, Any],
-                    keep_last: int | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+                    keep_last: int | None = None, state_dict: dict[str, torch.Tensor] | None = None,
+                    trained_on: list[list[dict]] | None = None) -> Path:
     """Write step_<step>/ (HF dir + trainer_state.pt) atomically and point `latest` at it; `state_dict`
-    as in `save_hf`."""
+    and `trained_on` as in `save_hf`."""
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step}"
     tmp = root / f".step_{step}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_hf(model, tokenizer, tmp / "hf", state_dict)
+    save_hf(model, tokenizer, tmp / "hf", state_dict, trained_on)
     state = dict(trainer_state, step=step, rng=rng_state())
     if hasattr(model, "peft_config"):
         from peft import get_peft_model_state_dict

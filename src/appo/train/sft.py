@@ -266,7 +266,7 @@ def train_sft(cfg: Config, out_dir: str | Path, model, tokenizer, progress: bool
         t0 = time.time()
         history = run_sft(model, tokenizer, conversations, cfg.sft, cfg.model, seed=cfg.trainer.seed,
                           progress=progress, log=log)
-    save_hf(model, tokenizer, out)
+    save_hf(model, tokenizer, out, trained_on=[normalise_messages(c) for c in conversations])
     print(f"[appo] sft: {len(conversations)} conversations, {len(history)} steps in {time.time() - t0:.0f}s, "
           f"loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; model saved to {out}", flush=True)
     return out

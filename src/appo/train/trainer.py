@@ -332,6 +332,7 @@ class Trainer:
             record = t.to_dict(self.tokenizer)
             record["group"] = first_group + t.group  # step-wide, as in a one-process run
             record["advantage_first_token"] = float(adv[i, 0]) if adv.shape[1] else 0.0
+            record["advantages"] = adv[i, : len(t)].tolist()  # per token, as trained (0 where masked)
             records.append(record)
         if self.world > 1:  # rank 0 writes every rank's rows, in rank (= prompt) order
             records = [r for part in distributed.gather_objects(records) for r in part]
@@ -363,7 +364,7 @@ class Trainer:
         state = self.state()
         if distributed.is_main():
             ckpt.save_checkpoint(self.out, self.step, self.learner.model, self.tokenizer, state,
-                                 state_dict=weights)
+                                 state_dict=weights, trained_on=[p.messages for p in self.train_prompts])
         distributed.barrier()
 
     def state(self) -> dict:

@@ -55,7 +55,7 @@ def test_eval_of_a_benchmark_whose_rows_are_all_too_long_is_an_error(tmp_path, t
     bench = tmp_path / "long.jsonl"
     bench.write_text("\n".join([GOOD] * 3) + "\n")
     proc = _eval(tmp_path, tiny_model_dir, bench, "data.max_prompt_length=8")
-    assert_user_error(proc, "eval", str(bench), "no usable questions", "too_long: 3")
+    assert_user_error(proc, "eval", str(bench), "no row is left to evaluate", "too_long: 3")
     assert not (tmp_path / "out" / "summary.json").exists()
 
 

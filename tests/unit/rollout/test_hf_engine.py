@@ -146,3 +146,47 @@ def test_generate_keeps_the_shared_module_training_state_and_weights(tiny_model,
     assert all(torch.equal(tiny_model.state_dict()[k], before[k]) for k in before)
     with pytest.raises(KeyError, match="unknown parameter"):
         own.load_weights(lambda: {"nope": torch.zeros(1)})
+
+
+# ------------------------------------------------------------------------------- repetition penalty
+
+
+def _row(prompt_ids, tokens, penalty):
+    import random
+
+    from appo.rollout.hf import _Row
+
+    row = _Row(GenRequest(prompt_ids, 8, repetition_penalty=penalty), random.Random(0))
+    row.tokens = list(tokens)
+    return row
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_seen_tokens():
+    from appo.rollout.hf import apply_repetition_penalty
+
+    logits = torch.tensor([[2.0, -1.0, 0.5, -3.0, 4.0, 0.0],
+                           [2.0, -1.0, 0.5, -3.0, 4.0, 0.0]])
+    # row 0 has seen tokens 0, 1 (prompt) and 4 (generated, twice): each is penalised once
+    rows = [_row([0, 1], [4, 4], 1.1), _row([0, 1], [4], 1.0)]
+    out = apply_repetition_penalty(logits, rows)
+    assert out[0].tolist() == pytest.approx([2.0 / 1.1, -1.0 * 1.1, 0.5, -3.0, 4.0 / 1.1, 0.0])
+    assert torch.equal(out[1], logits[1])      # p = 1: untouched
+    assert torch.equal(logits[0], torch.tensor([2.0, -1.0, 0.5, -3.0, 4.0, 0.0]))  # pure: input kept
+
+
+def test_sampled_distribution_is_the_penalised_one(engine, tiny_model, tiny_tokenizer):
+    """The engine's log-prob of each sampled token equals a recompute under the CTRL rule applied to
+    prompt + tokens so far, then temperature: the penalty enters the distribution exactly as defined."""
+    prompt = _prompt(tiny_tokenizer)
+    (res,) = engine.generate([GenRequest(prompt, 12, temperature=0.8, repetition_penalty=1.3, seed=5)])
+    (plain,) = engine.generate([GenRequest(prompt, 12, temperature=0.8, seed=5)])
+    ids = torch.tensor([prompt + res.token_ids])
+    with torch.no_grad():
+        raw = tiny_model(ids).logits[0, len(prompt) - 1:-1].float()
+    for t, tok in enumerate(res.token_ids):
+        seen = torch.zeros(raw.shape[-1], dtype=torch.bool)
+        seen[torch.tensor(prompt + res.token_ids[:t])] = True
+        step = torch.where(seen, torch.where(raw[t] > 0, raw[t] / 1.3, raw[t] * 1.3), raw[t])
+        expected = torch.log_softmax(step / 0.8, -1)[tok]
+        assert res.logprobs[t] == pytest.approx(float(expected), abs=1e-4)
+    assert res.logprobs != pytest.approx(plain.logprobs, abs=1e-4)

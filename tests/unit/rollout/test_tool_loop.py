@@ -208,3 +208,38 @@ def test_rounds_batch_rows_and_seeds_are_per_row_and_round(tiny_tokenizer, pytho
     assert len(engine.calls) == 6 and len(set(seeds)) == 6
     assert stats["rounds"] == 2 and stats["tool_calls"] == 3 and stats["generated_tokens"] == sum(
         sum(r.traj.generated) for r in rows)
+
+
+def test_per_tool_limit_refuses_that_tool_only_and_counts_it_alone(tiny_tokenizer, search_tools):
+    """tools.python.call_limit=1 with a total of 5: the second python call is refused with a message naming
+    python (on_limit=result), a search call still runs, and the row goes on to its answer."""
+    tok = tiny_tokenizer
+    turns = iter(["<python>print(1)</python>", "<python>print(2)</python>", "<search>capital of France</search>",
+                  ANSWER])
+    engine = ScriptedEngine(tok, lambda text, req: next(turns))
+    stats = {}
+    (traj,) = run_tool_loop(engine, search_tools, [LoopStart.fresh(_prompt(tok))],
+                            _settings(call_limit=5, tool_call_limits={"python": 1}, on_limit="result"), stats)
+    assert [(e["tool"], e["ok"], e["refused"]) for e in traj.tool_log] == [
+        ("python", True, False), ("python", False, True), ("search", True, False)]
+    assert "the python call limit (1) is reached" in traj.response_text(tok)
+    assert traj.tool_calls == 2 and stats["limit_hits"] == 1 and traj.finish_reason == "eos"
+
+
+def test_settings_read_per_tool_limits_penalty_and_per_call_cap_from_config():
+    from appo.config import load_config
+
+    cfg = load_config(None, ["tools.python.call_limit=5", "tools.search.call_limit=10",
+                             "rollout.repetition_penalty=1.1", "rollout.max_tokens_per_call=4096"])
+    s = RolloutLoopSettings.from_config(cfg.rollout, cfg.tools)
+    assert s.tool_call_limits == {"python": 5, "search": 10}
+    assert s.repetition_penalty == 1.1 and s.max_tokens_per_call == 4096
+
+
+def test_max_tokens_per_call_caps_each_generation_call_and_ends_the_row(tiny_tokenizer, python_tools):
+    tok = tiny_tokenizer
+    engine = ScriptedEngine(tok, lambda text, req: "word " * 50)
+    (traj,) = run_tool_loop(engine, python_tools, [LoopStart.fresh(_prompt(tok))],
+                            _settings(max_response_length=100, max_tokens_per_call=7))
+    assert [r.max_new_tokens for r in engine.calls] == [7]
+    assert len(traj) == 7 and traj.finish_reason == "length"

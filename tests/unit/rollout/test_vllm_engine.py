@@ -73,6 +73,16 @@ def test_greedy_matches_hf_with_length_and_eos(setup):
     assert {r.finish_reason for r in vl[1:]} >= {"length"}
 
 
+def test_repetition_penalty_is_the_same_rule_in_both_engines(setup):
+    """Greedy under a strong penalty: vLLM's repetition_penalty and the HF engine's CTRL rule pick the same
+    tokens, and they differ from the unpenalised greedy path."""
+    reqs = [GenRequest(p, 24, temperature=0, repetition_penalty=1.8) for p in setup["prompts"]]
+    hf, vl = setup["hf"].generate(reqs), setup["vllm"].generate(reqs)
+    assert [r.token_ids for r in vl] == [r.token_ids for r in hf]
+    plain = _greedy(setup["hf"], setup["prompts"])
+    assert [r.token_ids for r in hf] != [r.token_ids for r in plain]
+
+
 def test_greedy_matches_hf_with_stop_strings(setup):
     tok, prompts = setup["tok"], setup["prompts"][1:]
     free = _greedy(setup["hf"], prompts)

@@ -1,0 +1,70 @@
+"""The rollout page: per-token entropy/advantage shading, branch markers with their score in plain ASCII,
+tool results highlighted inside copied prefixes, collapsible groups with navigation, and trainer dumps."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from appo.rollout.html import render_dump, render_html
+from appo.rollout.tool_loop import result_token_ids
+from appo.rollout.trajectory import RolloutGroup, Trajectory
+
+
+def _groups(tok):
+    call = tok.encode("<python>print(1)</python>", add_special_tokens=False)
+    result = result_token_ids(tok, "1")
+    tail = tok.encode("<answer>1</answer>", add_special_tokens=False)
+    init = Trajectory(prompt_ids=tok.encode("Q?", add_special_tokens=False), reward=1.0, finish_reason="eos")
+    init.append(call, generated=1, logprobs=[-0.5] * len(call), entropies=[0.1 * (i + 1) for i in range(len(call))])
+    start = len(init)
+    init.append(result, generated=0)
+    init.tool_log.append(dict(tool="python", payload="print(1)", ok=True, seconds=0.1, start=start, end=len(init)))
+    init.append(tail, generated=1, logprobs=[-0.1] * len(tail), entropies=[2.0] * len(tail))
+    split = len(init) - 2                                  # after the tool result: the prefix holds it
+    branch = init.prefix(split + 1)
+    branch.kind, branch.parent, branch.split_pos, branch.branch_score, branch.reward = "branch", 0, split, 0.4321, 0.0
+    branch.append(tail[-1:], generated=1, logprobs=[-1.0], entropies=[1.0])
+    init.meta["advantages"] = [0.5] * len(init)
+    branch.meta["advantages"] = [-0.25] * len(branch)
+    return [RolloutGroup(prompt=None, inits=[init], branches=[branch]),
+            RolloutGroup(prompt=None, inits=[init.prefix(len(init))])], start
+
+
+def test_page_has_shading_markers_prefix_tools_and_navigation(tiny_tokenizer):
+    groups, tool_start = _groups(tiny_tokenizer)
+    page = render_html(groups, tiny_tokenizer)
+    assert page.count("<details class='group'") == 2 and "href='#p1'>next</a>" in page and "href='#p0'>prev" in page
+    assert "[split 0.432]" in page and "⑂" not in page                 # ASCII marker with the score
+    assert all(ord(c) < 128 for m in re.findall(r"<span class='split'[^>]*>([^<]*)<", page) for c in m)
+    assert "class='k prefix tool'" in page                              # tool result inside a copied prefix
+    assert "--ac:26,127,55" in page and "--ac:214,39,40" in page          # positive / negative advantages
+    assert "advantage +0.500" in page and "entropy 2.000" in page
+    assert "value='advantage' onchange='shade(this.value)'>" in page     # enabled: advantages are known
+
+
+def test_without_advantages_the_switch_says_so(tiny_tokenizer):
+    groups, _ = _groups(tiny_tokenizer)
+    for g in groups:
+        for t in g.rows:
+            t.meta.pop("advantages")
+    page = render_html(groups, tiny_tokenizer)
+    assert "--ac:" not in page and "disabled" in page and "none recorded" in page
+    for g in groups:
+        for t in g.rows:
+            t.meta["advantages"] = [0.0] * len(t)
+    assert "all 0 in this step" in render_html(groups, tiny_tokenizer)
+
+
+def test_render_dump_rebuilds_the_tree_from_a_trainer_dump(tiny_tokenizer, tmp_path):
+    groups, _ = _groups(tiny_tokenizer)
+    path = tmp_path / "step_3.jsonl"
+    with path.open("w") as f:
+        for g, group in enumerate(groups):
+            for t in group.rows:
+                record = t.to_dict(tiny_tokenizer) | {"group": g, "advantages": t.meta["advantages"]}
+                record["meta"] = {}
+                f.write(json.dumps(record) + "\n")
+    page = render_dump(path, tiny_tokenizer)
+    assert "step_3" in page and page.count("<details class='group'") == 2
+    assert "[split 0.432]" in page and "branch at token" in page and "advantage -0.250" in page
