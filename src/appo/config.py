@@ -387,7 +387,8 @@ class TrainerConfig:
     max_minutes: float | None = opt(None, "Stop RL after this many minutes (checked between steps).", low=0)
     save_freq: int = opt(0, "Checkpoint every N steps (0: only at the end).", low=0)
     test_freq: int = opt(0, "Validate every N steps (0: never during training).", low=0)
-    eval_before: bool = opt(True, "Evaluate before SFT, after SFT and after RL.")
+    eval_stages: list[str] = opt(help="Held-out evaluations `appo train` runs: 'base' (before SFT), 'sft' (after it), "
+                                      "'rl' (after RL); [] for none.", factory=lambda: ["base", "sft", "rl"])
     loggers: list[str] = opt(help="Where metrics go: jsonl, tensorboard, wandb, console.",
                              factory=lambda: ["jsonl", "tensorboard", "console"])
     experiment_name: str = opt("appo", "Run name in trackers.")
@@ -760,6 +761,9 @@ def _cross_checks(cfg: Config) -> None:
     for name in cfg.tools.enabled:
         if name not in ("python", "search"):
             raise ConfigError(f"tools.enabled: unknown tool '{name}'; choose from: python, search")
+    for name in cfg.trainer.eval_stages:
+        if name not in ("base", "sft", "rl"):
+            raise ConfigError(f"trainer.eval_stages: unknown stage '{name}'; choose from: base, sft, rl")
     for name in cfg.trainer.loggers:
         if name not in ("jsonl", "tensorboard", "wandb", "console"):
             raise ConfigError(f"trainer.loggers: unknown logger '{name}'; choose from: jsonl, tensorboard, wandb, console")

@@ -30,7 +30,7 @@ def _train(out: Path, model_dir, qa_file, nproc: int, *extra: str, check: bool =
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
     args = [sys.executable, *launcher, "-m", "appo.cli", "train", "--config", "tiny", "--no-progress",
             f"model.path={model_dir}", f"trainer.output_dir={out}", "data.task=null", f"data.train_files=[{qa_file}]",
-            "sft.enabled=false", "trainer.device=cpu", "trainer.eval_before=false", "data.system_prompt=quickstart",
+            "sft.enabled=false", "trainer.device=cpu", "trainer.eval_stages=[]", "data.system_prompt=quickstart",
             "data.max_prompt_length=512", "tools.enabled=[python]", "model.dtype=float32", "model.autocast=none",
             f"algorithm.reward_fn={__name__}:toy_reward", "data.batch_size=4", *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",

@@ -96,7 +96,7 @@ def test_quickstart_pipeline_on_the_tiny_preset(tmp_path, tiny_model_dir):
 
     out = tmp_path / "run"
     assert main(["--config", "tiny", "--no-progress", f"model.path={tiny_model_dir}", f"trainer.output_dir={out}",
-                 "trainer.eval_before=true", "trainer.device=cpu"]) == 0
+                 "trainer.eval_stages=[base,sft,rl]", "trainer.device=cpu"]) == 0
     state = json.loads((out / "pipeline.json").read_text())
     assert set(state["evals"]) == {"base", "sft", "rl"} and state["rl_done"]
     sft_log = [json.loads(line) for line in (out / "sft" / "sft_log.jsonl").read_text().splitlines()]

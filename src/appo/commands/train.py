@@ -96,20 +96,20 @@ class Pipeline:
                   f"{f'; {distributed.world_size()} processes' if distributed.is_distributed() else ''}", flush=True)
         torch.manual_seed(cfg.trainer.seed)
         latest = ckpt.resume_checkpoint(self.out) if resume else None
-        evaluate = cfg.trainer.eval_before and bool(val)
+        stages = set(cfg.trainer.eval_stages) if val else set()
 
         if latest is not None and cfg.model.lora.rank == 0:
             model = load_model(str(latest / "hf"), cfg.model.dtype, device=device)
         else:
             model = load_model(state["start_path"] or cfg.model.path, cfg.model.dtype, cfg.model.cache_dir, device)
         if state["start_path"] is None:
-            if evaluate and "base" not in state["evals"]:
+            if "base" in stages and "base" not in state["evals"]:
                 state["evals"]["base"] = self._eval(model, tokenizer, val, "base")
                 self._save_state(state)
             if cfg.sft.enabled and (cfg.sft.files or cfg.data.task is not None):
                 state["start_path"] = str(train_sft(cfg, self.out / "sft", model, tokenizer, self.progress,
                                                     task_rows=task.train if task is not None else None))
-                if evaluate:
+                if "sft" in stages:
                     state["evals"]["sft"] = self._eval(model, tokenizer, val, "sft")
             else:
                 state["start_path"] = cfg.model.path
@@ -121,7 +121,7 @@ class Pipeline:
                 trainer.fit(resume=resume)
                 state["rl_done"] = True
                 self._save_state(state)
-            if evaluate and "rl" not in state["evals"]:
+            if "rl" in stages and "rl" not in state["evals"]:
                 state["evals"]["rl"] = trainer.validate("rl")
                 self._save_state(state)
         finally:
