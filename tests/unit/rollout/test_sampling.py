@@ -171,6 +171,34 @@ def test_future_value_from_the_scorer_and_its_fallbacks(tiny_tokenizer, python_t
         _check_rows(groups, 4)
 
 
+class _TopKEntropyEngine(ScriptedEngine):
+    exact_entropy = False  # like vLLM: its entropies are top-k truncated
+
+
+def test_engines_with_truncated_entropies_get_exact_ones_from_the_rescoring_forward(tiny_tokenizer, python_tools):
+    """With entropy_source=full and an engine whose entropies are top-k (vLLM), the branching ranks by the
+    entropies the rescoring forward returns; an engine with exact entropies is never asked for them."""
+    tok = tiny_tokenizer
+    asked = []
+
+    def rescore(trajs, need_entropy):
+        asked.append(need_entropy)
+        # exact entropies that put the single highest value at position 3 of initial row 0
+        ents = [[5.0 if (i == 0 and pos == 3) else 0.1 for pos in range(len(t))] for i, t in enumerate(trajs)]
+        return InitScores(None, ents if need_entropy else None)
+
+    cfg = _cfg(**{"rollout.appo.fv_source": "stale_policy", "rollout.n": 3, "rollout.initial_rollouts": 2})
+    (group,), _ = sample_groups(_TopKEntropyEngine(tok, _no_tool_then_tool), python_tools, _prompts(tok, 1), cfg,
+                                score_inits=rescore)
+    assert asked == [True]
+    (branch,) = group.branches
+    assert (branch.parent, branch.split_pos) == (0, 3)
+    (group,), _ = sample_groups(ScriptedEngine(tok, _no_tool_then_tool), python_tools, _prompts(tok, 1), cfg,
+                                score_inits=rescore)
+    assert asked == [True, False]
+    assert group.branches[0].split_pos != 3 or group.branches[0].parent != 0
+
+
 def test_topk_entropy_source_requests_top_logprobs_for_initial_rollouts_only(tiny_tokenizer, python_tools):
     engine = ScriptedEngine(tiny_tokenizer, _no_tool_then_tool)
     cfg = _cfg(**{"rollout.appo.entropy_source": "topk", "rollout.appo.entropy_topk": 5})
