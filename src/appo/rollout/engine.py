@@ -46,6 +46,10 @@ class Engine(Protocol):
 
     def load_weights(self, state_dict: dict) -> None: ...
 
+    # Optional: an engine whose `supports_sessions` is true also has `open_session()`, a continuous batch
+    # whose sequences keep their KV cache between segments (see hf.DecodeSession); the tool loop then
+    # prefills only what is new. Engines without it (vLLM) get one `generate` call per round.
+
 
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed derived from `parts` that is the same in every process (unlike `hash`)."""
@@ -57,7 +61,8 @@ def make_engine(rollout_cfg, model, tokenizer) -> Engine:
     if rollout_cfg.engine == "hf":
         from appo.rollout.hf import HFEngine
 
-        return HFEngine(model, tokenizer, max_batch_size=rollout_cfg.gen_batch_size, seed=rollout_cfg.seed)
+        return HFEngine(model, tokenizer, max_batch_size=rollout_cfg.gen_batch_size, seed=rollout_cfg.seed,
+                        kv_reuse=rollout_cfg.kv_reuse)
     if rollout_cfg.engine == "vllm":
         from appo.rollout import vllm as vllm_engine
 

@@ -16,15 +16,23 @@ What the numbers mean:
   the request's seed. A row's draws therefore do not depend on which other rows share its batch; its
   logits can still differ in the last bits with the batch's padding, which in rare cases flips a
   near-tie. Requests without a seed get one from the engine's own seeded generator.
+
+Sessions (`open_session`, used by the tool loop when `kv_reuse` is on): sequences keep their KV cache
+between engine calls. A sequence joins with the cache of the ids it already has (`KVState`), so only the
+ids after it are prefilled (a tool result, a branch's split token); it decodes with the others one token
+per `step` and leaves, handing its cache back, when its segment ends. Sampling is the same as `generate`:
+same per-request seeds, same distribution, so the two paths agree token by token up to float rounding.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from appo.rollout.engine import GenRequest, GenResult
 
@@ -53,10 +61,11 @@ class HFEngine:
     together; a row that finishes is dropped from the KV cache so that later steps compute only live rows.
     """
 
-    def __init__(self, model, tokenizer, *, max_batch_size: int = 64, seed: int = 0):
+    def __init__(self, model, tokenizer, *, max_batch_size: int = 64, seed: int = 0, kv_reuse: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.kv_reuse = kv_reuse
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self._seeds = random.Random(seed)
@@ -71,6 +80,18 @@ class HFEngine:
                     raise KeyError(f"load_weights: unknown parameter '{name}'")
                 if own[name].data_ptr() != value.data_ptr():
                     own[name].copy_(value)
+
+    @property
+    def supports_sessions(self) -> bool:
+        """Whether `open_session` may be used: `kv_reuse` is on and the model's cache is a plain per-layer
+        key/value cache (sliding-window or hybrid caches cannot be cut and re-packed this way)."""
+        if not self.kv_reuse:
+            return False
+        layers = DynamicCache(config=self.model.config).layers
+        return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+    def open_session(self) -> DecodeSession:
+        return DecodeSession(self)
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         for req in requests:
@@ -175,6 +196,213 @@ class HFEngine:
                 return
         if len(row.tokens) >= row.req.max_new_tokens:
             row.finish = "length"
+
+
+@dataclass
+class KVState:
+    """The KV cache of a sequence outside the decode batch: per layer (keys, values) of shape
+    [1, heads, length, head_dim], for the first `length` of its ids. Never written in place (joining the
+    batch copies it), so forks and branches share one without copying."""
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    length: int
+
+    def prefix(self, length: int) -> KVState:
+        """The cache of the first `length` ids (views: no copy)."""
+        length = min(length, self.length)
+        return KVState([(k[:, :, :length], v[:, :, :length]) for k, v in self.layers], length)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.element_size() * k.numel() * 2 for k, _ in self.layers)
+
+
+@dataclass
+class _Seq(_Row):
+    key: Any = None
+    past: KVState | None = None
+
+
+class DecodeSession:
+    """Continuous batching over one HF engine. `add` queues a sequence (its request's `prompt_ids` are all
+    its ids so far, `past` the cache of a prefix of them); `step` prefills the queued ones (only the ids
+    after their cache), then decodes one token for every sequence in the batch, and returns those whose
+    segment ended as (key, GenResult, KVState of every id fed so far: prompt_ids + tokens but the last).
+
+    The batch is one left-padded cache; a sequence that leaves is cut out of it (its cache copied out),
+    one that joins is padded into it. Each sequence samples from its own seeded generator, exactly as in
+    `HFEngine.generate`, so which sequences share a step changes nothing but float rounding.
+    """
+
+    def __init__(self, engine: HFEngine):
+        self.engine = engine
+        self.model = engine.model
+        self.device = next(self.model.parameters()).device
+        self.queued: list[_Seq] = []
+        self.batch: list[_Seq] = []
+        self.cache: DynamicCache | None = None
+        self.mask = self.next_pos = self.pending = None
+        self.prefill_tokens = 0      # ids run through prefill forwards (pads excluded)
+        self.decode_tokens = 0
+
+    def __len__(self) -> int:
+        return len(self.queued) + len(self.batch)
+
+    def add(self, key, request: GenRequest, past: KVState | None = None) -> None:
+        if not request.prompt_ids:
+            raise ValueError("GenRequest.prompt_ids is empty; a prompt needs at least one token")
+        if past is not None and past.length >= len(request.prompt_ids):
+            past = past.prefix(len(request.prompt_ids) - 1)  # the last id must be fed for its logits
+        seed = request.seed if request.seed is not None else self.engine._seeds.getrandbits(63)
+        self.queued.append(_Seq(request, random.Random(seed), key=key, past=past if past and past.length else None))
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes held by the batch's cache now (sequences outside it hold their own KVState)."""
+        if self.cache is None:
+            return 0
+        return sum(layer.keys.element_size() * layer.keys.numel() * 2 for layer in self.cache.layers)
+
+    def step(self) -> list[tuple[Any, GenResult, KVState | None]]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                done = self._join(self.queued) if self.queued else []
+                self.queued = []
+                if self.batch:
+                    done += self._decode_step()
+        finally:
+            self.model.train(was_training)
+        return done
+
+    # ----------------------------------------------------------------------------------- internals
+
+    def _join(self, seqs: list[_Seq]) -> list:
+        done = [(s.key, s.result(), s.past) for s in seqs if s.req.max_new_tokens <= 0]
+        seqs = [s for s in seqs if s.req.max_new_tokens > 0]
+        if not seqs:
+            return done
+        pasts = [s.past.length if s.past else 0 for s in seqs]
+        news = [s.req.prompt_ids[p:] for s, p in zip(seqs, pasts)]
+        width_past, width_new = max(pasts), max(len(n) for n in news)
+        # Layout per row: [left pad][its cache][its new ids][right pad]; the mask hides both pads, and every
+        # real query sees at least one real key, so no softmax row is empty.
+        ids = torch.full((len(seqs), width_new), self.engine.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width_past + width_new), dtype=torch.long)
+        for i, (p, new) in enumerate(zip(pasts, news)):
+            ids[i, :len(new)] = torch.tensor(new)
+            mask[i, width_past - p:width_past + len(new)] = 1
+        positions = torch.tensor(pasts)[:, None] + torch.arange(width_new)[None, :]
+        cache = DynamicCache(config=self.model.config)
+        if width_past:
+            _fill(cache, [_left_padded([s.past.layers[j] if s.past else None for s in seqs], width_past)
+                          for j in range(len(cache.layers))])
+        last = [len(n) - 1 for n in news]
+        cols = sorted(set(last))
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                         position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
+                         logits_to_keep=torch.tensor(cols, device=self.device))
+        self.prefill_tokens += sum(len(n) for n in news)
+        pick = torch.tensor([cols.index(c) for c in last], device=self.device)
+        tokens = self.engine._sample_step(out.logits[torch.arange(len(seqs), device=self.device), pick], seqs)
+        states = [KVState([(layer.keys[i:i + 1, :, width_past - p:width_past + len(n)],
+                            layer.values[i:i + 1, :, width_past - p:width_past + len(n)]) for layer in cache.layers],
+                          p + len(n)) for i, (p, n) in enumerate(zip(pasts, news))]
+        joining = []
+        for s, state, tok in zip(seqs, states, tokens.tolist()):
+            s.past = None
+            if s.finish is not None:
+                done.append((s.key, s.result(), _copied(state)))
+            else:
+                joining.append((s, state, tok))
+        if joining:
+            self._merge(joining)
+        return done
+
+    def _merge(self, joining: list) -> None:
+        """Pad the joining sequences' caches into the batch's (one copy of both)."""
+        old = len(self.batch)
+        width_old = self.mask.shape[1] if old else 0
+        width = max([width_old] + [state.length for _, state, _ in joining])
+        layers = []
+        for j in range(len(joining[0][1].layers)):
+            parts = ([(self.cache.layers[j].keys, self.cache.layers[j].values)] if old else [])
+            parts += [state.layers[j] for _, state, _ in joining]
+            layers.append(_left_padded(parts, width))
+        mask = torch.zeros((old + len(joining), width), dtype=torch.long, device=self.device)
+        if old:
+            mask[:old, width - width_old:] = self.mask
+        for i, (_, state, _) in enumerate(joining):
+            mask[old + i, width - state.length:] = 1
+        cache = DynamicCache(config=self.model.config)
+        _fill(cache, layers)
+        joined_pos = torch.tensor([state.length for _, state, _ in joining], device=self.device)
+        joined_tok = torch.tensor([tok for _, _, tok in joining], device=self.device)
+        self.cache, self.mask = cache, mask
+        self.next_pos = torch.cat([self.next_pos, joined_pos]) if old else joined_pos
+        self.pending = torch.cat([self.pending, joined_tok]) if old else joined_tok
+        self.batch += [s for s, _, _ in joining]
+
+    def _decode_step(self) -> list:
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.batch), 1))], dim=1)
+        out = self.model(input_ids=self.pending[:, None], attention_mask=self.mask,
+                         position_ids=self.next_pos[:, None], past_key_values=self.cache, use_cache=True)
+        self.decode_tokens += len(self.batch)
+        self.next_pos = self.next_pos + 1
+        self.pending = self.engine._sample_step(out.logits[:, -1], self.batch)
+        finished = [i for i, s in enumerate(self.batch) if s.finish is not None]
+        if not finished:
+            return []
+        width = self.mask.shape[1]
+        lengths = self.next_pos.tolist()
+        done = [(self.batch[i].key, self.batch[i].result(),
+                 KVState([(layer.keys[i:i + 1, :, width - lengths[i]:].clone(),
+                           layer.values[i:i + 1, :, width - lengths[i]:].clone()) for layer in self.cache.layers],
+                         lengths[i])) for i in finished]
+        keep = [i for i, s in enumerate(self.batch) if s.finish is None]
+        self.batch = [self.batch[i] for i in keep]
+        if not keep:
+            self.cache = self.mask = self.next_pos = self.pending = None
+            return done
+        index = torch.tensor(keep, device=self.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.next_pos, self.pending = self.mask[index], self.next_pos[index], self.pending[index]
+        cut = int((self.mask.sum(0) == 0).long().cumprod(0).sum())  # columns that are padding in every row
+        if cut:
+            self.mask = self.mask[:, cut:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, cut:], layer.values[:, :, cut:]
+        return done
+
+
+def _left_padded(parts: list, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (keys, values) blocks of shape [b, heads, n, dim] (None: an empty row) right-aligned to `width`."""
+    ref = next(p for p in parts if p is not None)[0]
+    rows = sum(1 if p is None else p[0].shape[0] for p in parts)
+    keys = ref.new_zeros((rows, ref.shape[1], width, ref.shape[3]))
+    values = torch.zeros_like(keys)
+    at = 0
+    for p in parts:
+        if p is None:
+            at += 1
+            continue
+        k, v = p
+        n = k.shape[2]
+        keys[at:at + k.shape[0], :, width - n:] = k
+        values[at:at + k.shape[0], :, width - n:] = v
+        at += k.shape[0]
+    return keys, values
+
+
+def _fill(cache: DynamicCache, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for layer, (k, v) in zip(cache.layers, layers):
+        layer.lazy_initialization(k, v)
+        layer.keys, layer.values = k, v
+
+
+def _copied(state: KVState) -> KVState:
+    """A KVState that owns its memory (a view would keep the whole batch's cache alive)."""
+    return KVState([(k.clone(), v.clone()) for k, v in state.layers], state.length)
 
 
 def truncate_logits(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,14 @@ import torch
 from appo.core.advantage import arpo_branch_decision, arpo_step_entropy
 from appo.core.branching import branching_scores, entropy_from_topk, select_branch_points
 from appo.rollout.engine import Engine, derive_seed
-from appo.rollout.tool_loop import LoopRow, LoopStart, RolloutLoopSettings, ToolLoop, run_tool_loop
+from appo.rollout.tool_loop import (
+    KeptCaches,
+    LoopRow,
+    LoopStart,
+    RolloutLoopSettings,
+    ToolLoop,
+    run_tool_loop,
+)
 from appo.rollout.trajectory import RolloutGroup, Trajectory
 
 log = logging.getLogger(__name__)
@@ -86,7 +93,9 @@ def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
     t0 = time.perf_counter()
     starts = [_fresh(p, g, derive_seed(seed, step, first_group + g, "init", j), top_logprobs=topk > 0)
               for g, p in enumerate(prompts) for j in range(m)]
-    inits = run_tool_loop(engine, tools, starts, RolloutLoopSettings.from_config(r, cfg.tools, topk), stats)
+    kept = KeptCaches() if budget > 0 else None  # the initial rollouts' caches, for the branches to start from
+    inits = run_tool_loop(engine, tools, starts, RolloutLoopSettings.from_config(r, cfg.tools, topk), stats,
+                          keep=kept)
     groups = [RolloutGroup(p, inits=inits[g * m:(g + 1) * m]) for g, p in enumerate(prompts)]
     stats["init_seconds"] = time.perf_counter() - t0
     if budget <= 0:
@@ -106,12 +115,13 @@ def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
                 row, pos, score = points[j]
                 prefix = inits[row].prefix(pos + 1)
                 prefix.kind, prefix.parent, prefix.split_pos, prefix.branch_score = "branch", row - g * m, pos, score
-                starts.append(LoopStart(prefix, branch_seed))
+                starts.append(LoopStart(prefix, branch_seed, kv=kept.get(inits[row])))
             else:  # no candidate at all in this prompt's rollouts (e.g. all empty): fresh samples instead
                 starts.append(_fresh(group.prompt, g, branch_seed, kind="branch", meta={"refill": True}))
                 stats["refill_rows"] = stats.get("refill_rows", 0) + 1
             owners.append(g)
     stats["select_seconds"] = time.perf_counter() - t0
+    kept.clear()  # caches no branch starts from are freed now; the starts hold the others until they join
     t0 = time.perf_counter()
     branches = run_tool_loop(engine, tools, starts, RolloutLoopSettings.from_config(r, cfg.tools), stats)
     for g, traj in zip(owners, branches):
