@@ -9,14 +9,22 @@ path's peak memory is its own. Printed per path:
 - prefill tokens computed per phase over the tokens new in that phase. Phases: initial rollouts (a row's
   first prompt), tool turns (everything after a tool result), branches (a branch's start: it needs the
   logits of its split token, which the parent did not keep, so that one token counts as new);
-- generated tokens per second, wall time, peak KV-cache bytes the loop held (new path) and peak RSS;
+- generated tokens per second, wall and CPU time, peak KV-cache bytes (old: the largest `generate` batch's
+  cache; new: the batch's, the parked rows' and the initial rollouts' kept for branches, together) and the
+  child process's peak RSS;
 - whether both paths sampled the same tokens (they should, up to float rounding in rare near-ties).
+
+The quickstart's model calls tools only after its cold-start SFT; the base model rarely does. So that the
+workload has tool turns, by default (`--opening trace`) each initial rollout opens with the first step of
+its SFT trace cut before the closing tag (`<think>Use python.</think><python>print(12 * 3)`, not trained,
+not a branch point): the model itself closes the tag, the tool runs, and all that follows is sampled.
+`--opening none` runs the bare prompts (with an SFT checkpoint as --model, the real workload).
 
 The last line is `engine: prefill/new X.XX, speed-up Y.YY×`: X for the new path over the whole workload,
 Y = old wall time / new wall time. The default size takes a few minutes on a 2-core CPU.
 
     python benchmarks/bench_engine.py [--model smollm2-135m-instruct|tiny|PATH] [--prompts 4] [--n 4]
-                                      [--max-response 192] [--threads N]
+                                      [--max-response 192] [--threads N] [--opening trace|none]
 """
 
 from __future__ import annotations
@@ -35,6 +43,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PHASES = (("initial", "initial rollouts"), ("tool", "tool turns"), ("branch", "branches"))
+
+
+def open_with_trace_steps(prompts, tokenizer) -> None:
+    """Make every initial rollout of these prompts start with its task plan's first step, up to (not
+    including) the closing tag (see the module docstring)."""
+    from appo.rollout.tool_loop import LoopStart
+
+    openings = {}
+    for p in prompts:
+        plan = p.extra.get("plan") or []
+        if plan:
+            step = plan[0]
+            text = f"<think>{step['think']}</think><{step['tool']}>{step['payload']}"
+            openings[tuple(p.prompt_ids)] = tokenizer.encode(text, add_special_tokens=False)
+    fresh = LoopStart.fresh.__func__
+
+    def opened(cls, prompt_ids, *, kind="init", **kw):
+        start = fresh(cls, prompt_ids, kind=kind, **kw)
+        ids = openings.get(tuple(prompt_ids)) if kind == "init" else None
+        if ids:
+            start.trajectory.append(ids, generated=0)
+        return start
+
+    LoopStart.fresh = classmethod(opened)
 
 
 def run_child(args) -> None:
@@ -58,20 +90,23 @@ def run_child(args) -> None:
             "rollout.appo.fv_source=none", f"rollout.kv_reuse={str(args.child == 'new').lower()}"])
         tok = load_tokenizer(cfg.model.path)
         prompts = load_prompt_sets(cfg, tok)[0][:args.prompts]
+        if args.opening == "trace":
+            open_with_trace_steps(prompts, tok)
         model = load_model(cfg.model.path, "float32")
         engine = HFEngine(model, tok, max_batch_size=cfg.rollout.gen_batch_size, seed=cfg.rollout.seed,
                           kv_reuse=cfg.rollout.kv_reuse)
         engine.generate([GenRequest(prompts[0].prompt_ids, 4, seed=0)])  # warm-up
         with build_tools(cfg.tools) as tools:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             groups, metrics = sample_groups(engine, tools, prompts, cfg, step=0)
-            wall = time.perf_counter() - t0
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     rows = [t for g in groups for t in g.rows]
     print(json.dumps({
-        "wall": wall, "metrics": metrics, "threads": torch.get_num_threads(),
+        "wall": wall, "cpu": cpu, "metrics": metrics, "threads": torch.get_num_threads(),
         "generated": sum(sum(t.generated) for t in rows), "rows": len(rows),
         "tool_calls": sum(len(t.tool_log) for t in rows),
         "digests": [hashlib.sha1(json.dumps(t.token_ids).encode()).hexdigest() for t in rows],
+        "peak_kv_bytes": metrics.get("rollout/peak_kv_bytes") or engine.peak_kv_bytes,
         "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -83,6 +118,8 @@ def main() -> None:
     ap.add_argument("--max-response", type=int, default=192)
     ap.add_argument("--gen-batch-size", type=int, default=100)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--opening", choices=("trace", "none"), default="trace",
+                    help="open each initial rollout with its SFT trace's first tool call, minus the closing tag")
     ap.add_argument("--child", choices=("old", "new"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -93,13 +130,14 @@ def main() -> None:
     for path in ("old", "new"):
         argv = [sys.executable, os.path.abspath(__file__), "--child", path, "--model", args.model,
                 "--prompts", str(args.prompts), "--n", str(args.n), "--max-response", str(args.max_response),
-                "--gen-batch-size", str(args.gen_batch_size), "--threads", str(args.threads)]
+                "--gen-batch-size", str(args.gen_batch_size), "--threads", str(args.threads),
+                "--opening", args.opening]
         done = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True)
         results[path] = json.loads(done.stdout.strip().splitlines()[-1])
 
     old, new = results["old"], results["new"]
     print(f"model={args.model} prompts={args.prompts} rows={new['rows']} (n={args.n}, half branches) "
-          f"max_response={args.max_response} threads={new['threads']} tool calls old/new "
+          f"max_response={args.max_response} threads={new['threads']} opening={args.opening} tool calls old/new "
           f"{old['tool_calls']}/{new['tool_calls']}")
     print(f"{'path':<6}{'phase':<18}{'prefill tokens':>16}{'new tokens':>12}{'prefill/new':>13}")
     totals = {}
@@ -113,12 +151,12 @@ def main() -> None:
             print(f"{name:<6}{label:<18}{pre:>16}{fresh:>12}{ratio:>13}")
         totals[name] = pre_all / max(new_all, 1)
         print(f"{name:<6}{'whole workload':<18}{pre_all:>16}{new_all:>12}{totals[name]:>13.2f}")
-    print(f"{'path':<6}{'wall s':>10}{'gen tokens':>12}{'tok/s':>10}{'peak KV MiB':>13}{'peak RSS MiB':>14}")
+    print(f"{'path':<6}{'wall s':>10}{'CPU s':>10}{'gen tokens':>12}{'tok/s':>10}{'peak KV MiB':>13}"
+          f"{'peak RSS MiB':>14}")
     for name, r in results.items():
-        kv = r["metrics"].get("rollout/peak_kv_bytes")
-        kv_text = f"{kv / 2**20:.1f}" if kv else "n/a"
-        print(f"{name:<6}{r['wall']:>10.2f}{r['generated']:>12}{r['generated'] / r['wall']:>10.1f}{kv_text:>13}"
-              f"{r['max_rss_mib']:>14.0f}")
+        kv_text = f"{r['peak_kv_bytes'] / 2**20:.1f}"
+        print(f"{name:<6}{r['wall']:>10.2f}{r['cpu']:>10.2f}{r['generated']:>12}{r['generated'] / r['wall']:>10.1f}"
+              f"{kv_text:>13}{r['max_rss_mib']:>14.0f}")
     same = sum(a == b for a, b in zip(old["digests"], new["digests"]))
     print(f"same samples token for token: {same}/{len(new['digests'])} rows")
     print(f"engine: prefill/new {totals['new']:.2f}, speed-up {old['wall'] / new['wall']:.2f}×")

@@ -12,10 +12,13 @@ What the numbers mean:
   distribution. At temperature 0 (greedy) the sampled distribution is a point mass, which carries no
   information, so the numbers are those of the T=1 distribution after top-k/top-p.
 - Entropy is exact over the full vocabulary, computed in float32 from the logits.
-- Sampling is by inverse CDF with one uniform draw per row and step from a per-row generator seeded by
-  the request's seed. A row's draws therefore do not depend on which other rows share its batch; its
-  logits can still differ in the last bits with the batch's padding, which in rare cases flips a
-  near-tie. Requests without a seed get one from the engine's own seeded generator.
+- Sampling is Gumbel-max: argmax(log p + g) with one standard Gumbel draw per vocabulary entry from a
+  per-row generator seeded by the request's seed (exactly the distribution p). A row's draws therefore do
+  not depend on which other rows share its batch. Its logits can still differ in the last bits with the
+  batch's padding or with how its KV cache was computed; Gumbel-max flips a sample only when the two best
+  perturbed scores are that close (about 1e-5 of a step's draws), where an inverse-CDF draw flips whenever
+  it lands among the tail's tiny tokens, whose CDF intervals are narrower than the rounding. Requests
+  without a seed get one from the engine's own seeded generator.
 
 Sessions (`open_session`, used by the tool loop when `kv_reuse` is on): sequences keep their KV cache
 between engine calls. A sequence joins with the cache of the ids it already has (`KVState`), so only the
@@ -40,7 +43,7 @@ from appo.rollout.engine import GenRequest, GenResult
 @dataclass
 class _Row:
     req: GenRequest
-    rng: random.Random
+    rng: torch.Generator
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     entropies: list[float] = field(default_factory=list)
@@ -66,6 +69,7 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.kv_reuse = kv_reuse
+        self.peak_kv_bytes = 0   # the largest KV cache a `generate` batch held (sessions: see ToolLoop stats)
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self._seeds = random.Random(seed)
@@ -97,7 +101,7 @@ class HFEngine:
         for req in requests:
             if not req.prompt_ids:
                 raise ValueError("GenRequest.prompt_ids is empty; a prompt needs at least one token")
-        rows = [_Row(req, random.Random(req.seed if req.seed is not None else self._seeds.getrandbits(63)))
+        rows = [_Row(req, _generator(req.seed if req.seed is not None else self._seeds.getrandbits(63)))
                 for req in requests]
         # Similar lengths together keep left padding (wasted compute) small.
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i].req.prompt_ids))
@@ -145,6 +149,7 @@ class HFEngine:
             out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
                              past_key_values=cache, use_cache=True)
             next_pos = next_pos + 1
+            self.peak_kv_bytes = max(self.peak_kv_bytes, _cache_bytes(cache))
 
     def _sample_step(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
         """Draw one token per row, record its log-prob, entropy and top-k, and mark finished rows."""
@@ -160,9 +165,9 @@ class HFEngine:
         logp = torch.log_softmax(scaled, dim=-1)
         probs = logp.exp()
         entropy = torch.special.entr(probs).sum(-1)
-        cdf = probs.double().cumsum(-1)
-        u = torch.tensor([r.rng.random() for r in rows], device=dev, dtype=torch.float64) * cdf[:, -1]
-        sampled = torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
+        uniform = torch.stack([torch.rand(logits.shape[-1], generator=r.rng, dtype=torch.float64) for r in rows])
+        gumbel = -torch.log(-torch.log(uniform)).to(dev)
+        sampled = (logp.double() + gumbel).argmax(-1)
         tokens = torch.where(greedy, logits.argmax(-1), sampled)
         chosen = logp.gather(-1, tokens[:, None]).squeeze(-1)
 
@@ -253,14 +258,12 @@ class DecodeSession:
         if past is not None and past.length >= len(request.prompt_ids):
             past = past.prefix(len(request.prompt_ids) - 1)  # the last id must be fed for its logits
         seed = request.seed if request.seed is not None else self.engine._seeds.getrandbits(63)
-        self.queued.append(_Seq(request, random.Random(seed), key=key, past=past if past and past.length else None))
+        self.queued.append(_Seq(request, _generator(seed), key=key, past=past if past and past.length else None))
 
     @property
     def kv_bytes(self) -> int:
         """Bytes held by the batch's cache now (sequences outside it hold their own KVState)."""
-        if self.cache is None:
-            return 0
-        return sum(layer.keys.element_size() * layer.keys.numel() * 2 for layer in self.cache.layers)
+        return 0 if self.cache is None else _cache_bytes(self.cache)
 
     def step(self) -> list[tuple[Any, GenResult, KVState | None]]:
         was_training = self.model.training
@@ -373,6 +376,15 @@ class DecodeSession:
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, cut:], layer.values[:, :, cut:]
         return done
+
+
+def _generator(seed: int) -> torch.Generator:
+    """A row's own CPU generator: the same draws on every device and whatever else is in the batch."""
+    return torch.Generator().manual_seed(seed)
+
+
+def _cache_bytes(cache: DynamicCache) -> int:
+    return sum(layer.keys.element_size() * layer.keys.numel() * 2 for layer in cache.layers if layer.is_initialized)
 
 
 def _left_padded(parts: list, width: int) -> tuple[torch.Tensor, torch.Tensor]:

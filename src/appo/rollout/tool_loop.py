@@ -190,8 +190,9 @@ class ToolLoop:
             traj.top_logprobs = [{} for _ in traj.token_ids]
         row = LoopRow(traj, start.seed, turn_start=max((e["end"] for e in traj.tool_log), default=0))
         row.round_start = len(traj)
-        # A continued prefix was computed by its parent: all of it but the last id (whose logits are needed).
-        row.fed = len(traj.prompt_ids) + len(traj) - 1 if len(traj) else 0
+        # A branch's prefix was computed by its parent: all of it but the last id (whose logits it needs).
+        # Any other prefix (a forced opening) is new to the model.
+        row.fed = len(traj.prompt_ids) + len(traj) - 1 if len(traj) and traj.kind == "branch" else 0
         if self.sessions and start.kv is not None:
             row.kv = start.kv.prefix(row.fed)
             self._park(row.kv)
@@ -248,16 +249,16 @@ class ToolLoop:
         rows = self.active
         if not rows:
             return []
-        t0 = time.perf_counter()
         if self.sessions:
             outputs = self._generate_in_session(rows)
         else:
+            t0 = time.perf_counter()
             requests = [self._request(r) for r in rows]
             results = []
             for i in range(0, len(requests), self.settings.gen_batch_size):
                 results += self.engine.generate(requests[i:i + self.settings.gen_batch_size])
             outputs = [(res, None) for res in results]
-        self._count("generate_seconds", time.perf_counter() - t0)
+            self._count("generate_seconds", time.perf_counter() - t0)
         self._count("rounds", 1)
         for row, (res, kv) in zip(rows, outputs):
             stop = self._absorb(row, res, kv)
@@ -273,7 +274,7 @@ class ToolLoop:
         prefill for it, by phase (a fresh row's prompt, a branch's start, a turn after a tool result)."""
         settings = self.settings
         ids = row.traj.prompt_ids + row.traj.token_ids
-        phase = "tool" if row.joined else "branch" if len(row.traj) else "initial"
+        phase = "tool" if row.joined else "branch" if row.fed else "initial"
         row.joined = True
         cached = row.kv.length if row.kv is not None else 0
         self._count(f"prefill_tokens/{phase}", len(ids) - min(cached, len(ids) - 1))
