@@ -23,8 +23,8 @@ not a branch point): the model itself closes the tag, the tool runs, and all tha
 The last line is `engine: prefill/new X.XX, speed-up Y.YY×`: X for the new path over the whole workload,
 Y = old wall time / new wall time. The default size takes a few minutes on a 2-core CPU.
 
-    python benchmarks/bench_engine.py [--model smollm2-135m-instruct|tiny|PATH] [--prompts 4] [--n 4]
-                                      [--max-response 192] [--threads N] [--opening trace|none]
+    python benchmarks/bench_engine.py [--model smollm2-135m-instruct|tiny|PATH] [--prompts 2] [--n 4]
+                                      [--max-response 160] [--threads N] [--opening trace|none]
 """
 
 from __future__ import annotations
@@ -113,9 +113,9 @@ def run_child(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--prompts", type=int, default=4, help="quickstart training prompts in the workload")
+    ap.add_argument("--prompts", type=int, default=2, help="quickstart training prompts in the workload")
     ap.add_argument("--n", type=int, default=4, help="rows per prompt: half initial rollouts, half branches")
-    ap.add_argument("--max-response", type=int, default=192)
+    ap.add_argument("--max-response", type=int, default=160)
     ap.add_argument("--gen-batch-size", type=int, default=100)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--opening", choices=("trace", "none"), default="trace",
