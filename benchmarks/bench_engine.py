@@ -151,12 +151,14 @@ def main() -> None:
             print(f"{name:<6}{label:<18}{pre:>16}{fresh:>12}{ratio:>13}")
         totals[name] = pre_all / max(new_all, 1)
         print(f"{name:<6}{'whole workload':<18}{pre_all:>16}{new_all:>12}{totals[name]:>13.2f}")
-    print(f"{'path':<6}{'wall s':>10}{'CPU s':>10}{'gen tokens':>12}{'tok/s':>10}{'peak KV MiB':>13}"
-          f"{'peak RSS MiB':>14}")
+    # "tool wait": seconds the loop sat waiting for tool results (old: every round's calls; new: only a result
+    # not ready when its row was due back in the batch).
+    print(f"{'path':<6}{'wall s':>10}{'CPU s':>10}{'tool wait s':>13}{'gen tokens':>12}{'tok/s':>10}"
+          f"{'peak KV MiB':>13}{'peak RSS MiB':>14}")
     for name, r in results.items():
-        kv_text = f"{r['peak_kv_bytes'] / 2**20:.1f}"
-        print(f"{name:<6}{r['wall']:>10.2f}{r['cpu']:>10.2f}{r['generated']:>12}{r['generated'] / r['wall']:>10.1f}"
-              f"{kv_text:>13}{r['max_rss_mib']:>14.0f}")
+        wait = r["metrics"].get("rollout/tool_seconds", 0.0)
+        print(f"{name:<6}{r['wall']:>10.2f}{r['cpu']:>10.2f}{wait:>13.2f}{r['generated']:>12}"
+              f"{r['generated'] / r['wall']:>10.1f}{r['peak_kv_bytes'] / 2**20:>13.1f}{r['max_rss_mib']:>14.0f}")
     same = sum(a == b for a, b in zip(old["digests"], new["digests"]))
     print(f"same samples token for token: {same}/{len(new['digests'])} rows")
     print(f"engine: prefill/new {totals['new']:.2f}, speed-up {old['wall'] / new['wall']:.2f}×")
