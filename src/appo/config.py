@@ -152,6 +152,10 @@ class RolloutConfig:
     max_response_length: int = opt(256, "Response budget in tokens, tool results included.", low=1)
     gen_batch_size: int = opt(64, "Rows decoded together (one engine batch); larger batches use the CPU/GPU "
                                   "better until the longest row dominates.", low=1)
+    kv_reuse: bool = opt(True, "HF engine: keep each row's KV cache across tool turns and branches and batch "
+                               "rows continuously (a row leaves for its tool call and rejoins; only new tokens "
+                               "are prefilled). false re-prefills prompt + response every round (the old "
+                               "path; same samples up to float rounding).")
     seed: int = opt(0, "Base seed of sampling; each step and row derives its own.")
     gpu_memory_utilization: float = opt(0.5, "vLLM: fraction of GPU memory for weights + KV cache.", low=0, high=1)
     appo: AppoBranchConfig = opt(help="APPO branching settings.", factory=AppoBranchConfig)

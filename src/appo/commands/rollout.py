@@ -63,25 +63,6 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-class ProgressEngine:
-    """An engine that advances a progress bar by the tokens each generation call returns (rows finish at
-    different times, so generated tokens are the steady measure of progress); everything else is the
-    wrapped engine's."""
-
-    def __init__(self, engine, bar):
-        self._engine, self._bar, self._calls = engine, bar, 0
-
-    def generate(self, requests):
-        results = self._engine.generate(requests)
-        self._calls += 1
-        self._bar.update(sum(len(r.token_ids) for r in results))
-        self._bar.set_postfix(engine_calls=self._calls, rows=len(requests))
-        return results
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-
 def sample(cfg, num_prompts: int, split: str, step: int, out: Path, progress: bool = True):
     """Load the policy, prompts, tools and rewards named by `cfg`, and sample `num_prompts` groups."""
     cfg.trainer.output_dir = str(out)  # a built-in task's search index is built here
@@ -106,10 +87,12 @@ def sample(cfg, num_prompts: int, split: str, step: int, out: Path, progress: bo
     reward_fn = get_reward_fn(cfg.algorithm)
     log.info("sampling %d prompts x %d rows (%s) with %s", len(prompts), cfg.rollout.n, cfg.rollout.strategy,
              cfg.model.path)
-    with build_tools(cfg.tools) as tools, tqdm(desc="rollout", unit="tok", disable=not progress,
-                                               dynamic_ncols=True) as bar:
-        engine = ProgressEngine(make_engine(cfg.rollout, model, tokenizer), bar)
-        groups, metrics = sample_groups(engine, tools, prompts, cfg, step=step, score_inits=score_inits)
+    engine = make_engine(cfg.rollout, model, tokenizer)
+    # rows finish one by one; APPO's branches and ARPO's copies count as they end too
+    with build_tools(cfg.tools) as tools, tqdm(desc="rollout rows", unit="row", total=len(prompts) * cfg.rollout.n,
+                                               disable=not progress, dynamic_ncols=True) as bar:
+        groups, metrics = sample_groups(engine, tools, prompts, cfg, step=step, score_inits=score_inits,
+                                        on_done=lambda _traj: bar.update(1))
     for group in groups:
         for traj in group.rows:
             traj.reward = float(reward_fn(traj.reward_text(tokenizer, cfg.algorithm.reward_text), group.prompt))

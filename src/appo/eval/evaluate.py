@@ -138,8 +138,9 @@ def check_resume(out_dir: Path, cfg: Config, protocol: str | None = None) -> Non
     path.write_text(json.dumps(want, indent=2))
 
 
-def _sample(engine, tools, rows: list[tuple[EvalSet, object, int]], cfg: Config) -> list:
-    """Run the training tool loop for (set, prompt, sample index) rows with eval sampling settings.
+def _sample(engine, tools, rows: list[tuple[EvalSet, object, int]], cfg: Config, on_done=None) -> list:
+    """Run the training tool loop for (set, prompt, sample index) rows with eval sampling settings;
+    `on_done(traj)` is called as each sample finishes.
 
     Each sample's seed derives from (rollout.seed, set, question, sample), so a resumed run draws exactly
     what an uninterrupted one would have."""
@@ -148,7 +149,7 @@ def _sample(engine, tools, rows: list[tuple[EvalSet, object, int]], cfg: Config)
         top_p=cfg.eval.top_p, max_response_length=cfg.eval.max_response_length or cfg.rollout.max_response_length)
     starts = [LoopStart.fresh(p.prompt_ids, group=i, seed=derive_seed(cfg.rollout.seed, "eval", es.name, p.index, s))
               for i, (es, p, s) in enumerate(rows)]
-    return run_tool_loop(engine, tools, starts, settings)
+    return run_tool_loop(engine, tools, starts, settings, on_done=on_done)
 
 
 def run_sets(engine, tools, sets: list[EvalSet], cfg: Config, out_dir: str | Path | None,
@@ -164,13 +165,12 @@ def run_sets(engine, tools, sets: list[EvalSet], cfg: Config, out_dir: str | Pat
               dynamic_ncols=True) as bar:
         for start in range(0, len(pending), chunk):
             rows = pending[start:start + chunk]
-            trajs = _sample(engine, tools, rows, cfg)
+            trajs = _sample(engine, tools, rows, cfg, on_done=lambda _traj: bar.update(1))
             records = [_record(es, p, s, t, tokenizer, reward_fn, cfg.algorithm.reward_text)
                        for (es, p, s), t in zip(rows, trajs, strict=True)]
             if judge is not None:
                 _apply_judge(judge, records)
             store.append(records)
-            bar.update(len(rows))
     if judge is not None:  # samples finished by an earlier run without the judge
         unjudged = [dict(r) for r in store.records.values()
                     if r["judge"] is None and r["benchmark"] in {es.name for es in sets}]

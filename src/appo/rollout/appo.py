@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from appo.core.branching import branching_scores, entropy_from_topk, select_branch_points
-from appo.rollout.tool_loop import LoopStart, RolloutLoopSettings, run_tool_loop
+from appo.rollout.tool_loop import KeptCaches, LoopStart, RolloutLoopSettings, run_tool_loop
 from appo.rollout.trajectory import RolloutGroup, Trajectory
 from appo.seeding import derive_seed
 
@@ -37,7 +37,8 @@ Recompute = Callable[[list[Trajectory], bool], tuple[list[list[float]], list[lis
 
 
 def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
-                  score_inits: ScoreInits | None = None, first_group: int = 0) -> list[RolloutGroup]:
+                  score_inits: ScoreInits | None = None, first_group: int = 0,
+                  on_done=None) -> list[RolloutGroup]:
     """m initial rollouts per prompt, then n - m continuations from the best-scored decision points.
 
     Phase 1 samples the initial rows with the tool loop. Phase 2 scores every generated token of them
@@ -53,7 +54,9 @@ def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
     starts = [LoopStart.fresh(p.prompt_ids, group=g, seed=derive_seed(seed, step, first_group + g, "init", j),
                               keep_top_logprobs=topk > 0)
               for g, p in enumerate(prompts) for j in range(m)]
-    inits = run_tool_loop(engine, tools, starts, RolloutLoopSettings.from_config(r, cfg.tools, topk), stats)
+    kept = KeptCaches() if budget > 0 else None  # the initial rollouts' KV caches, for the branches to start from
+    inits = run_tool_loop(engine, tools, starts, RolloutLoopSettings.from_config(r, cfg.tools, topk), stats,
+                          keep=kept, on_done=on_done)
     groups = [RolloutGroup(p, inits=inits[g * m:(g + 1) * m]) for g, p in enumerate(prompts)]
     stats["init_seconds"] = time.perf_counter() - t0
     if budget <= 0:
@@ -82,15 +85,17 @@ def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
                 row, pos, score = points[j]
                 prefix = inits[row].prefix(pos + 1)
                 prefix.kind, prefix.parent, prefix.split_pos, prefix.branch_score = "branch", row - g * m, pos, score
-                starts.append(LoopStart(prefix, branch_seed))
+                starts.append(LoopStart(prefix, branch_seed, kv=kept.get(inits[row])))
             else:  # no candidate at all in this prompt's rollouts (e.g. all empty): fresh samples instead
                 starts.append(LoopStart.fresh(group.prompt.prompt_ids, group=g, seed=branch_seed, kind="branch",
                                               meta={"refill": True}))
                 stats["refill_rows"] = stats.get("refill_rows", 0) + 1
             owners.append(g)
     stats["select_seconds"] = time.perf_counter() - t0
+    kept.clear()  # caches no branch starts from are freed now; the starts hold the others until they join
     t0 = time.perf_counter()
-    branches = run_tool_loop(engine, tools, starts, RolloutLoopSettings.from_config(r, cfg.tools), stats)
+    branches = run_tool_loop(engine, tools, starts, RolloutLoopSettings.from_config(r, cfg.tools), stats,
+                             on_done=on_done)
     for g, traj in zip(owners, branches):
         groups[g].branches.append(traj)
     stats["branch_seconds"] = time.perf_counter() - t0

@@ -10,13 +10,14 @@ from collections.abc import Callable
 import torch
 
 from appo.core.branching import arpo_branch_decision, arpo_step_entropy
-from appo.rollout.tool_loop import LoopRow, LoopStart, RolloutLoopSettings, ToolLoop
+from appo.rollout.tool_loop import KeptCaches, LoopRow, LoopStart, RolloutLoopSettings, ToolLoop
 from appo.rollout.trajectory import RolloutGroup
 from appo.seeding import derive_seed
 
 
 def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
-                  draw: Callable[[], float] | None = None, first_group: int = 0) -> list[RolloutGroup]:
+                  draw: Callable[[], float] | None = None, first_group: int = 0,
+                  on_done=None) -> list[RolloutGroup]:
     """ARPO: m initial rollouts per prompt, and entropy-triggered branches right after tool results.
 
     A rollout's initial entropy H_init is the step entropy of the first k = `rollout.arpo.entropy_tokens`
@@ -38,7 +39,9 @@ def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
     draws = [draw or random.Random(derive_seed(seed, step, "arpo", first_group + g)).random
              for g in range(len(prompts))]
     vocab = len(engine.tokenizer)
-    loop = ToolLoop(engine, tools, RolloutLoopSettings.from_config(r, cfg.tools, a.entropy_topk), stats)
+    finished = KeptCaches()  # KV caches of rows that ended this round: a branch may still fork from them
+    loop = ToolLoop(engine, tools, RolloutLoopSettings.from_config(r, cfg.tools, a.entropy_topk), stats,
+                    keep=finished, on_done=on_done)
     rows: list[list[LoopRow]] = [[loop.add(LoopStart.fresh(p.prompt_ids, group=g, keep_top_logprobs=True,
                                                            seed=derive_seed(seed, step, first_group + g, "init", j)))
                                   for j in range(m)] for g, p in enumerate(prompts)]
@@ -69,7 +72,8 @@ def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
                     copy = row.traj.prefix(row.round_start)
                     copy.kind, copy.parent, copy.split_pos = "branch", root[id(row)], row.round_start - 1
                     fork_seed = None if row.seed is None else derive_seed(row.seed, "fork", forks[id(row)])
-                    branch_row = loop.add(LoopStart(copy, fork_seed))
+                    kv = row.kv if row.kv is not None else finished.get(row.traj)  # shared, never copied
+                    branch_row = loop.add(LoopStart(copy, fork_seed, kv=kv))
                     h_init[id(branch_row)] = h_init[id(row)]
                     root[id(branch_row)] = root[id(row)]
                     group.append(branch_row)
@@ -83,6 +87,7 @@ def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
                     root[id(row)] = sum(x.traj.kind == "init" for x in group)
                     group.append(row)
                 refills += open_slots
+        finished.clear()
     stats["refill_rows"] = refills
     stats["arpo_decisions"] = decisions
     groups = []

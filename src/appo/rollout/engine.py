@@ -48,3 +48,7 @@ class Engine(Protocol):
     def load_weights(self, weights: Callable[[], dict]) -> None:
         """After each update: pull the new weights (`weights()`, a full state dict) into the engine's own copy;
         a no-op, without calling `weights`, for an engine that samples with the learner's module."""
+
+    # Optional: an engine whose `supports_sessions` is true also has `open_session()`, a continuous batch
+    # whose sequences keep their KV cache between segments (see hf.DecodeSession); the tool loop then
+    # prefills only what is new. Engines without it (vLLM) get one `generate` call per round.

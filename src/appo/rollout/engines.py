@@ -12,7 +12,7 @@ def make_engine(rollout_cfg, model, tokenizer, own_copy: bool = False) -> Engine
         from appo.rollout.hf import HFEngine
 
         return HFEngine(model, tokenizer, max_batch_size=rollout_cfg.gen_batch_size, seed=rollout_cfg.seed,
-                        own_copy=own_copy)
+                        own_copy=own_copy, kv_reuse=rollout_cfg.kv_reuse)
     if rollout_cfg.engine == "vllm":
         from appo.rollout import vllm as vllm_engine
 

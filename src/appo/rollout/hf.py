@@ -13,19 +13,30 @@ What the numbers mean:
   distribution. At temperature 0 (greedy) the sampled distribution is a point mass, which carries no
   information, so the numbers are those of the T=1 distribution after top-k/top-p.
 - Entropy is exact over the full vocabulary, computed in float32 from the logits.
-- Sampling is by inverse CDF with one uniform draw per row and step from a per-row generator seeded by
-  the request's seed. A row's draws therefore do not depend on which other rows share its batch; its
-  logits can still differ in the last bits with the batch's padding, which in rare cases flips a
-  near-tie. Requests without a seed get one from the engine's own seeded generator.
+- Sampling is Gumbel-max: argmax(log p + g) with one standard Gumbel draw per vocabulary entry from a
+  per-row generator seeded by the request's seed (exactly the distribution p). A row's draws therefore do
+  not depend on which other rows share its batch. Its logits can still differ in the last bits with the
+  batch's padding or with how its KV cache was computed; Gumbel-max flips a sample only when the two best
+  perturbed scores are that close (about 1e-5 of a step's draws), where an inverse-CDF draw flips whenever
+  it lands among the tail's tiny tokens, whose CDF intervals are narrower than the rounding. Requests
+  without a seed get one from the engine's own seeded generator.
+
+Sessions (`open_session`, used by the tool loop when `kv_reuse` is on): sequences keep their KV cache
+between engine calls. A sequence joins with the cache of the ids it already has (`KVState`), so only the
+ids after it are prefilled (a tool result, a branch's split token); it decodes with the others one token
+per `step` and leaves, handing its cache back, when its segment ends. Sampling is the same as `generate`:
+same per-request seeds, same distribution, so the two paths agree token by token up to float rounding.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from appo.rollout.engine import GenRequest, GenResult
 
@@ -33,7 +44,7 @@ from appo.rollout.engine import GenRequest, GenResult
 @dataclass
 class _Row:
     req: GenRequest
-    rng: random.Random
+    rng: torch.Generator
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     entropies: list[float] = field(default_factory=list)
@@ -56,11 +67,14 @@ class HFEngine:
 
     exact_entropy = True  # full-vocabulary entropies from the logits
 
-    def __init__(self, model, tokenizer, *, max_batch_size: int = 64, seed: int = 0, own_copy: bool = False):
+    def __init__(self, model, tokenizer, *, max_batch_size: int = 64, seed: int = 0, own_copy: bool = False,
+                 kv_reuse: bool = True):
         self.model = model
         self.own_copy = own_copy
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.kv_reuse = kv_reuse
+        self.peak_kv_bytes = 0   # the largest KV cache a `generate` batch held (sessions: see ToolLoop stats)
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self._seeds = random.Random(seed)
@@ -77,11 +91,23 @@ class HFEngine:
                     raise KeyError(f"load_weights: unknown parameter '{name}'")
                 own[name].copy_(value)
 
+    @property
+    def supports_sessions(self) -> bool:
+        """Whether `open_session` may be used: `kv_reuse` is on and the model's cache is a plain per-layer
+        key/value cache (sliding-window or hybrid caches cannot be cut and re-packed this way)."""
+        if not self.kv_reuse:
+            return False
+        layers = DynamicCache(config=self.model.config).layers
+        return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+    def open_session(self) -> DecodeSession:
+        return DecodeSession(self)
+
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         for req in requests:
             if not req.prompt_ids:
                 raise ValueError("GenRequest.prompt_ids is empty; a prompt needs at least one token")
-        rows = [_Row(req, random.Random(req.seed if req.seed is not None else self._seeds.getrandbits(63)))
+        rows = [_Row(req, _generator(req.seed if req.seed is not None else self._seeds.getrandbits(63)))
                 for req in requests]
         # Similar lengths together keep left padding (wasted compute) small.
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i].req.prompt_ids))
@@ -129,6 +155,7 @@ class HFEngine:
             out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
                              past_key_values=cache, use_cache=True)
             next_pos = next_pos + 1
+            self.peak_kv_bytes = max(self.peak_kv_bytes, _cache_bytes(cache))
 
     def _sample_step(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
         """Draw one token per row, record its log-prob, entropy and top-k, and mark finished rows."""
@@ -144,9 +171,9 @@ class HFEngine:
         logp = torch.log_softmax(scaled, dim=-1)
         probs = logp.exp()
         entropy = torch.special.entr(probs).sum(-1)
-        cdf = probs.double().cumsum(-1)
-        u = torch.tensor([r.rng.random() for r in rows], device=dev, dtype=torch.float64) * cdf[:, -1]
-        sampled = torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
+        uniform = torch.stack([torch.rand(logits.shape[-1], generator=r.rng, dtype=torch.float64) for r in rows])
+        gumbel = -torch.log(-torch.log(uniform)).to(dev)
+        sampled = (logp.double() + gumbel).argmax(-1)
         tokens = torch.where(greedy, logits.argmax(-1), sampled)
         chosen = logp.gather(-1, tokens[:, None]).squeeze(-1)
 
@@ -195,6 +222,220 @@ def apply_repetition_penalty(logits: torch.Tensor, rows: list[_Row]) -> torch.Te
             seen[i, torch.tensor(r.req.prompt_ids + r.tokens, device=logits.device)] = True
     p = torch.tensor(penalties, device=logits.device, dtype=logits.dtype)[:, None]
     return torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
+
+
+@dataclass
+class KVState:
+    """The KV cache of a sequence outside the decode batch: per layer (keys, values) of shape
+    [1, heads, length, head_dim], for the first `length` of its ids. Never written in place (joining the
+    batch copies it), so forks and branches share one without copying."""
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    length: int
+
+    def prefix(self, length: int) -> KVState:
+        """The cache of the first `length` ids (views: no copy)."""
+        length = min(length, self.length)
+        return KVState([(k[:, :, :length], v[:, :, :length]) for k, v in self.layers], length)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.element_size() * k.numel() * 2 for k, _ in self.layers)
+
+
+@dataclass
+class _Seq(_Row):
+    key: Any = None
+    past: KVState | None = None
+
+
+class DecodeSession:
+    """Continuous batching over one HF engine. `add` queues a sequence (its request's `prompt_ids` are all
+    its ids so far, `past` the cache of a prefix of them); `step` prefills the queued ones (only the ids
+    after their cache), then decodes one token for every sequence in the batch, and returns those whose
+    segment ended as (key, GenResult, KVState of every id fed so far: prompt_ids + tokens but the last).
+
+    The batch is one left-padded cache; a sequence that leaves is cut out of it (its cache copied out),
+    one that joins is padded into it. Each sequence samples from its own seeded generator, exactly as in
+    `HFEngine.generate`, so which sequences share a step changes nothing but float rounding.
+    """
+
+    def __init__(self, engine: HFEngine):
+        self.engine = engine
+        self.model = engine.model
+        self.device = next(self.model.parameters()).device
+        self.queued: list[_Seq] = []
+        self.batch: list[_Seq] = []
+        self.cache: DynamicCache | None = None
+        self.mask = self.next_pos = self.pending = None
+        self.prefill_tokens = 0      # ids run through prefill forwards (pads excluded)
+        self.decode_tokens = 0
+
+    def __len__(self) -> int:
+        return len(self.queued) + len(self.batch)
+
+    def add(self, key, request: GenRequest, past: KVState | None = None) -> None:
+        if not request.prompt_ids:
+            raise ValueError("GenRequest.prompt_ids is empty; a prompt needs at least one token")
+        if past is not None and past.length >= len(request.prompt_ids):
+            past = past.prefix(len(request.prompt_ids) - 1)  # the last id must be fed for its logits
+        seed = request.seed if request.seed is not None else self.engine._seeds.getrandbits(63)
+        self.queued.append(_Seq(request, _generator(seed), key=key, past=past if past and past.length else None))
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes held by the batch's cache now (sequences outside it hold their own KVState)."""
+        return 0 if self.cache is None else _cache_bytes(self.cache)
+
+    def step(self) -> list[tuple[Any, GenResult, KVState | None]]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                done = self._join(self.queued) if self.queued else []
+                self.queued = []
+                if self.batch:
+                    done += self._decode_step()
+        finally:
+            self.model.train(was_training)
+        return done
+
+    # ----------------------------------------------------------------------------------- internals
+
+    def _join(self, seqs: list[_Seq]) -> list:
+        done = [(s.key, s.result(), s.past) for s in seqs if s.req.max_new_tokens <= 0]
+        seqs = [s for s in seqs if s.req.max_new_tokens > 0]
+        if not seqs:
+            return done
+        pasts = [s.past.length if s.past else 0 for s in seqs]
+        news = [s.req.prompt_ids[p:] for s, p in zip(seqs, pasts)]
+        width_past, width_new = max(pasts), max(len(n) for n in news)
+        # Layout per row: [left pad][its cache][its new ids][right pad]; the mask hides both pads, and every
+        # real query sees at least one real key, so no softmax row is empty.
+        ids = torch.full((len(seqs), width_new), self.engine.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width_past + width_new), dtype=torch.long)
+        for i, (p, new) in enumerate(zip(pasts, news)):
+            ids[i, :len(new)] = torch.tensor(new)
+            mask[i, width_past - p:width_past + len(new)] = 1
+        positions = torch.tensor(pasts)[:, None] + torch.arange(width_new)[None, :]
+        cache = DynamicCache(config=self.model.config)
+        if width_past:
+            _fill(cache, [_left_padded([s.past.layers[j] if s.past else None for s in seqs], width_past)
+                          for j in range(len(cache.layers))])
+        last = [len(n) - 1 for n in news]
+        cols = sorted(set(last))
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                         position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
+                         logits_to_keep=torch.tensor(cols, device=self.device))
+        self.prefill_tokens += sum(len(n) for n in news)
+        pick = torch.tensor([cols.index(c) for c in last], device=self.device)
+        tokens = self.engine._sample_step(out.logits[torch.arange(len(seqs), device=self.device), pick], seqs)
+        states = [KVState([(layer.keys[i:i + 1, :, width_past - p:width_past + len(n)],
+                            layer.values[i:i + 1, :, width_past - p:width_past + len(n)]) for layer in cache.layers],
+                          p + len(n)) for i, (p, n) in enumerate(zip(pasts, news))]
+        joining = []
+        for s, state, tok in zip(seqs, states, tokens.tolist()):
+            s.past = None
+            if s.finish is not None:
+                done.append((s.key, s.result(), _copied(state)))
+            else:
+                joining.append((s, state, tok))
+        if joining:
+            self._merge(joining)
+        return done
+
+    def _merge(self, joining: list) -> None:
+        """Pad the joining sequences' caches into the batch's (one copy of both)."""
+        old = len(self.batch)
+        width_old = self.mask.shape[1] if old else 0
+        width = max([width_old] + [state.length for _, state, _ in joining])
+        layers = []
+        for j in range(len(joining[0][1].layers)):
+            parts = ([(self.cache.layers[j].keys, self.cache.layers[j].values)] if old else [])
+            parts += [state.layers[j] for _, state, _ in joining]
+            layers.append(_left_padded(parts, width))
+        mask = torch.zeros((old + len(joining), width), dtype=torch.long, device=self.device)
+        if old:
+            mask[:old, width - width_old:] = self.mask
+        for i, (_, state, _) in enumerate(joining):
+            mask[old + i, width - state.length:] = 1
+        cache = DynamicCache(config=self.model.config)
+        _fill(cache, layers)
+        joined_pos = torch.tensor([state.length for _, state, _ in joining], device=self.device)
+        joined_tok = torch.tensor([tok for _, _, tok in joining], device=self.device)
+        self.cache, self.mask = cache, mask
+        self.next_pos = torch.cat([self.next_pos, joined_pos]) if old else joined_pos
+        self.pending = torch.cat([self.pending, joined_tok]) if old else joined_tok
+        self.batch += [s for s, _, _ in joining]
+
+    def _decode_step(self) -> list:
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.batch), 1))], dim=1)
+        out = self.model(input_ids=self.pending[:, None], attention_mask=self.mask,
+                         position_ids=self.next_pos[:, None], past_key_values=self.cache, use_cache=True)
+        self.decode_tokens += len(self.batch)
+        self.next_pos = self.next_pos + 1
+        self.pending = self.engine._sample_step(out.logits[:, -1], self.batch)
+        finished = [i for i, s in enumerate(self.batch) if s.finish is not None]
+        if not finished:
+            return []
+        width = self.mask.shape[1]
+        lengths = self.next_pos.tolist()
+        done = [(self.batch[i].key, self.batch[i].result(),
+                 KVState([(layer.keys[i:i + 1, :, width - lengths[i]:].clone(),
+                           layer.values[i:i + 1, :, width - lengths[i]:].clone()) for layer in self.cache.layers],
+                         lengths[i])) for i in finished]
+        keep = [i for i, s in enumerate(self.batch) if s.finish is None]
+        self.batch = [self.batch[i] for i in keep]
+        if not keep:
+            self.cache = self.mask = self.next_pos = self.pending = None
+            return done
+        index = torch.tensor(keep, device=self.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.next_pos, self.pending = self.mask[index], self.next_pos[index], self.pending[index]
+        cut = int((self.mask.sum(0) == 0).long().cumprod(0).sum())  # columns that are padding in every row
+        if cut:
+            self.mask = self.mask[:, cut:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, cut:], layer.values[:, :, cut:]
+        return done
+
+
+def _generator(seed: int) -> torch.Generator:
+    """A row's own CPU generator: the same draws on every device and whatever else is in the batch."""
+    return torch.Generator().manual_seed(seed)
+
+
+def _cache_bytes(cache: DynamicCache) -> int:
+    return sum(layer.keys.element_size() * layer.keys.numel() * 2 for layer in cache.layers if layer.is_initialized)
+
+
+def _left_padded(parts: list, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (keys, values) blocks of shape [b, heads, n, dim] (None: an empty row) right-aligned to `width`."""
+    ref = next(p for p in parts if p is not None)[0]
+    rows = sum(1 if p is None else p[0].shape[0] for p in parts)
+    keys = ref.new_zeros((rows, ref.shape[1], width, ref.shape[3]))
+    values = torch.zeros_like(keys)
+    at = 0
+    for p in parts:
+        if p is None:
+            at += 1
+            continue
+        k, v = p
+        n = k.shape[2]
+        keys[at:at + k.shape[0], :, width - n:] = k
+        values[at:at + k.shape[0], :, width - n:] = v
+        at += k.shape[0]
+    return keys, values
+
+
+def _fill(cache: DynamicCache, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for layer, (k, v) in zip(cache.layers, layers):
+        layer.lazy_initialization(k, v)
+        layer.keys, layer.values = k, v
+
+
+def _copied(state: KVState) -> KVState:
+    """A KVState that owns its memory (a view would keep the whole batch's cache alive)."""
+    return KVState([(k.clone(), v.clone()) for k, v in state.layers], state.length)
 
 
 def truncate_logits(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

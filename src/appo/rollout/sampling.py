@@ -16,23 +16,24 @@ from appo.rollout.trajectory import RolloutGroup
 
 def sample_groups(engine: Engine, tools, prompts: Sequence, cfg, *, step: int = 0,
                   score_inits: ScoreInits | None = None, draw: Callable[[], float] | None = None,
-                  first_group: int = 0) -> tuple[list[RolloutGroup], dict]:
+                  first_group: int = 0, on_done: Callable | None = None) -> tuple[list[RolloutGroup], dict]:
     """Sample `cfg.rollout.n` rows for each prompt (objects with `prompt_ids`) with `cfg.rollout.strategy`.
 
     `score_inits` rescores APPO's initial rows (future value, exact entropies: `appo.rollout.appo.init_scorer`); `draw` replaces ARPO's seeded
     uniform draws (tests). `first_group` is the step-wide index of `prompts[0]`: seeds derive from the
     step-wide group index, so a rank sampling a slice of the step's prompts draws exactly the rows one
-    process would. Returns the groups and metrics (counts, and seconds spent generating and in tools).
+    process would. `on_done(trajectory)` is called as each row finishes (progress bars). Returns the
+    groups and metrics (counts, and seconds spent generating and in tools).
     """
     stats: dict = {}
     t0 = time.perf_counter()
     strategy = cfg.rollout.strategy
     if strategy == "grpo":
-        groups = grpo_rollouts(engine, tools, prompts, cfg, step, stats, first_group)
+        groups = grpo_rollouts(engine, tools, prompts, cfg, step, stats, first_group, on_done)
     elif strategy == "arpo":
-        groups = arpo_rollouts(engine, tools, prompts, cfg, step, stats, draw, first_group)
+        groups = arpo_rollouts(engine, tools, prompts, cfg, step, stats, draw, first_group, on_done)
     elif strategy == "appo":
-        groups = appo_rollouts(engine, tools, prompts, cfg, step, stats, score_inits, first_group)
+        groups = appo_rollouts(engine, tools, prompts, cfg, step, stats, score_inits, first_group, on_done)
     else:
         raise ValueError(f"rollout.strategy={strategy!r} is not valid; choose one of: grpo, arpo, appo")
     rows = [t for g in groups for t in g.rows]

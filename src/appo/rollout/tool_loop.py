@@ -21,12 +21,24 @@ Decisions the reference leaves implicit:
 - Empty payload (or a closing tag with no opening tag in the current turn): the reference ends the row
   silently, leaving a dangling call. Here it counts as a call that fails: an error result tells the model
   how to call the tool, and the row continues.
+
+Engines with sessions (the HF engine with `rollout.kv_reuse`) keep each row's KV cache: after a tool
+result only the result is prefilled, a branch or fork starts from its parent's cache, and `run` batches
+continuously: a row that stops for a tool call leaves the batch, its call runs in the tool runner's
+pool while the others decode, and it rejoins REJOIN_AFTER_STEPS decode steps later (waiting for the result
+only if the tool is slower); freed slots go to the next rows. Which rows share a step therefore depends
+on token counts only, never on how fast a tool or the machine is, so outputs are reproducible. Other
+engines (vLLM, which has its own prefix cache) get one `generate` call per round for all live rows.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from appo.rollout.engine import Engine, GenRequest
 from appo.rollout.trajectory import Trajectory
@@ -39,6 +51,9 @@ TOOL_LIMIT_TEXT = ("Error: the {tool} call limit ({limit}) is reached; you may n
                    "another tool or give your final answer now.")
 EMPTY_TEXT = "Error: empty <{tool}> call; put the input between <{tool}> and </{tool}>."
 ON_LIMIT = ("stop", "result", "eos")
+# Decode steps a row sits out for its tool call before it rejoins (its result is waited for if not ready):
+# long enough that a sandboxed call usually overlaps other rows' decoding, short enough to keep slots busy.
+REJOIN_AFTER_STEPS = 2
 
 
 @dataclass
@@ -82,6 +97,9 @@ class LoopStart:
     which the loop continues exactly as if the policy had just generated it."""
     trajectory: Trajectory
     seed: int | None = None
+    kv: Any = None          # the engine's cache of a prefix of prompt + response (a parent's, from KeptCaches);
+    #                         the loop takes it over when the start is added
+
 
     @classmethod
     def fresh(cls, prompt_ids: list[int], *, group: int = 0, seed: int | None = None, kind: str = "init",
@@ -101,6 +119,10 @@ class LoopRow:
     rounds: int = 0
     pending_stop: str | None = None
     done: bool = False
+    kv: Any = None               # engine cache of the ids fed so far (sessions only; None while in the batch)
+    fed: int = 0                 # ids of prompt + response whose KV this row (or its parent) has computed
+    joined: bool = False         # admitted to the engine at least once
+    reported: bool = False
 
     def finish(self, reason: str) -> None:
         self.traj.finish_reason = reason
@@ -113,11 +135,50 @@ class _Queued:
     call: ToolCall
 
 
+@dataclass
+class _Waiting:
+    row: LoopRow
+    call: ToolCall
+    future: Future
+    ready_at: int
+
+
+class KeptCaches:
+    """KV caches of finished rows kept for branches that continue their prefixes (APPO): fill it by passing
+    it as `keep` to the initial rollouts' loop, give each branch start `kv=kept.get(parent_traj)`, then
+    `clear()` it so the caches no branch uses are freed (the branches' starts hold the rest until they
+    join the batch). Empty with engines that have no sessions."""
+
+    def __init__(self):
+        self._by_id: dict[int, tuple[Trajectory, Any]] = {}
+
+    def put(self, traj: Trajectory, kv) -> None:
+        if kv is not None:
+            self._by_id[id(traj)] = (traj, kv)
+
+    def get(self, traj: Trajectory):
+        entry = self._by_id.get(id(traj))
+        return entry[1] if entry is not None and entry[0] is traj else None
+
+    def clear(self) -> None:
+        self._by_id.clear()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(kv.nbytes for _, kv in self._by_id.values())
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
 class ToolLoop:
     """Rows are added with `add`, advanced one round at a time with `step` (strategies such as ARPO act
     between rounds), or to completion with `run`."""
 
-    def __init__(self, engine: Engine, tools, settings: RolloutLoopSettings, stats: dict | None = None):
+    def __init__(self, engine: Engine, tools, settings: RolloutLoopSettings, stats: dict | None = None, *,
+                 keep: KeptCaches | None = None, on_done: Callable[[Trajectory], None] | None = None):
+        """`keep`: store the caches of finished rows there (for branches); `on_done(traj)`: called once per
+        row as it finishes (progress bars)."""
         self.engine = engine
         self.tools = tools
         self.settings = settings
@@ -126,7 +187,11 @@ class ToolLoop:
         self.eos_ids = set(getattr(engine, "eos_ids", None) or {self.tokenizer.eos_token_id})
         self.rows: list[LoopRow] = []
         self.stats = stats if stats is not None else {}
+        self.keep = keep
+        self.on_done = on_done
+        self.sessions = bool(getattr(engine, "supports_sessions", False))
         self._queue: list[_Queued] = []
+        self._kv_bytes = 0           # parked caches (rows outside the batch), for the peak-memory stat
 
     # ------------------------------------------------------------------------------------ rows
 
@@ -136,8 +201,16 @@ class ToolLoop:
             traj.top_logprobs = [{} for _ in traj.token_ids]
         row = LoopRow(traj, start.seed, turn_start=max((e["end"] for e in traj.tool_log), default=0))
         row.round_start = len(traj)
+        # A branch's prefix was computed by its parent: all of it but the last id (whose logits it needs).
+        # Any other prefix (a forced opening) is new to the model.
+        row.fed = len(traj.prompt_ids) + len(traj) - 1 if len(traj) and traj.kind == "branch" else 0
+        if self.sessions and start.kv is not None:
+            row.kv = start.kv.prefix(row.fed)
+            self._park(row.kv)
+        start.kv = None
         self._resume(row)
         self.rows.append(row)
+        self._settle(row)
         return row
 
     @property
@@ -158,6 +231,8 @@ class ToolLoop:
     # ---------------------------------------------------------------------------------- rounds
 
     def run(self) -> None:
+        if self.sessions:
+            self._run_continuous()
         while self.active:
             self.step()
 
@@ -167,50 +242,173 @@ class ToolLoop:
         for row in self.active:
             if row.pending_stop is not None:
                 stop, row.pending_stop = row.pending_stop, None
-                self._on_stop(row, stop)
+                self._queue_call(row, stop)
         self._run_queued()
         rows = self.active
         if not rows:
             return []
-        settings, budget = self.settings, self.settings.max_response_length
-        per_call = settings.max_tokens_per_call or budget
-        requests = [GenRequest(prompt_ids=r.traj.prompt_ids + r.traj.token_ids,
-                               max_new_tokens=min(budget - len(r.traj), per_call), temperature=settings.temperature,
-                               top_p=settings.top_p, top_k=settings.top_k,
-                               repetition_penalty=settings.repetition_penalty, stop=list(self.stops),
-                               logprobs=settings.top_logprobs,
-                               seed=None if r.seed is None else derive_seed(r.seed, r.rounds))
-                    for r in rows]
-        t0 = time.perf_counter()
-        results = []
-        for i in range(0, len(requests), settings.gen_batch_size):
-            results += self.engine.generate(requests[i:i + settings.gen_batch_size])
-        self._count("generate_seconds", time.perf_counter() - t0)
+        if self.sessions:
+            outputs = self._generate_in_session(rows)
+        else:
+            t0 = time.perf_counter()
+            requests = [self._request(r) for r in rows]
+            results = []
+            for i in range(0, len(requests), self.settings.gen_batch_size):
+                results += self.engine.generate(requests[i:i + self.settings.gen_batch_size])
+            outputs = [(res, None) for res in results]
+            self._count("generate_seconds", time.perf_counter() - t0)
         self._count("rounds", 1)
-        for row, res in zip(rows, results):
-            row.round_start = len(row.traj)
-            row.rounds += 1
-            row.traj.append(res.token_ids, generated=1, logprobs=res.logprobs, entropies=res.entropies,
-                            top_logprobs=res.top_logprobs)
-            self._count("generated_tokens", len(res.token_ids))
-            if res.finish_reason == "stop" and res.stop_str in self.stops:
-                self._on_stop(row, res.stop_str)
-            elif res.finish_reason == "eos":
-                row.finish("eos")
-            elif len(row.traj) >= budget or len(res.token_ids) >= per_call:
-                row.finish("length")
-            else:
-                raise RuntimeError(f"engine returned finish_reason={res.finish_reason!r} "
-                                   f"(stop_str={res.stop_str!r}) before the budget was used")
+        for row, (res, kv) in zip(rows, outputs):
+            stop = self._absorb(row, res, kv)
+            if stop is not None:
+                self._queue_call(row, stop)
         self._run_queued()
+        for row in self.rows:
+            self._settle(row)
         return rows
+
+    def _request(self, row: LoopRow) -> GenRequest:
+        """The next segment of `row`, with its seed per row and round; also counts what the engine must
+        prefill for it, by phase (a fresh row's prompt, a branch's start, a turn after a tool result)."""
+        settings = self.settings
+        ids = row.traj.prompt_ids + row.traj.token_ids
+        phase = "tool" if row.joined else "branch" if row.fed else "initial"
+        row.joined = True
+        cached = row.kv.length if row.kv is not None else 0
+        self._count(f"prefill_tokens/{phase}", len(ids) - min(cached, len(ids) - 1))
+        self._count(f"new_tokens/{phase}", len(ids) - min(row.fed, len(ids) - 1))
+        per_call = settings.max_tokens_per_call or settings.max_response_length
+        return GenRequest(prompt_ids=ids, max_new_tokens=min(settings.max_response_length - len(row.traj), per_call),
+                          temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
+                          repetition_penalty=settings.repetition_penalty, stop=list(self.stops),
+                          logprobs=settings.top_logprobs,
+                          seed=None if row.seed is None else derive_seed(row.seed, row.rounds))
+
+    def _absorb(self, row: LoopRow, res, kv) -> str | None:
+        """Append a generated segment; returns the closing tag it stopped on, if a call is now due."""
+        budget = self.settings.max_response_length
+        row.fed = len(row.traj.prompt_ids) + len(row.traj) + len(res.token_ids) - 1
+        row.round_start = len(row.traj)
+        row.rounds += 1
+        row.kv = kv
+        self._park(kv)
+        row.traj.append(res.token_ids, generated=1, logprobs=res.logprobs, entropies=res.entropies,
+                        top_logprobs=res.top_logprobs)
+        self._count("generated_tokens", len(res.token_ids))
+        if res.finish_reason == "stop" and res.stop_str in self.stops:
+            return res.stop_str
+        if res.finish_reason == "eos":
+            row.finish("eos")
+        elif len(row.traj) >= budget or len(res.token_ids) >= (self.settings.max_tokens_per_call or budget):
+            row.finish("length")
+        else:
+            raise RuntimeError(f"engine returned finish_reason={res.finish_reason!r} "
+                               f"(stop_str={res.stop_str!r}) before the budget was used")
+        return None
+
+    def _settle(self, row: LoopRow) -> None:
+        """A finished row hands its cache to `keep` (or frees it at once) and is reported once."""
+        if not row.done or row.reported:
+            return
+        row.reported = True
+        if row.kv is not None:
+            self._park(row.kv, -1)
+            if self.keep is not None:
+                self.keep.put(row.traj, row.kv)
+            row.kv = None
+        if self.on_done is not None:
+            self.on_done(row.traj)
+
+    def _park(self, kv, sign: int = 1) -> None:
+        if kv is not None:
+            self._kv_bytes += sign * kv.nbytes
+            self.stats["peak_kv_bytes"] = max(self.stats.get("peak_kv_bytes", 0),
+                                              self._kv_bytes + (self.keep.nbytes if self.keep is not None else 0))
+
+    def _admit(self, session, row: LoopRow) -> None:
+        session.add(row, self._request(row), row.kv)
+        self._park(row.kv, -1)
+        row.kv = None
+
+    def _session_step(self, session) -> list:
+        t0 = time.perf_counter()
+        done = session.step()
+        self._count("generate_seconds", time.perf_counter() - t0)
+        peak = self._kv_bytes + session.kv_bytes + (self.keep.nbytes if self.keep is not None else 0)
+        self.stats["peak_kv_bytes"] = max(self.stats.get("peak_kv_bytes", 0), peak)
+        return done
+
+    def _generate_in_session(self, rows: list[LoopRow]) -> list:
+        """One round through a session: every row generates one segment; slots refill as rows finish."""
+        session = self.engine.open_session()
+        todo, out = deque(rows), {}
+        while todo or len(session):
+            while todo and len(session) < self.settings.gen_batch_size:
+                self._admit(session, todo.popleft())
+            for row, res, kv in self._session_step(session):
+                out[id(row)] = (res, kv)
+        return [out[id(r)] for r in rows]
+
+    def _run_continuous(self) -> None:
+        """Every row to completion, batched continuously (see the module docstring)."""
+        session = self.engine.open_session()
+        ready: deque[LoopRow] = deque()
+        waiting: deque[_Waiting] = deque()
+        clock = 0
+
+        def after(row: LoopRow, stop: str | None) -> None:
+            call = self._call_for(row, stop) if stop is not None else None
+            if call is not None:
+                waiting.append(_Waiting(row, call, self._submit(call), clock + REJOIN_AFTER_STEPS))
+            elif row.done:
+                self._settle(row)
+            else:
+                ready.append(row)
+
+        for row in self.active:
+            stop, row.pending_stop = row.pending_stop, None
+            after(row, stop)
+        while ready or waiting or len(session):
+            if not ready and not len(session):
+                clock = max(clock, waiting[0].ready_at)  # nothing to decode: the next result is due now
+            while waiting and waiting[0].ready_at <= clock:
+                w = waiting.popleft()
+                t0 = time.perf_counter()
+                result = w.future.result()
+                self._count("tool_seconds", time.perf_counter() - t0)
+                self._count("tool_calls", 1)
+                self._splice(w.row, w.call.tool, w.call.payload, result)
+                after(w.row, None)
+            while ready and len(session) < self.settings.gen_batch_size:
+                self._admit(session, ready.popleft())
+            if not len(session):
+                continue
+            for row, res, kv in self._session_step(session):
+                after(row, self._absorb(row, res, kv))
+            clock += 1
+        self._count("rounds", max((r.rounds for r in self.rows), default=0))
+
+    def _submit(self, call: ToolCall) -> Future:
+        submit = getattr(self.tools, "submit", None)
+        if submit is not None:
+            return submit(call)
+        future: Future = Future()
+        future.set_result(self.tools.run([call])[0])
+        return future
 
     # ------------------------------------------------------------------------------- tool calls
 
     def _turn_text(self, row: LoopRow) -> str:
         return self.tokenizer.decode(row.traj.token_ids[row.turn_start:], skip_special_tokens=False)
 
-    def _on_stop(self, row: LoopRow, stop: str) -> None:
+    def _queue_call(self, row: LoopRow, stop: str) -> None:
+        call = self._call_for(row, stop)
+        if call is not None:
+            self._queue.append(_Queued(row, call))
+
+    def _call_for(self, row: LoopRow, stop: str) -> ToolCall | None:
+        """Handle a turn that ended on `stop`: the tool call to run, or None when the row was ended or got
+        its (error) result at once."""
         traj, settings = row.traj, self.settings
         tool = stop[2:-1]
         limit = self._limit_reached(traj, tool)
@@ -224,7 +422,7 @@ class ToolLoop:
                 row.finish("call_limit")
             else:
                 self._splice(row, tool, "", ToolResult(limit, ok=False), refused=True, own=True)
-            return
+            return None
         turn = self._turn_text(row)
         end = turn.find(stop)
         opening = turn.rfind(f"<{tool}>", 0, end)
@@ -233,10 +431,10 @@ class ToolLoop:
         if not payload:
             self._count("empty_calls", 1)
             self._splice(row, tool, payload, ToolResult(EMPTY_TEXT.format(tool=tool), ok=False), own=True)
-            return
+            return None
         history = tuple(e["payload"] for e in traj.tool_log if e["tool"] == tool and e["ok"])
         reasoning = self.tokenizer.decode(traj.token_ids, skip_special_tokens=True)
-        self._queue.append(_Queued(row, ToolCall(tool=tool, payload=payload, history=history, reasoning=reasoning)))
+        return ToolCall(tool=tool, payload=payload, history=history, reasoning=reasoning)
 
     def _limit_reached(self, traj: Trajectory, tool: str) -> str | None:
         """The message for the model when this call is over the total or the tool's own limit, else None."""
@@ -257,8 +455,6 @@ class ToolLoop:
         self._count("tool_seconds", time.perf_counter() - t0)
         self._count("tool_calls", len(queued))
         for q, res in zip(queued, results):
-            for phase, seconds in res.meta.get("phases", {}).items():  # the browser's search/fetch/summarise
-                self._count(f"{q.call.tool}_{phase}_seconds", seconds)
             self._splice(q.row, q.call.tool, q.call.payload, res)
 
     def _splice(self, row: LoopRow, tool: str, payload: str, result: ToolResult, refused: bool = False,
@@ -269,6 +465,8 @@ class ToolLoop:
         start = len(traj)
         traj.append(ids, generated=0)
         phases = {"phases": result.meta["phases"]} if result.meta.get("phases") else {}  # the browser's timing
+        for phase, seconds in result.meta.get("phases", {}).items():
+            self._count(f"{tool}_{phase}_seconds", seconds)
         traj.tool_log.append(dict(tool=tool, payload=payload, ok=result.ok, seconds=result.seconds,
                                   start=start, end=len(traj), refused=refused, **phases))
         row.turn_start = len(traj)
@@ -280,9 +478,11 @@ class ToolLoop:
 
 
 def run_tool_loop(engine: Engine, tools, starts: list[LoopStart], cfg: RolloutLoopSettings,
-                  stats: dict | None = None) -> list[Trajectory]:
-    """Run every start to completion; trajectories come back in the order of `starts`."""
-    loop = ToolLoop(engine, tools, cfg, stats)
+                  stats: dict | None = None, *, keep: KeptCaches | None = None,
+                  on_done: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
+    """Run every start to completion; trajectories come back in the order of `starts`. `keep` and
+    `on_done` as in ToolLoop."""
+    loop = ToolLoop(engine, tools, cfg, stats, keep=keep, on_done=on_done)
     rows = [loop.add(s) for s in starts]
     loop.run()
     return [r.traj for r in rows]

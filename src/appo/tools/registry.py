@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from appo.config import ToolsConfig
 from appo.tools.base import Tool, ToolCall, ToolResult
@@ -28,8 +28,12 @@ class ToolRunner:
         return list(self.tools)
 
     def run(self, calls: list[ToolCall]) -> list[ToolResult]:
-        futures = [self._pool.submit(self._run_one, call) for call in calls]
+        futures = [self.submit(call) for call in calls]
         return [f.result() for f in futures]
+
+    def submit(self, call: ToolCall) -> Future:
+        """Start one call in the pool; the future's result is its ToolResult (never an exception)."""
+        return self._pool.submit(self._run_one, call)
 
     def _run_one(self, call: ToolCall) -> ToolResult:
         start = time.time()

@@ -76,6 +76,33 @@ def test_run_sets_samples_scores_and_summarizes(engine, tmp_path):
     assert engine.rows == 6
 
 
+def test_progress_bar_moves_as_samples_finish(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
+    """One chunk of 6 samples: the bar advances by one as each sample finishes (the loop reports rows as
+    they end), instead of jumping from 0 to 6 when the chunk is done."""
+    import appo.eval.evaluate as evaluate
+    from appo.rollout.hf import HFEngine
+
+    class Bar:
+        updates: list[int] = []
+
+        def __init__(self, **kw):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            Bar.updates.append(n)
+
+    monkeypatch.setattr(evaluate, "tqdm", Bar)
+    cfg = _cfg(**{"eval.batch_size": 3, "eval.max_response_length": 24})
+    run_sets(HFEngine(tiny_model.eval(), tiny_tokenizer, seed=0), None, _sets(tiny_tokenizer), cfg, tmp_path)
+    assert Bar.updates == [1] * 6
+
+
 def test_resume_generates_only_missing_samples_and_matches_uninterrupted(engine, tmp_path):
     cfg = _cfg()
     run_sets(engine, None, _sets(engine.tokenizer), cfg, tmp_path, progress=False)

@@ -37,10 +37,11 @@ def test_logprobs_and_entropy_match_a_teacher_forced_recompute(engine, tiny_mode
     results = engine.generate([GenRequest(p, 16, temperature=temperature, seed=i) for i, p in enumerate(prompts)])
     for p, res in zip(prompts, results):
         chosen, entropy, _ = _recompute(tiny_model, p, res, temperature)
-        assert len(res.token_ids) == len(res.logprobs) == len(res.entropies) == 16
+        assert len(res.token_ids) == len(res.logprobs) == len(res.entropies)
         assert torch.allclose(torch.tensor(res.logprobs), chosen, atol=1e-4)
         assert torch.allclose(torch.tensor(res.entropies), entropy, atol=1e-4)
-        assert res.finish_reason == "length" and res.stop_str is None
+        assert res.stop_str is None
+        assert (res.finish_reason, len(res.token_ids)) == ("length", 16) or res.finish_reason == "eos"
 
 
 def test_top_logprobs_are_of_the_sampled_distribution(engine, tiny_model, tiny_tokenizer):
