@@ -29,5 +29,5 @@ def test_rollout_cli_writes_groups_and_tree(tmp_path, monkeypatch, capsys, strat
     page = (out / "rollouts.html").read_text()
     assert page.count("<details class='group'") == 2 and "initial rollout 0" in page
     err = capsys.readouterr().err
-    assert "rollout: " in err and "tok/s" in err            # the progress bar: generated tokens and rate
+    assert "rollout rows: 100%" in err and "8/8" in err   # the progress bar counts rows as they finish
     assert json.loads((out / "metrics.json").read_text())["rollout/init_rows"] >= 4
