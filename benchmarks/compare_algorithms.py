@@ -67,15 +67,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sampled-questions", type=int, default=None, help="Sample only the first N questions of "
                    "each evaluation for pass@k (default: all; greedy pass@1 always uses all).")
     p.add_argument("--sft-only", action="store_true", help="Train and evaluate the SFT checkpoint, then stop.")
-    p.add_argument("--rows", nargs="*", default=[], metavar="ALGO=N[:M]",
-                   help=f"Rows per prompt by algorithm (defaults {DEFAULT_ROWS}); an ablation uses appo's.")
+    p.add_argument("--rows", default="", metavar="ALGO=N[:M],...",
+                   help="Rows per prompt by algorithm, e.g. grpo=4,appo=6:2 (defaults: "
+                        f"{','.join(f'{k}={v}' for k, v in DEFAULT_ROWS.items())}); an ablation uses appo's.")
     p.add_argument("--out", default="results/compare", help="Where the JSON results, table and plot go.")
     p.add_argument("--work", default="runs/compare", help="SFT checkpoint, index and evaluation samples.")
     p.add_argument("--report-only", action="store_true", help="Only redraw the table and plot from --out.")
     p.add_argument("overrides", nargs="*", help="Dotted config overrides for every run (e.g. data.batch_size=2).")
     args = p.parse_args(argv)
     rows = dict(DEFAULT_ROWS)
-    for spec in args.rows:
+    for spec in filter(None, args.rows.split(",")):
         algo, _, value = spec.partition("=")
         if algo not in DEFAULT_ROWS or not all(part.isdigit() for part in value.split(":")):
             p.error(f"--rows {spec!r}: expected grpo=N, arpo=N:M or appo=N:M")
