@@ -66,6 +66,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "only).")
     p.add_argument("--sampled-questions", type=int, default=None, help="Sample only the first N questions of "
                    "each evaluation for pass@k (default: all; greedy pass@1 always uses all).")
+    p.add_argument("--final-questions", type=int, default=None, help="Held-out questions of the final "
+                   "evaluation (default: all; 0 skips it, for timing runs).")
     p.add_argument("--sft-only", action="store_true", help="Train and evaluate the SFT checkpoint, then stop.")
     p.add_argument("--rows", default="", metavar="ALGO=N[:M],...",
                    help="Rows per prompt by algorithm, e.g. grpo=4,appo=6:2 (defaults: "
@@ -148,10 +150,10 @@ class Study:
         cfg = self.config([f"model.path={path}"])
         model = load_model(str(path), cfg.model.dtype)
         t0 = time.time()
+        full_dir = self.work / "eval" / "sft" / "full"
         result = {"sft_seconds": json.loads(marker.read_text())["seconds"],
-                  "full": self.evaluate(model, cfg, self.val, self.work / "eval" / "sft" / "full"),
-                  "subset": self.evaluate(model, cfg, self.subset, self.work / "eval" / "sft" / "subset"),
-                  "eval_seconds": None}
+                  "full": self.evaluate(model, cfg, self.val, full_dir)}
+        result["subset"] = self._subset_of(full_dir, {p.index for p in self.subset})
         result["eval_seconds"] = round(time.time() - t0, 1)
         _write_json(result_path, result)
         return str(path), result
@@ -214,12 +216,13 @@ class Study:
                         trainer.learner.model, cfg, self.subset, run_dir / "eval" / f"step_{step}",
                         trainer.engine, trainer.tools)})
             train_seconds = time.time() - t0
-            final = self.evaluate(trainer.learner.model, cfg, self.val, run_dir / "eval" / "final",
-                                  trainer.engine, trainer.tools)
-            subset_ids = {p.index for p in self.subset}
-            if self.args.eval_every:  # the last point of the curve: the final eval restricted to the subset
+            final = {}
+            if self.args.final_questions != 0:
+                final = self.evaluate(trainer.learner.model, cfg, self.val[: self.args.final_questions],
+                                      run_dir / "eval" / "final", trainer.engine, trainer.tools)
+                # the last point of the curve: the final evaluation restricted to the subset
                 evals.append({"step": self.args.steps, "tokens": tokens,
-                              **self._subset_of(run_dir / "eval" / "final", subset_ids)})
+                              **self._subset_of(run_dir / "eval" / "final", {p.index for p in self.subset})})
         finally:
             trainer.close()
         return {"arm": arm, "seed": seed, "overrides": extra, "steps": steps, "evals": evals, "final": final,
@@ -242,6 +245,8 @@ class Study:
                 r = json.loads(line)
                 if r["index"] in ids:
                     by_q.setdefault(r["index"], []).append(bool(r["correct"]))
+            if not by_q:
+                continue
             result[f"{mode}/pass@1"] = sum(sum(c) / len(c) for c in by_q.values()) / len(by_q)
             k = max(len(c) for c in by_q.values())
             if k > 1:
@@ -275,7 +280,8 @@ def summarize(out: Path) -> dict:
     table = {}
     for arm, items in runs.items():
         row = {"seeds": sorted(r["seed"] for r in items)}
-        for key in sorted({k for r in items for k, v in r["final"].items() if "pass@" in k}):
+        row["final_questions"] = sorted({r["final"].get("questions", 0) for r in items})
+        for key in sorted({k for r in items for k in r["final"] if "pass@" in k}):
             row[key] = mean_se([r["final"][key] for r in items if key in r["final"]])
         for key in ("tokens_per_step", "rows_per_step", "update_rows_per_step", "train_seconds", "wall_seconds"):
             row[key] = mean_se([r[key] for r in items])
