@@ -144,9 +144,11 @@ class Study:
             model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.cache_dir)
             train_sft(cfg, path, model, self.tokenizer, progress=False, task_rows=self.task.train)
             _write_json(marker, {"seconds": round(time.time() - t0, 1)})
-        result_path = self.out / "sft.json"
-        if result_path.exists():
-            return str(path), json.loads(result_path.read_text())
+        cached = path / "eval.json"  # one SFT evaluation, whichever --out the results go to
+        if cached.exists():
+            result = json.loads(cached.read_text())
+            _write_json(self.out / "sft.json", result)
+            return str(path), result
         cfg = self.config([f"model.path={path}"])
         model = load_model(str(path), cfg.model.dtype)
         t0 = time.time()
@@ -155,7 +157,8 @@ class Study:
                   "full": self.evaluate(model, cfg, self.val, full_dir)}
         result["subset"] = self._subset_of(full_dir, {p.index for p in self.subset})
         result["eval_seconds"] = round(time.time() - t0, 1)
-        _write_json(result_path, result)
+        _write_json(cached, result)
+        _write_json(self.out / "sft.json", result)
         return str(path), result
 
     def evaluate(self, model, cfg, prompts: list, out_dir: Path, engine=None, tools=None) -> dict:
