@@ -1,6 +1,6 @@
 """Does APPO help? GRPO, ARPO and APPO side by side on the `study` task, from one SFT checkpoint.
 
-    python benchmarks/compare_algorithms.py --steps 6 --eval-every 3 --eval-subset 60 --seeds 1 2 3
+    python benchmarks/compare_algorithms.py --steps 6 --eval-every 3 --eval-subset 60 --seeds 1,2,3 --ablations
 
 What is held equal across arms: the SFT checkpoint (trained once, reused), the training prompts of every
 step (data.seed is not varied), the learning rate, clip, loss and update shape (one optimizer step per RL
@@ -53,11 +53,11 @@ DEFAULT_ROWS = {"grpo": "4", "arpo": "6:2", "appo": "6:2"}
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="study", help="Preset or YAML file (default: study).")
-    p.add_argument("--arms", nargs="+", default=list(MAIN_ARMS), choices=sorted(ARMS),
-                   help="Arms to run (default: the three algorithms).")
+    p.add_argument("--arms", default=",".join(MAIN_ARMS), help=f"Comma-separated arms to run, of: "
+                   f"{', '.join(ARMS)} (default: the three algorithms).")
     p.add_argument("--ablations", action="store_true", help="Also run the APPO ablations (on --ablation-seeds).")
-    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="Seeds of every main arm.")
-    p.add_argument("--ablation-seeds", nargs="+", type=int, default=None, help="Seeds of the ablations "
+    p.add_argument("--seeds", default="1,2,3", help="Comma-separated seeds of every main arm.")
+    p.add_argument("--ablation-seeds", default=None, help="Comma-separated seeds of the ablations "
                    "(default: --seeds).")
     p.add_argument("--steps", type=int, default=6, help="RL steps per run.")
     p.add_argument("--eval-every", type=int, default=3, help="Evaluate on the subset every N steps (0: never).")
@@ -84,6 +84,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             p.error(f"--rows {spec!r}: expected grpo=N, arpo=N:M or appo=N:M")
         rows[algo] = value
     args.row_spec = rows
+    args.arms = [a for a in args.arms.split(",") if a]
+    if unknown := [a for a in args.arms if a not in ARMS]:
+        p.error(f"--arms: unknown {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+    try:
+        args.seeds = [int(x) for x in args.seeds.split(",") if x]
+        args.ablation_seeds = [int(x) for x in args.ablation_seeds.split(",") if x] if args.ablation_seeds else None
+    except ValueError:
+        p.error("--seeds / --ablation-seeds: comma-separated integers, e.g. 1,2,3")
     args.run_list = [(arm, seed) for arm in args.arms for seed in args.seeds]
     if args.ablations:
         args.run_list += [(arm, seed) for arm in ABLATIONS if arm not in args.arms
@@ -313,15 +321,15 @@ def markdown_table(summary: dict) -> str:
                      + (f", tool use {f['greedy/tool_use_rate'] * 100:.0f}%" if "greedy/tool_use_rate" in f else "")
                      + ".\n")
     keys = sorted({k for row in summary["arms"].values() for k in row if "pass@" in k})
-    lines.append("| arm | seeds | " + " | ".join(f"{k} (%)" for k in keys)
-                 + " | sampled tokens / step | rows / step | update rows / step | RL wall time / run (s) |")
+    lines.append("| arm | seeds | " + "".join(f"{k} (%) | " for k in keys)
+                 + "sampled tokens / step | rows / step | update rows / step | RL wall time / run (s) |")
     lines.append("|---" * (len(keys) + 6) + "|")
     order = [a for a in (*MAIN_ARMS, *ABLATIONS) if a in summary["arms"]]
     for arm in order:
         row = summary["arms"][arm]
         cells = [_fmt(row[k]) if k in row else "-" for k in keys]
-        lines.append(f"| {arm} | {len(row['seeds'])} | " + " | ".join(cells)
-                     + f" | {_fmt(row['tokens_per_step'], 1, 0)} | {_fmt(row['rows_per_step'], 1, 1)}"
+        lines.append(f"| {arm} | {len(row['seeds'])} | " + "".join(f"{c} | " for c in cells)
+                     + f"{_fmt(row['tokens_per_step'], 1, 0)} | {_fmt(row['rows_per_step'], 1, 1)}"
                      f" | {_fmt(row['update_rows_per_step'], 1, 1)} | {_fmt(row['train_seconds'], 1, 0)} |")
     lines.append("\nmean ± standard error over seeds; final evaluation on the whole held-out set.\n")
     return "\n".join(lines)

@@ -25,13 +25,13 @@ def test_two_arms_one_step_then_resume_skips_them(tmp_path, tiny_model_dir, caps
     compare = _script()
     out, work = tmp_path / "out", tmp_path / "work"
     argv = ["--out", str(out), "--work", str(work), "--steps", "1", "--eval-every", "1", "--eval-subset", "2",
-            "--seeds", "1", "--arms", "grpo", "appo", "--sampled-k", "2", "--rows", "grpo=4,appo=4:2",
+            "--seeds", "1", "--arms", "grpo,appo", "--sampled-k", "2", "--rows", "grpo=4,appo=4:2",
             f"model.path={tiny_model_dir}", "model.autocast=none", "data.num_train=24", "data.num_val=3",
             "data.batch_size=2", "rollout.max_response_length=16", "rollout.gen_batch_size=16",
             "sft.num_examples=4", "sft.batch_size=4", "sft.warmup_steps=0", "trainer.device=cpu"]
     assert compare.main(argv) == 0
     runs = {arm: json.loads((out / arm / "seed1.json").read_text()) for arm in ("grpo", "appo")}
-    for arm, run in runs.items():
+    for run in runs.values():
         assert run["finished"] and len(run["steps"]) == 1
         step = run["steps"][0]
         assert step["tokens"] > 0 and step["cum_tokens"] == step["tokens"]
