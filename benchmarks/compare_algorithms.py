@@ -68,6 +68,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "each evaluation for pass@k (default: all; greedy pass@1 always uses all).")
     p.add_argument("--final-questions", type=int, default=None, help="Held-out questions of the final "
                    "evaluation (default: all; 0 skips it, for timing runs).")
+    p.add_argument("--no-sft-eval", action="store_true", help="Do not evaluate the SFT checkpoint (timing runs; "
+                   "an evaluation made before is still used).")
     p.add_argument("--sft-only", action="store_true", help="Train and evaluate the SFT checkpoint, then stop.")
     p.add_argument("--rows", default="", metavar="ALGO=N[:M],...",
                    help="Rows per prompt by algorithm, e.g. grpo=4,appo=6:2 (defaults: "
@@ -153,6 +155,8 @@ class Study:
             train_sft(cfg, path, model, self.tokenizer, progress=False, task_rows=self.task.train)
             _write_json(marker, {"seconds": round(time.time() - t0, 1)})
         cached = path / "eval.json"  # one SFT evaluation, whichever --out the results go to
+        if self.args.no_sft_eval and not cached.exists():
+            return str(path), {}
         if cached.exists():
             result = json.loads(cached.read_text())
             _write_json(self.out / "sft.json", result)
@@ -208,7 +212,7 @@ class Study:
         torch.manual_seed(seed)
         model = load_model(sft_path, cfg.model.dtype)
         trainer = Trainer(cfg, model, self.tokenizer, self.train, self.val, start_path=sft_path, progress=False)
-        evals = [{"step": 0, "tokens": 0, **sft_result["subset"]}]
+        evals = [{"step": 0, "tokens": 0, **sft_result["subset"]}] if sft_result else []
         steps, tokens, t0 = [], 0, time.time()
         try:
             for step in range(1, self.args.steps + 1):
@@ -383,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare_algorithms: {e}", file=sys.stderr)
         return 2
     sft_path, sft_result = study.sft()
-    print(f"[compare] SFT held-out: {sft_result['full']}", flush=True)
+    print(f"[compare] SFT held-out: {sft_result.get('full', 'not evaluated')}", flush=True)
     if args.sft_only:
         return 0
     for arm, seed in args.run_list:
