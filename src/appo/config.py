@@ -72,7 +72,7 @@ class ModelConfig:
 class DataConfig:
     task: str | None = opt("quickstart",
                            "A built-in offline task (generated on the fly, no files needed); null to use "
-                           "train_files.", choices=(None, "quickstart", "arithmetic", "multihop"))
+                           "train_files.", choices=(None, "quickstart", "arithmetic", "multihop", "study"))
     train_files: list[str] = opt(help="Training files (parquet in the reference schema, or jsonl with "
                                       "question/answer).", factory=list)
     val_files: list[str] = opt(help="Validation files, same formats as train_files.", factory=list)
@@ -346,7 +346,12 @@ class SftConfig:
                                "SFT policy often skips it and RL has headroom (quickstart_calibration).",
                           low=0, high=1)
     p_wrong: float = opt(0.0, "Share of generated arithmetic traces that run a corrupted expression (one "
-                              "digit changed) and answer with its real, wrong output.", low=0, high=1)
+                              "digit changed) and answer with its real, wrong output; of 'study' traces, that "
+                              "change one digit in the python cell (an arithmetic slip).", low=0, high=1)
+    p_skip: float = opt(0.0, "Share of generated 'study' traces that leave out one search and use a guessed "
+                             "year (a missing step).", low=0, high=1)
+    p_query: float = opt(0.0, "Share of generated 'study' traces that send one step's near-miss query and use "
+                              "the year the distractor states (a wrong query).", low=0, high=1)
 
 
 @dataclass

@@ -7,6 +7,8 @@
   holds the documents ({id, title, text}) for the local BM25 backend; every hop's fact is checked to
   be written in the document the hop looks up.
 - `quickstart`: both, `multihop_fraction` of them multihop.
+- `study`: two or three searches then a subtraction in python, over a corpus with distractors
+  (`appo.data.study_task`), for comparing the RL algorithms on a task where the procedure matters.
 
 Train and held-out rows never share a question. Each row's `extra_info.plan` lists the tool calls that
 solve it (`tool`, `payload`, `think`, and for search the `fact` the result must contain), which
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from appo.data.templates import QUICKSTART_SYSTEM_PROMPT
 
-TASKS = ("quickstart", "arithmetic", "multihop")
+TASKS = ("quickstart", "arithmetic", "multihop", "study")
 ARITHMETIC_SOURCE = "appo/arithmetic"
 MULTIHOP_SOURCE = "appo/multihop"
 ARITHMETIC_SETTINGS = {"min_terms": 3, "max_terms": 4, "min_digits": 2, "max_digits": 3}
@@ -414,11 +416,16 @@ def build_task(
     multihop_fraction: float = 0.5,
     system_prompt: str | None = QUICKSTART_SYSTEM_PROMPT,
 ) -> TaskData:
-    """Rows of a built-in task (`quickstart`, `arithmetic`, `multihop`), identical for identical arguments."""
+    """Rows of a built-in task (`quickstart`, `arithmetic`, `multihop`, `study`), identical for identical
+    arguments."""
     if name == "arithmetic":
         return _arithmetic(seed, num_train, num_val, system_prompt)
     if name == "multihop":
         return _multihop(seed, num_train, num_val, system_prompt)
+    if name == "study":
+        from appo.data.study_task import build_study  # it builds on this module's name generator
+
+        return build_study(seed, num_train, num_val, system_prompt)
     if name != "quickstart":
         raise ValueError(f"unknown built-in task '{name}'; choose one of: {', '.join(TASKS)}")
     if not 0.0 <= multihop_fraction <= 1.0:

@@ -19,6 +19,12 @@ does not contain the fact it relies on is not turned into a trace (the row is sk
 Headroom knobs (quickstart_calibration.md): `p_notool` answers directly without the tool (the greedy SFT
 policy then often skips the tool, and RL has something to fix); `p_wrong` runs a corrupted arithmetic
 expression (one digit changed) and answers with its real, wrong output.
+
+`study` rows (appo.data.study_task) always use the tools; their imperfect traces show the right kind of
+procedure with one flaw, so what RL has left to learn is how to search and compute, not whether to:
+`p_skip` leaves out one search and uses a guessed year (a missing step), `p_query` sends the near-miss
+query of one step and uses the year the distractor states (a wrong query), `p_wrong` changes one digit
+of one number in the python cell (an arithmetic slip). Each trace has at most one flaw.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import random
 import re
 
+from appo.data.study_task import STUDY_SOURCE
 from appo.data.tasks import evaluate_expression
 from appo.data.templates import resolve_system_prompt
 from appo.tool_format import RESULT_TEMPLATE, escape_tags, result_token_ids
@@ -79,14 +86,16 @@ def make_sft_traces(
     p_wrong: float = 0.0,
     tools=None,
     system_prompt: str | None = None,
+    p_skip: float = 0.0,
+    p_query: float = 0.0,
 ) -> list[dict]:
     """`n` traces from built-in task rows (cycled in a seeded order), with real tool results.
 
     `system_prompt` replaces the rows' system prompt as `data.system_prompt` does (None keeps it), so the
     traces' prompts match the RL prompts. Returns dicts with messages, segments, data_source,
-    ground_truth, index and variant ('tool' | 'notool' | 'wrong').
+    ground_truth, index and variant ('tool' | 'notool' | 'wrong', and for study rows 'skip' | 'query').
     """
-    for name, p in (("p_notool", p_notool), ("p_wrong", p_wrong)):
+    for name, p in (("p_notool", p_notool), ("p_wrong", p_wrong), ("p_skip", p_skip), ("p_query", p_query)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name}={p} must be within [0, 1]")
     usable = [r for r in rows if r.get("extra_info", {}).get("plan")]
@@ -94,6 +103,11 @@ def make_sft_traces(
         raise ValueError(
             "no rows with a tool plan: traces are made from built-in task rows (appo.data.tasks)"
         )
+    if any(r["data_source"] == STUDY_SOURCE for r in usable):
+        if p_notool > 0:
+            raise ValueError(f"study traces always use the tools: p_notool={p_notool} must be 0 (sft.p_notool=0)")
+        if p_skip + p_query + p_wrong > 1:
+            raise ValueError(f"p_skip + p_query + p_wrong = {p_skip + p_query + p_wrong} must be <= 1")
     rng = random.Random(seed)
     order = list(range(len(usable)))
     rng.shuffle(order)
@@ -109,7 +123,10 @@ def make_sft_traces(
         for _ in range(n - len(traces)):
             row = usable[order[attempts % len(order)]]
             attempts += 1
-            plans.append(_plan(row, rng, p_notool, p_wrong))
+            if row["data_source"] == STUDY_SOURCE:
+                plans.append(_study_plan(row, rng, p_skip, p_query, p_wrong))
+            else:
+                plans.append(_plan(row, rng, p_notool, p_wrong))
         calls = [(step["tool"], step["payload"]) for _, _, steps in plans for step in steps]
         results = iter(_run_calls(calls, tools))
         for row, variant, steps in plans:
@@ -129,6 +146,37 @@ def _plan(row: dict, rng: random.Random, p_notool: float, p_wrong: float) -> tup
         steps[0]["payload"] = f"print({wrong})"
         return row, "wrong", steps
     return row, "tool", steps
+
+
+def _study_plan(row: dict, rng: random.Random, p_skip: float, p_query: float, p_slip: float
+                ) -> tuple[dict, str, list[dict]]:
+    """The row's procedure with at most one flaw; each step's think says what the step before it found
+    (with the value the flawed procedure believes), then what this step looks for."""
+    plan = [dict(step) for step in row["extra_info"]["plan"]]
+    numbered = [i for i, step in enumerate(plan) if "var" in step]
+    u = rng.random()
+    variant = "skip" if u < p_skip else "query" if u < p_skip + p_query else \
+        "wrong" if u < p_skip + p_query + p_slip else "tool"
+    values = {plan[i]["var"]: plan[i]["value"] for i in numbered}
+    flawed = rng.choice(numbered)
+    if variant == "skip":
+        values[plan[flawed]["var"]] += rng.choice([-1, 1]) * rng.randint(1, 40)
+    elif variant == "query":
+        plan[flawed] = {**plan[flawed], "payload": plan[flawed]["near"]["payload"],
+                        "fact": plan[flawed]["near"]["fact"]}
+        values[plan[flawed]["var"]] = plan[flawed]["near"]["value"]
+    code = plan[-1]["expr"].format(**values)
+    if variant == "wrong":
+        code = _corrupt(code, rng) or code
+    plan[-1] = {**plan[-1], "payload": f"print({code})"}
+    steps, known = [], ""
+    for i, step in enumerate(plan):
+        if variant == "skip" and i == flawed:  # believed without looking it up
+            known += step["read"].format(value=values[step["var"]]) + " "
+            continue
+        steps.append({**step, "think": known + step["think"]})
+        known = step["read"].format(value=values.get(step.get("var"), "")) + " " if "read" in step else ""
+    return row, variant, steps
 
 
 def _trace(

@@ -248,7 +248,8 @@ def sft_conversations(cfg: Config, task_rows: list[dict] | None = None) -> list[
         raise ConfigError("SFT needs sft.files=[...] or a built-in data.task that generates traces")
     with build_tools(cfg.tools) as tools:
         return make_sft_traces(task_rows, cfg.sft.num_examples, seed=cfg.data.seed, p_notool=cfg.sft.p_notool,
-                               p_wrong=cfg.sft.p_wrong, tools=tools, system_prompt=cfg.data.system_prompt)
+                               p_wrong=cfg.sft.p_wrong, tools=tools, system_prompt=cfg.data.system_prompt,
+                               p_skip=cfg.sft.p_skip, p_query=cfg.sft.p_query)
 
 
 def train_sft(cfg: Config, out_dir: str | Path, model, tokenizer, progress: bool = True,

@@ -1,0 +1,408 @@
+"""Does APPO help? GRPO, ARPO and APPO side by side on the `study` task, from one SFT checkpoint.
+
+    python benchmarks/compare_algorithms.py --steps 6 --eval-every 3 --eval-subset 60 --seeds 1,2,3 --ablations
+
+What is held equal across arms: the SFT checkpoint (trained once, reused), the training prompts of every
+step (data.seed is not varied), the learning rate, clip, loss and update shape (one optimizer step per RL
+step over the rows each algorithm keeps), and the held-out questions. Seeds vary the sampling
+(rollout.seed) and the step's torch seed (trainer.seed).
+
+Sampled tokens per step: GRPO samples n whole rows per prompt; APPO samples m whole rows and n - m branch
+continuations from a point inside them, ARPO m rows and copies that continue after a tool round; a
+continuation is shorter than a whole row, so APPO/ARPO get more rows for the same tokens. `--rows`
+sets each arm's n[:m] (defaults below) so that the measured tokens per step come close; every run
+records the rows and sampled tokens (rollout/generated_tokens: tokens the policy sampled, tool results
+excluded) of each of its steps, and the plot puts accuracy against cumulative sampled tokens, so the arms
+are compared at equal cost even where the per-step budgets differ a little.
+
+Evaluations: after SFT (shared by all runs), every --eval-every steps on the first --eval-subset held-out
+questions, and after the last step on the whole held-out set; greedy pass@1 and, with --sampled-k (4),
+sampled pass@1 and pass@4 at temperature 1 (appo.eval.evaluate.evaluate, the training agent loop).
+
+Outputs: <out>/<arm>/seed<k>.json per finished run (a finished run is skipped when the script runs again;
+an interrupted one restarts from its first step), <out>/sft.json, <out>/summary.json, <out>/summary.md
+(the table) and <out>/accuracy_vs_tokens.png (mean +- standard error over seeds per arm). Checkpoints,
+search index and evaluation samples go under --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ARMS = {
+    "grpo": ["algorithm.name=grpo"],
+    "arpo": ["algorithm.name=arpo"],
+    "appo": ["algorithm.name=appo"],
+    "appo-fv_none": ["algorithm.name=appo", "rollout.appo.fv_source=none"],
+    "appo-future_kl": ["algorithm.name=appo", "actor.loss_mode=future_kl"],
+    "appo-keep_branches": ["algorithm.name=appo", "algorithm.drop_branch_rows=false"],
+}
+MAIN_ARMS = ("grpo", "arpo", "appo")
+ABLATIONS = ("appo-fv_none", "appo-future_kl", "appo-keep_branches")
+# n[:m] per algorithm: grpo's 4 whole rows vs 2 whole rows + 4 shorter continuations.
+DEFAULT_ROWS = {"grpo": "4", "arpo": "6:2", "appo": "6:2"}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="study", help="Preset or YAML file (default: study).")
+    p.add_argument("--arms", default=",".join(MAIN_ARMS), help=f"Comma-separated arms to run, of: "
+                   f"{', '.join(ARMS)} (default: the three algorithms).")
+    p.add_argument("--ablations", action="store_true", help="Also run the APPO ablations (on --ablation-seeds).")
+    p.add_argument("--seeds", default="1,2,3", help="Comma-separated seeds of every main arm.")
+    p.add_argument("--ablation-seeds", default=None, help="Comma-separated seeds of the ablations "
+                   "(default: --seeds).")
+    p.add_argument("--steps", type=int, default=6, help="RL steps per run.")
+    p.add_argument("--eval-every", type=int, default=3, help="Evaluate on the subset every N steps (0: never).")
+    p.add_argument("--eval-subset", type=int, default=60, help="Held-out questions of the intermediate evals.")
+    p.add_argument("--sampled-k", type=int, default=4, help="Samples per question for sampled pass@k (0: greedy "
+                   "only).")
+    p.add_argument("--sampled-questions", type=int, default=None, help="Sample only the first N questions of "
+                   "each evaluation for pass@k (default: all; greedy pass@1 always uses all).")
+    p.add_argument("--final-questions", type=int, default=None, help="Held-out questions of the final "
+                   "evaluation (default: all; 0 skips it, for timing runs).")
+    p.add_argument("--no-sft-eval", action="store_true", help="Do not evaluate the SFT checkpoint (timing runs; "
+                   "an evaluation made before is still used).")
+    p.add_argument("--sft-only", action="store_true", help="Train and evaluate the SFT checkpoint, then stop.")
+    p.add_argument("--rows", default="", metavar="ALGO=N[:M],...",
+                   help="Rows per prompt by algorithm, e.g. grpo=4,appo=6:2 (defaults: "
+                        f"{','.join(f'{k}={v}' for k, v in DEFAULT_ROWS.items())}); an ablation uses appo's.")
+    p.add_argument("--out", default="results/compare", help="Where the JSON results, table and plot go.")
+    p.add_argument("--work", default="runs/compare", help="SFT checkpoint, index and evaluation samples.")
+    p.add_argument("--report-only", action="store_true", help="Only redraw the table and plot from --out.")
+    p.add_argument("overrides", nargs="*", help="Dotted config overrides for every run (e.g. data.batch_size=2).")
+    args = p.parse_args(argv)
+    rows = dict(DEFAULT_ROWS)
+    for spec in filter(None, args.rows.split(",")):
+        algo, _, value = spec.partition("=")
+        if algo not in DEFAULT_ROWS or not all(part.isdigit() for part in value.split(":")):
+            p.error(f"--rows {spec!r}: expected grpo=N, arpo=N:M or appo=N:M")
+        rows[algo] = value
+    args.row_spec = rows
+    args.arms = [a for a in args.arms.split(",") if a]
+    if unknown := [a for a in args.arms if a not in ARMS]:
+        p.error(f"--arms: unknown {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+    try:
+        args.seeds = [int(x) for x in args.seeds.split(",") if x]
+        args.ablation_seeds = [int(x) for x in args.ablation_seeds.split(",") if x] if args.ablation_seeds else None
+    except ValueError:
+        p.error("--seeds / --ablation-seeds: comma-separated integers, e.g. 1,2,3")
+    args.run_list = [(arm, seed) for arm in args.arms for seed in args.seeds]
+    if args.ablations:
+        args.run_list += [(arm, seed) for arm in ABLATIONS if arm not in args.arms
+                          for seed in (args.ablation_seeds or args.seeds)]
+    return args
+
+
+def _algo(arm: str) -> str:
+    return arm.split("-", 1)[0]
+
+
+def row_overrides(arm: str, spec: dict[str, str]) -> list[str]:
+    n, _, m = spec[_algo(arm)].partition(":")
+    return [f"rollout.n={n}"] + ([f"rollout.initial_rollouts={m}"] if m else [])
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+class Study:
+    """The shared pieces (config, task, index, prompts, SFT checkpoint) and one method per run."""
+
+    def __init__(self, args: argparse.Namespace):
+        from appo.commands.common import with_task_index
+        from appo.config import load_config
+        from appo.data.prompt_sets import load_prompt_sets, prepare_task
+        from appo.models import load_tokenizer
+
+        self.args, self.out, self.work = args, Path(args.out), Path(args.work)
+        base = load_config(args.config, [*args.overrides, f"trainer.output_dir={self.work / 'shared'}"])
+        self.task = prepare_task(base)
+        self.base = with_task_index(base, self.task)
+        self.tokenizer = load_tokenizer(base.model.path, base.model.cache_dir)
+        self.train, self.val = load_prompt_sets(self.base, self.tokenizer, self.task)
+        self.subset = self.val[: args.eval_subset]
+
+    def config(self, extra: list[str]):
+        from appo.config import load_config
+
+        cfg = load_config(self.args.config, [*self.args.overrides, *extra])
+        cfg.tools.search.index_dir = self.base.tools.search.index_dir
+        return cfg
+
+    # --------------------------------------------------------------------------------------- SFT
+
+    def sft(self) -> tuple[str, dict]:
+        """The SFT checkpoint (trained on the first call, reused after) and its held-out evaluation."""
+        from appo.models import load_model
+        from appo.train.sft import train_sft
+
+        path, marker = self.work / "sft", self.work / "sft" / "done.json"
+        if not marker.exists():
+            cfg, t0 = self.base, time.time()
+            model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.cache_dir)
+            train_sft(cfg, path, model, self.tokenizer, progress=False, task_rows=self.task.train)
+            _write_json(marker, {"seconds": round(time.time() - t0, 1)})
+        cached = path / "eval.json"  # one SFT evaluation, whichever --out the results go to
+        if self.args.no_sft_eval and not cached.exists():
+            return str(path), {}
+        if cached.exists():
+            result = json.loads(cached.read_text())
+            _write_json(self.out / "sft.json", result)
+            return str(path), result
+        cfg = self.config([f"model.path={path}"])
+        model = load_model(str(path), cfg.model.dtype)
+        t0 = time.time()
+        full_dir = self.work / "eval" / "sft" / "full"
+        result = {"sft_seconds": json.loads(marker.read_text())["seconds"],
+                  "full": self.evaluate(model, cfg, self.val, full_dir)}
+        result["subset"] = self._subset_of(full_dir, {p.index for p in self.subset})
+        result["eval_seconds"] = round(time.time() - t0, 1)
+        _write_json(cached, result)
+        _write_json(self.out / "sft.json", result)
+        return str(path), result
+
+    def evaluate(self, model, cfg, prompts: list, out_dir: Path, engine=None, tools=None) -> dict:
+        """Greedy pass@1 and (with --sampled-k) sampled pass@1 / pass@k of `prompts`."""
+        from appo.eval.evaluate import evaluate
+
+        modes = [("greedy", 0.0, 1)] + ([("sampled", 1.0, self.args.sampled_k)] if self.args.sampled_k else [])
+        result = {"questions": len(prompts)}
+        for mode, temperature, k in modes:
+            c = copy.deepcopy(cfg)
+            c.eval.temperature, c.eval.k = temperature, k
+            asked = prompts[: self.args.sampled_questions] if mode == "sampled" else prompts
+            result[f"{mode}/questions"] = len(asked)
+            summary = evaluate(model, self.tokenizer, asked, c, name=mode, output_dir=out_dir / mode,
+                               engine=engine, tools=tools, progress=False)
+            result[f"{mode}/pass@1"] = summary["pass@1"]
+            if k > 1:
+                result[f"{mode}/pass@{k}"] = summary[f"pass@{k}"]
+            for key in ("tool_use_rate", "tool_calls_per_sample", "response_tokens_mean"):
+                if key in summary:
+                    result[f"{mode}/{key}"] = summary[key]
+        return result
+
+    # --------------------------------------------------------------------------------------- runs
+
+    def run(self, arm: str, seed: int, sft_path: str, sft_result: dict) -> dict:
+        import torch
+
+        from appo.models import load_model
+        from appo.train.trainer import Trainer
+
+        run_dir = self.work / arm / f"seed{seed}"
+        if run_dir.exists():  # an interrupted run starts again from its first step
+            shutil.rmtree(run_dir)
+        extra = [*ARMS[arm], *row_overrides(arm, self.args.row_spec), f"model.path={sft_path}",
+                 f"trainer.seed={seed}", f"rollout.seed={seed}", f"trainer.total_steps={self.args.steps}",
+                 f"trainer.output_dir={run_dir}", "trainer.dump_rollouts=false", "trainer.test_freq=0"]
+        cfg = self.config(extra)
+        torch.manual_seed(seed)
+        model = load_model(sft_path, cfg.model.dtype)
+        trainer = Trainer(cfg, model, self.tokenizer, self.train, self.val, start_path=sft_path, progress=False)
+        evals = [{"step": 0, "tokens": 0, **sft_result["subset"]}] if sft_result else []
+        steps, tokens, t0 = [], 0, time.time()
+        try:
+            for step in range(1, self.args.steps + 1):
+                m = trainer.rl_step(step)
+                trainer.step = step
+                tokens += int(m["rollout/generated_tokens"])
+                steps.append({"step": step, "tokens": int(m["rollout/generated_tokens"]), "cum_tokens": tokens,
+                              "rows": int(m.get("rollout/init_rows", 0) + m.get("rollout/branch_rows", 0)),
+                              "init_rows": int(m.get("rollout/init_rows", 0)),
+                              "branch_rows": int(m.get("rollout/branch_rows", 0)),
+                              "update_rows": int(m["rollout/update_rows"]), "reward_mean": m["reward/mean"],
+                              "seconds": round(m["time/step"], 1)})
+                print(f"[compare] {arm} seed {seed} step {step}: {steps[-1]}", flush=True)
+                if self.args.eval_every and step % self.args.eval_every == 0 and step < self.args.steps:
+                    evals.append({"step": step, "tokens": tokens, **self.evaluate(
+                        trainer.learner.model, cfg, self.subset, run_dir / "eval" / f"step_{step}",
+                        trainer.engine, trainer.tools)})
+            train_seconds = time.time() - t0
+            final = {}
+            if self.args.final_questions != 0:
+                final = self.evaluate(trainer.learner.model, cfg, self.val[: self.args.final_questions],
+                                      run_dir / "eval" / "final", trainer.engine, trainer.tools)
+                # the last point of the curve: the final evaluation restricted to the subset
+                evals.append({"step": self.args.steps, "tokens": tokens,
+                              **self._subset_of(run_dir / "eval" / "final", {p.index for p in self.subset})})
+        finally:
+            trainer.close()
+        return {"arm": arm, "seed": seed, "overrides": extra, "steps": steps, "evals": evals, "final": final,
+                "tokens_per_step": tokens / len(steps), "rows_per_step": sum(s["rows"] for s in steps) / len(steps),
+                "update_rows_per_step": sum(s["update_rows"] for s in steps) / len(steps),
+                "train_seconds": round(train_seconds, 1), "wall_seconds": round(time.time() - t0, 1),
+                "finished": True}
+
+    def _subset_of(self, eval_dir: Path, ids: set[int]) -> dict:
+        """pass@1 (and pass@k) of the subset questions, from a whole-set evaluation's samples."""
+        from appo.core.metrics import pass_at_k
+
+        result = {"questions": len(ids)}
+        for mode in ("greedy", "sampled"):
+            path = eval_dir / mode / "samples.jsonl"
+            if not path.exists():
+                continue
+            by_q: dict[int, list[bool]] = {}
+            for line in path.read_text().splitlines():
+                r = json.loads(line)
+                if r["index"] in ids:
+                    by_q.setdefault(r["index"], []).append(bool(r["correct"]))
+            if not by_q:
+                continue
+            result[f"{mode}/pass@1"] = sum(sum(c) / len(c) for c in by_q.values()) / len(by_q)
+            k = max(len(c) for c in by_q.values())
+            if k > 1:
+                result[f"{mode}/pass@{k}"] = sum(pass_at_k(len(c), sum(c), k) for c in by_q.values()) / len(by_q)
+        return result
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+def load_runs(out: Path) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {}
+    for path in sorted(out.glob("*/seed*.json")):
+        run = json.loads(path.read_text())
+        if run.get("finished"):
+            runs.setdefault(run["arm"], []).append(run)
+    return runs
+
+
+def summarize(out: Path) -> dict:
+    runs = load_runs(out)
+    sft = json.loads((out / "sft.json").read_text()) if (out / "sft.json").exists() else None
+    table = {}
+    for arm, items in runs.items():
+        row = {"seeds": sorted(r["seed"] for r in items)}
+        row["final_questions"] = sorted({r["final"].get("questions", 0) for r in items})
+        for key in sorted({k for r in items for k in r["final"] if "pass@" in k}):
+            row[key] = mean_se([r["final"][key] for r in items if key in r["final"]])
+        for key in ("tokens_per_step", "rows_per_step", "update_rows_per_step", "train_seconds", "wall_seconds"):
+            row[key] = mean_se([r[key] for r in items])
+        table[arm] = row
+    summary = {"sft": sft, "arms": table}
+    _write_json(out / "summary.json", summary)
+    (out / "summary.md").write_text(markdown_table(summary))
+    if runs:
+        plot(runs, sft, out / "accuracy_vs_tokens.png")
+    return summary
+
+
+def _fmt(ms: tuple[float, float], scale: float = 100.0, digits: int = 1) -> str:
+    mean, se = ms
+    return f"{mean * scale:.{digits}f}" + ("" if math.isnan(se) else f" ± {se * scale:.{digits}f}")
+
+
+def markdown_table(summary: dict) -> str:
+    lines = []
+    sft = summary["sft"]
+    if sft:
+        f = sft["full"]
+        lines.append(f"After SFT ({f['questions']} held-out questions): greedy pass@1 "
+                     f"{f['greedy/pass@1'] * 100:.1f}%" + "".join(
+                         f", {k} {v * 100:.1f}%" for k, v in f.items() if k.startswith("sampled/pass@"))
+                     + (f", tool use {f['greedy/tool_use_rate'] * 100:.0f}%" if "greedy/tool_use_rate" in f else "")
+                     + ".\n")
+    keys = sorted({k for row in summary["arms"].values() for k in row if "pass@" in k})
+    lines.append("| arm | seeds | " + "".join(f"{k} (%) | " for k in keys)
+                 + "sampled tokens / step | rows / step | update rows / step | RL wall time / run (s) |")
+    lines.append("|---" * (len(keys) + 6) + "|")
+    order = [a for a in (*MAIN_ARMS, *ABLATIONS) if a in summary["arms"]]
+    for arm in order:
+        row = summary["arms"][arm]
+        cells = [_fmt(row[k]) if k in row else "-" for k in keys]
+        lines.append(f"| {arm} | {len(row['seeds'])} | " + "".join(f"{c} | " for c in cells)
+                     + f"{_fmt(row['tokens_per_step'], 1, 0)} | {_fmt(row['rows_per_step'], 1, 1)}"
+                     f" | {_fmt(row['update_rows_per_step'], 1, 1)} | {_fmt(row['train_seconds'], 1, 0)} |")
+    lines.append("\nmean ± standard error over seeds; final evaluation on the whole held-out set.\n")
+    return "\n".join(lines)
+
+
+def plot(runs: dict[str, list[dict]], sft: dict | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in ("greedy/pass@1", "sampled/pass@4") if any(m in e for rs in runs.values()
+                                                                      for r in rs for e in r["evals"])]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for arm, items in runs.items():
+            points = sorted({e["step"] for e in items[0]["evals"]})
+            xs, ys, es = [], [], []
+            for step in points:
+                at = [e for r in items for e in r["evals"] if e["step"] == step and metric in e]
+                if len(at) != len(items):
+                    continue
+                xs.append(sum(e["tokens"] for e in at) / len(at))
+                mean, se = mean_se([e[metric] for e in at])
+                ys.append(mean * 100)
+                es.append(0.0 if math.isnan(se) else se * 100)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{arm} (n={len(items)})")
+        ax.set_xlabel("cumulative sampled tokens")
+        ax.set_ylabel(f"{metric} on the held-out subset (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("accuracy vs sampled tokens, mean ± SE over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    out = Path(args.out)
+    if args.report_only:
+        print(markdown_table(summarize(out)))
+        return 0
+    from appo.commands.common import setup_logging
+    from appo.config import ConfigError
+
+    setup_logging()
+    try:
+        study = Study(args)
+    except (ConfigError, ValueError) as e:
+        print(f"compare_algorithms: {e}", file=sys.stderr)
+        return 2
+    sft_path, sft_result = study.sft()
+    print(f"[compare] SFT held-out: {sft_result.get('full', 'not evaluated')}", flush=True)
+    if args.sft_only:
+        return 0
+    for arm, seed in args.run_list:
+        path = out / arm / f"seed{seed}.json"
+        if path.exists() and json.loads(path.read_text()).get("finished"):
+            print(f"[compare] {arm} seed {seed}: finished before, skipped", flush=True)
+            continue
+        result = study.run(arm, seed, sft_path, sft_result)
+        _write_json(path, result)
+        print(f"[compare] {arm} seed {seed}: final {result['final']}, {result['tokens_per_step']:.0f} tokens/step, "
+              f"{result['wall_seconds']:.0f}s", flush=True)
+        summarize(out)
+    print(markdown_table(summarize(out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
