@@ -122,3 +122,17 @@ def search_tools(tmp_path_factory):
                                      search=SearchToolConfig(backend="local", index_dir=str(index))))
     yield runner
     runner.close()
+
+
+def chat_prompt(tok, text="Calculate 12 + 7."):
+    """Token ids of a one-turn chat prompt, ready for the assistant's reply."""
+    text = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+    return tok.encode(text, add_special_tokens=False)
+
+
+@pytest.fixture()
+def engine(tiny_model, tiny_tokenizer):
+    """The HF engine over the tiny model."""
+    from appo.rollout.hf import HFEngine
+
+    return HFEngine(tiny_model, tiny_tokenizer, seed=0)

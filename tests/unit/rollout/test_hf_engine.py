@@ -11,15 +11,7 @@ import torch
 from appo.rollout.engine import GenRequest
 from appo.rollout.hf import HFEngine, truncate_logits
 
-
-@pytest.fixture()
-def engine(tiny_model, tiny_tokenizer):
-    return HFEngine(tiny_model, tiny_tokenizer, seed=0)
-
-
-def _prompt(tok, text="Calculate 12 + 7."):
-    text = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
-    return tok.encode(text, add_special_tokens=False)
+from .conftest import chat_prompt as _prompt
 
 
 def _recompute(model, prompt_ids, result, temperature=1.0):

@@ -6,19 +6,10 @@ import pytest
 
 from appo.rollout.appo import init_scorer
 from appo.rollout.engine import GenRequest
-from appo.rollout.hf import HFEngine
 from appo.rollout.teacher_forcing import teacher_forced_logprobs, teacher_forced_scores
 from appo.rollout.trajectory import Trajectory
 
-
-@pytest.fixture()
-def engine(tiny_model, tiny_tokenizer):
-    return HFEngine(tiny_model, tiny_tokenizer, seed=0)
-
-
-def _prompt(tok, text="Calculate 12 + 7."):
-    text = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
-    return tok.encode(text, add_special_tokens=False)
+from .conftest import chat_prompt as _prompt
 
 
 def test_scorer_agrees_with_sampler_for_mixed_lengths(engine, tiny_model, tiny_tokenizer):
