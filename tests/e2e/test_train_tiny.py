@@ -120,3 +120,18 @@ def test_quickstart_pipeline_on_the_tiny_preset(tmp_path, tiny_model_dir):
         assert text.startswith(f"<|im_start|>system\n{QUICKSTART_SYSTEM_PROMPT}<|im_end|>")
         assert read_prompt_format(hf)["system_prompt"] == QUICKSTART_SYSTEM_PROMPT
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]
+
+
+@pytest.mark.parametrize("extra, forwards", [([], 0), (["actor.ppo_epochs=2"], 1)], ids=["one_step", "two_epochs"])
+def test_old_log_prob_forward_only_when_the_update_takes_several_steps(tmp_path, tiny_model_dir, qa_file,
+                                                                       monkeypatch, extra, forwards):
+    from appo.train.learner import Learner
+
+    calls = []
+    real = Learner.log_probs
+    monkeypatch.setattr(Learner, "log_probs", lambda self, *a, **kw: calls.append(kw) or real(self, *a, **kw))
+    cfg = _cfg(tmp_path, tiny_model_dir, qa_file, "algorithm.name=grpo", "trainer.total_steps=1",
+               "trainer.eval_stages=[]", *extra)
+    Pipeline(cfg, progress=False).run()
+    assert len([kw for kw in calls if not kw.get("reference")]) == forwards
+    assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["actor/optimizer_steps"] == 1 + forwards

@@ -34,7 +34,9 @@ class UpdateBatch:
     prompt_ids: list[list[int]]
     response_ids: list[list[int]]
     loss_mask: torch.Tensor
-    old_log_probs: torch.Tensor
+    # None: the update is one optimizer step from the weights that sampled (Learner.single_step), so the
+    # ratio's denominator is that step's own forward, detached, and no separate forward is needed.
+    old_log_probs: torch.Tensor | None
     advantages: torch.Tensor
     ref_log_probs: torch.Tensor | None = None
 
@@ -44,7 +46,8 @@ class UpdateBatch:
     def select(self, idx: list[int]) -> UpdateBatch:
         t = torch.tensor(idx, dtype=torch.long)
         return UpdateBatch([self.prompt_ids[i] for i in idx], [self.response_ids[i] for i in idx],
-                           self.loss_mask[t], self.old_log_probs[t], self.advantages[t],
+                           self.loss_mask[t], None if self.old_log_probs is None else self.old_log_probs[t],
+                           self.advantages[t],
                            None if self.ref_log_probs is None else self.ref_log_probs[t])
 
 
@@ -218,6 +221,12 @@ class Learner:
                                   safety_thresh=f.safety_thresh, **common)
         return ppo_loss(log_prob, old, adv, mask, **common)
 
+    def single_step(self, rows: int) -> bool:
+        """Whether an update of `rows` rows is one optimizer step (one epoch, one mini-batch): its forward
+        then runs on the weights that sampled, and the PPO ratio's denominator is that forward's own value."""
+        a = self.actor
+        return a.ppo_epochs == 1 and (a.mini_batch_size == 0 or a.mini_batch_size // self.world >= rows)
+
     def update(self, batch: UpdateBatch) -> dict[str, float]:
         """`ppo_epochs` passes of mini-batches (in order, no shuffle: the reference's setting), one optimizer
         step each; returns the mean of each metric over optimizer steps. Under torchrun `batch` is this
@@ -227,6 +236,8 @@ class Learner:
         rows = len(batch)
         if rows == 0:
             return {}
+        if batch.old_log_probs is None and not self.single_step(rows):
+            raise ValueError("this update takes several optimizer steps, so it needs the batch's old log-probs")
         mini = a.mini_batch_size // self.world if a.mini_batch_size else rows
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
@@ -295,7 +306,7 @@ class Learner:
         log_prob, entropy, _ = self._forward(self.model, mb.prompt_ids, mb.response_ids, need_entropy)
         width = log_prob.shape[1]
         mask = mb.loss_mask[:, :width].to(self.device)
-        old = mb.old_log_probs[:, :width].to(self.device)
+        old = log_prob.detach() if mb.old_log_probs is None else mb.old_log_probs[:, :width].to(self.device)
         adv = mb.advantages[:, :width].to(self.device)
         loss, metrics = self._policy_loss(log_prob, old, adv, mask, normaliser)
         metrics = {f"actor/{k}": float(v) for k, v in metrics.items() if k != "kept_count"}

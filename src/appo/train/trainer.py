@@ -286,11 +286,14 @@ class Trainer:
             # Sharded forwards must pair up across ranks: unequal row counts would hang the update.
             raise RuntimeError("ranks hold different numbers of update rows; every strategy must return "
                                "rollout.n rows per prompt")
-        # 4. old log-probs (the PPO ratio's denominator) and reference log-probs, on the kept rows only; APPO's
-        #    rescoring of its initial rows already computed the former when those are the kept rows
+        # 4. old log-probs (the PPO ratio's denominator) and reference log-probs, on the kept rows only. A
+        #    one-optimizer-step update takes the former from its own forward (None here); otherwise APPO's
+        #    rescoring of its initial rows already computed them when those are the kept rows.
         with timer("old_log_probs"):
             old_log_probs = self.rescorer.reuse([rows[i] for i in keep]) if self.rescorer is not None else None
-            if old_log_probs is None:
+            if learner.single_step(len(keep)):
+                old_log_probs = None
+            elif old_log_probs is None:
                 old_log_probs, _ = learner.log_probs(prompt_ids, response_ids)
             ref_log_probs = (learner.log_probs(prompt_ids, response_ids, reference=True)[0]
                              if cfg.actor.use_kl_loss else None)

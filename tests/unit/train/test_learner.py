@@ -181,3 +181,35 @@ def test_snapshot_scores_with_the_weights_before_the_update(tiny_model, tiny_tok
     restored = _learner(tiny_model, tiny_tokenizer)
     restored.load_state_dict(learner.state_dict())
     torch.testing.assert_close(restored.previous_log_probs(prompts, responses), before)
+
+
+@pytest.mark.parametrize("loss_mode", ["vanilla", "future_kl"])
+def test_single_step_update_takes_old_log_probs_from_its_own_forward(tiny_model_dir, tiny_tokenizer, loss_mode):
+    """One optimizer step from the sampling weights: the ratio's denominator is the update forward's own
+    log-probs (detached), so the separate old-log-prob forward can be skipped with the same gradient."""
+    from appo.models import load_model
+
+    prompts, responses = _rows(tiny_tokenizer, n=6)
+    grads = []
+    for given in (True, False):
+        learner = _learner(load_model(str(tiny_model_dir)), tiny_tokenizer,
+                           _actor(micro_batch_size=4, loss_mode=loss_mode))
+        assert learner.single_step(len(prompts))
+        batch = _batch(learner, prompts, responses)
+        batch.old_log_probs = learner.log_probs(prompts, responses)[0] if given else None
+        metrics = learner.update(batch)
+        grads.append(torch.cat([p.grad.flatten() for p in learner.params]))
+        assert metrics["actor/optimizer_steps"] == 1.0
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-7, rtol=1e-5)
+
+
+def test_several_optimizer_steps_need_old_log_probs(tiny_model, tiny_tokenizer):
+    prompts, responses = _rows(tiny_tokenizer, n=6)
+    for actor in (_actor(ppo_epochs=2), _actor(mini_batch_size=3)):
+        learner = _learner(tiny_model, tiny_tokenizer, actor)
+        assert not learner.single_step(len(prompts))
+        batch = _batch(learner, prompts, responses)
+        batch.old_log_probs = None
+        with pytest.raises(ValueError, match="old log-probs"):
+            learner.update(batch)
