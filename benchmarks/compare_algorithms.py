@@ -94,7 +94,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.ablation_seeds = [int(x) for x in args.ablation_seeds.split(",") if x] if args.ablation_seeds else None
     except ValueError:
         p.error("--seeds / --ablation-seeds: comma-separated integers, e.g. 1,2,3")
-    args.run_list = [(arm, seed) for arm in args.arms for seed in args.seeds]
+    # seed by seed, so a study cut short still has every arm at the seeds it reached
+    args.run_list = [(arm, seed) for seed in args.seeds for arm in args.arms]
     if args.ablations:
         args.run_list += [(arm, seed) for arm in ABLATIONS if arm not in args.arms
                           for seed in (args.ablation_seeds or args.seeds)]
