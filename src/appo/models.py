@@ -165,9 +165,45 @@ def load_model(path: str, dtype: str = "float32", cache_dir: str | None = None, 
     import torch
     from transformers import AutoModelForCausalLM
 
+    use_grouped_cpu_attention()
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path, cache_dir),
                                                  dtype=getattr(torch, dtype))
     return model.to(device)
+
+
+def use_grouped_cpu_attention() -> None:
+    """Make transformers' "sdpa" attention hand grouped-query K/V to SDPA as they are on CPU.
+
+    With an attention mask (every padded batch) transformers first copies each K/V head once per query
+    head (`repeat_kv`), because masked grouped SDPA falls back to a slow kernel on CUDA. On CPU the grouped
+    kernel is the fast one: for a decode step of 100 rows over 400 cached tokens of SmolLM2 (9 query heads,
+    3 K/V heads) one layer's attention took 15 ms instead of 152 ms, with equal outputs. Elsewhere (CUDA,
+    no grouping, options this path does not cover) the stock function runs. Process-wide and idempotent."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if AttentionInterface._global_mapping.get("sdpa") is not _grouped_sdpa:
+        _grouped_sdpa.stock = sdpa_attention_forward
+        AttentionInterface.register("sdpa", _grouped_sdpa)
+
+
+def _grouped_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                  is_causal=None, **kwargs):
+    import torch
+
+    if (query.device.type != "cpu" or getattr(module, "num_key_value_groups", 1) == 1
+            or any(kwargs.get(k) is not None for k in ("cache", "position_bias")) or kwargs.get("output_attentions")):
+        return _grouped_sdpa.stock(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                   is_causal=is_causal, **kwargs)
+    q_len = query.shape[2]
+    is_causal = q_len > 1 and attention_mask is None and (is_causal if is_causal is not None
+                                                           else getattr(module, "is_causal", True))
+    if is_causal and key.shape[2] > q_len:  # an empty static cache's prefill, as in the stock function
+        key, value = key[:, :, :q_len], value[:, :, :q_len]
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                                           dropout_p=dropout, scale=scaling, is_causal=is_causal,
+                                                           enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def resolve_device(name: str) -> str:
