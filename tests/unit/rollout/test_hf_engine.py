@@ -183,3 +183,19 @@ def test_sampled_distribution_is_the_penalised_one(engine, tiny_model, tiny_toke
         expected = torch.log_softmax(step / 0.8, -1)[tok]
         assert res.logprobs[t] == pytest.approx(float(expected), abs=1e-4)
     assert res.logprobs != pytest.approx(plain.logprobs, abs=1e-4)
+
+
+def test_decode_steps_write_the_cache_in_place(engine, tiny_tokenizer):
+    """While no row leaves or joins, a decode step adds its column to the cache's spare capacity: the
+    keys stay in one buffer (a concatenation would copy the whole cache every step)."""
+    session = engine.open_session()
+    for seed, text in enumerate(["hello there", "a longer prompt than the other one"]):
+        session.add(seed, GenRequest(_prompt(tiny_tokenizer, text), max_new_tokens=12, temperature=1.0,
+                                     seed=seed, stop=[]))
+    session.step()  # both join and take their first decode step
+    layer = session.cache.layers[0]
+    start, width = layer.keys.data_ptr(), layer.keys.shape[2]
+    for i in range(1, 6):
+        assert not session.step(), "no row should finish within 12 tokens' budget this early"
+        assert layer.keys.shape[2] == width + i and layer.keys.data_ptr() == start
+    assert session.kv_bytes >= layer.keys.element_size() * layer.keys.numel() * 2 * len(session.cache.layers)
