@@ -171,10 +171,14 @@ class HFEngine:
         logp = torch.log_softmax(scaled, dim=-1)
         probs = logp.exp()
         entropy = torch.special.entr(probs).sum(-1)
-        uniform = torch.stack([torch.rand(logits.shape[-1], generator=r.rng, dtype=torch.float64) for r in rows])
-        gumbel = -torch.log(-torch.log(uniform)).to(dev)
-        sampled = (logp.double() + gumbel).argmax(-1)
-        tokens = torch.where(greedy, logits.argmax(-1), sampled)
+        tokens = logits.argmax(-1)
+        hot = [i for i, r in enumerate(rows) if r.req.temperature != 0]  # greedy rows draw no noise
+        if hot:
+            uniform = torch.stack([torch.rand(logits.shape[-1], generator=rows[i].rng, dtype=torch.float64)
+                                   for i in hot])
+            gumbel = -torch.log(-torch.log(uniform)).to(dev)
+            at = torch.tensor(hot, device=dev)
+            tokens[at] = (logp[at].double() + gumbel).argmax(-1)
         chosen = logp.gather(-1, tokens[:, None]).squeeze(-1)
 
         want = max(r.req.logprobs for r in rows)
