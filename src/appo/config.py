@@ -150,6 +150,11 @@ class RolloutConfig:
                                                 "'length'. null: only max_response_length limits it (the "
                                                 "reference eval used 4096).", low=1)
     max_response_length: int = opt(256, "Response budget in tokens, tool results included.", low=1)
+    stop_at_answer: bool = opt(True, "End a response right after its first `</answer>` (finish_reason 'answer'), "
+                                     "in training and evaluation: the reward grades one answer, and a greedy "
+                                     "policy that does not emit EOS there would repeat answers up to the budget "
+                                     "(80% of a quickstart RL model's greedy samples did, at 6x the tokens). "
+                                     "false: only EOS, the budget and call limits end it (the reference).")
     gen_batch_size: int = opt(64, "Rows decoded together (one engine batch); larger batches use the CPU/GPU "
                                   "better until the longest row dominates.", low=1)
     kv_reuse: bool = opt(True, "HF engine: keep each row's KV cache across tool turns and branches and batch "

@@ -90,7 +90,7 @@ def test_kill_and_resume_gives_the_uninterrupted_metrics(tmp_path, tiny_model_di
     assert a == b
 
 
-def test_quickstart_pipeline_on_the_tiny_preset(tmp_path, tiny_model_dir):
+def test_quickstart_pipeline_on_the_tiny_preset(tmp_path, tiny_model_dir, capsys):
     """`appo train --config tiny`: eval -> SFT (task traces, real tools) -> eval -> RL -> eval -> report."""
     from appo.commands.train import main
 
@@ -99,6 +99,9 @@ def test_quickstart_pipeline_on_the_tiny_preset(tmp_path, tiny_model_dir):
                  "trainer.eval_stages=[base,sft,rl]", "trainer.device=cpu"]) == 0
     state = json.loads((out / "pipeline.json").read_text())
     assert set(state["evals"]) == {"base", "sft", "rl"} and state["rl_done"]
+    assert list(state["seconds"]) == ["eval base", "sft", "eval sft", "rl", "eval rl"]
+    assert all(v > 0 for v in state["seconds"].values())
+    assert "[appo] time by stage: eval base " in capsys.readouterr().out
     sft_log = [json.loads(line) for line in (out / "sft" / "sft_log.jsonl").read_text().splitlines()]
     assert sft_log and sft_log[-1]["loss"] < sft_log[0]["loss"]
     assert (out / "sft" / "config.json").exists()

@@ -19,6 +19,8 @@ import logging
 import signal
 import sys
 import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -48,7 +50,7 @@ class Pipeline:
     def _load_state(self, resume: bool) -> dict:
         if resume and self.state_path.exists():
             return json.loads(self.state_path.read_text())
-        return {"evals": {}, "start_path": None, "rl_done": False}
+        return {"evals": {}, "start_path": None, "rl_done": False, "seconds": {}}
 
     def _save_state(self, state: dict) -> None:
         if not distributed.is_main():
@@ -57,6 +59,16 @@ class Pipeline:
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_path)
         self._report(state, "running (report rewritten after each stage)")
+
+    @contextmanager
+    def _timed(self, state: dict, stage: str):
+        """Adds the stage's wall time to pipeline.json's `seconds` (a resumed stage adds to what it had)."""
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            seconds = state.setdefault("seconds", {})
+            seconds[stage] = round(seconds.get(stage, 0.0) + time.monotonic() - t0, 1)
 
     def _report(self, state: dict, status: str) -> Path | None:
         if not distributed.is_main():
@@ -104,13 +116,16 @@ class Pipeline:
             model = load_model(state["start_path"] or cfg.model.path, cfg.model.dtype, cfg.model.cache_dir, device)
         if state["start_path"] is None:
             if "base" in stages and "base" not in state["evals"]:
-                state["evals"]["base"] = self._eval(model, tokenizer, val, "base")
+                with self._timed(state, "eval base"):
+                    state["evals"]["base"] = self._eval(model, tokenizer, val, "base")
                 self._save_state(state)
             if cfg.sft.enabled and (cfg.sft.files or cfg.data.task is not None):
-                state["start_path"] = str(train_sft(cfg, self.out / "sft", model, tokenizer, self.progress,
-                                                    task_rows=task.train if task is not None else None))
+                with self._timed(state, "sft"):
+                    state["start_path"] = str(train_sft(cfg, self.out / "sft", model, tokenizer, self.progress,
+                                                        task_rows=task.train if task is not None else None))
                 if "sft" in stages:
-                    state["evals"]["sft"] = self._eval(model, tokenizer, val, "sft")
+                    with self._timed(state, "eval sft"):
+                        state["evals"]["sft"] = self._eval(model, tokenizer, val, "sft")
             else:
                 state["start_path"] = cfg.model.path
             self._save_state(state)
@@ -118,11 +133,13 @@ class Pipeline:
         trainer = Trainer(cfg, model, tokenizer, train, val, start_path=state["start_path"], progress=self.progress)
         try:
             if not state["rl_done"]:
-                trainer.fit(resume=resume)
+                with self._timed(state, "rl"):
+                    trainer.fit(resume=resume)
                 state["rl_done"] = True
                 self._save_state(state)
             if "rl" in stages and "rl" not in state["evals"]:
-                state["evals"]["rl"] = trainer.validate("rl")
+                with self._timed(state, "eval rl"):
+                    state["evals"]["rl"] = trainer.validate("rl")
                 self._save_state(state)
         finally:
             trainer.close()
@@ -130,6 +147,8 @@ class Pipeline:
             return state
         report = self._report(state, "finished")
         final = ckpt.latest_checkpoint(self.out)
+        stages = ", ".join(f"{k} {_minutes(v)}" for k, v in state.get("seconds", {}).items())
+        print(f"[appo] time by stage: {stages}; total {_minutes(sum(state.get('seconds', {}).values()))}", flush=True)
         print(f"[appo] done. report: {report}\n[appo] model (Hugging Face dir): {final / 'hf' if final else '-'}\n"
               f"[appo] metrics: {self.out / 'metrics.jsonl'}; rollouts: {self.out / 'rollouts'}; "
               f"evaluations: {self.out / 'eval'}", flush=True)
@@ -143,6 +162,10 @@ class Pipeline:
                                progress=self.progress)
         distributed.barrier()
         return {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
 
 
 EVAL_COLUMNS = ("questions", "acc", "pass@1", "reward", "f1", "tool_use_rate", "tool_calls_per_sample",

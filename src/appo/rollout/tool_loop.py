@@ -1,7 +1,8 @@
 """The multi-turn tool loop: one state machine per trajectory, run for a whole batch, token-in/token-out.
 
 Each round generates for every live row until a tool's closing tag (`</python>`, `</search>`: one stop
-string per enabled tool), EOS or the response budget. A row that stopped on a closing tag has its call
+string per enabled tool), `</answer>` (with `stop_at_answer`: the row ends there), EOS or the response
+budget. A row that stopped on a closing tag has its call
 parsed from its *current turn* only (the text generated since the last tool result), the calls of all
 rows run in parallel through the ToolRunner, and each result is spliced in as
 ` <result>\\n{text}\\n</result>` (tokenised without special tokens, the protocol's tags inside `text`
@@ -51,6 +52,7 @@ TOOL_LIMIT_TEXT = ("Error: the {tool} call limit ({limit}) is reached; you may n
                    "another tool or give your final answer now.")
 EMPTY_TEXT = "Error: empty <{tool}> call; put the input between <{tool}> and </{tool}>."
 ON_LIMIT = ("stop", "result", "eos")
+ANSWER_STOP = "</answer>"
 # Decode steps a row sits out for its tool call before it rejoins (its result is waited for if not ready):
 # long enough that a sandboxed call usually overlaps other rows' decoding, short enough to keep slots busy.
 REJOIN_AFTER_STEPS = 2
@@ -67,6 +69,7 @@ class RolloutLoopSettings:
     call_limit: int = 3                      # calls of all tools per response
     tool_call_limits: dict[str, int] = field(default_factory=dict)   # per tool, on top of call_limit
     on_limit: str = "stop"
+    stop_at_answer: bool = False             # end the row right after its first ANSWER_STOP
     top_logprobs: int = 0                    # top-k log-probs requested per generated token
     gen_batch_size: int = 64                 # rows per engine call
 
@@ -81,7 +84,7 @@ class RolloutLoopSettings:
                    repetition_penalty=rollout_cfg.repetition_penalty,
                    max_tokens_per_call=rollout_cfg.max_tokens_per_call, call_limit=tools_cfg.call_limit,
                    tool_call_limits=tool_call_limits(tools_cfg), on_limit=tools_cfg.on_limit,
-                   top_logprobs=top_logprobs,
+                   stop_at_answer=rollout_cfg.stop_at_answer, top_logprobs=top_logprobs,
                    gen_batch_size=rollout_cfg.gen_batch_size)
 
 
@@ -184,6 +187,7 @@ class ToolLoop:
         self.settings = settings
         self.tokenizer = engine.tokenizer
         self.stops = [f"</{name}>" for name in (tools.names if tools is not None else [])]
+        self.engine_stops = self.stops + ([ANSWER_STOP] if settings.stop_at_answer else [])
         self.eos_ids = set(getattr(engine, "eos_ids", None) or {self.tokenizer.eos_token_id})
         self.rows: list[LoopRow] = []
         self.stats = stats if stats is not None else {}
@@ -226,6 +230,9 @@ class ToolLoop:
             row.finish("length")
         elif len(traj) > row.turn_start:
             turn = self._turn_text(row)
+            if self.settings.stop_at_answer and ANSWER_STOP in turn:
+                row.finish("answer")
+                return
             row.pending_stop = next((s for s in self.stops if s in turn), None)
 
     # ---------------------------------------------------------------------------------- rounds
@@ -280,7 +287,7 @@ class ToolLoop:
         per_call = settings.max_tokens_per_call or settings.max_response_length
         return GenRequest(prompt_ids=ids, max_new_tokens=min(settings.max_response_length - len(row.traj), per_call),
                           temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-                          repetition_penalty=settings.repetition_penalty, stop=list(self.stops),
+                          repetition_penalty=settings.repetition_penalty, stop=list(self.engine_stops),
                           logprobs=settings.top_logprobs,
                           seed=None if row.seed is None else derive_seed(row.seed, row.rounds))
 
@@ -297,7 +304,9 @@ class ToolLoop:
         self._count("generated_tokens", len(res.token_ids))
         if res.finish_reason == "stop" and res.stop_str in self.stops:
             return res.stop_str
-        if res.finish_reason == "eos":
+        if res.finish_reason == "stop" and res.stop_str == ANSWER_STOP and self.settings.stop_at_answer:
+            row.finish("answer")
+        elif res.finish_reason == "eos":
             row.finish("eos")
         elif len(row.traj) >= budget or len(res.token_ids) >= (self.settings.max_tokens_per_call or budget):
             row.finish("length")

@@ -24,7 +24,7 @@ class Trajectory:
     tool_calls: int = 0                                    # calls made in the response (the call limit's counter)
     tool_log: list[dict] = field(default_factory=list)     # {tool, payload, ok, seconds, start, end}: the result
     #                                                        occupies response positions [start, end)
-    finish_reason: str | None = None                       # stop | eos | length | call_limit; None while running
+    finish_reason: str | None = None                       # eos | answer | length | call_limit; None while running
     kind: str = "init"                                     # init | branch
     group: int = 0                                         # index of the prompt in the batch
     parent: int | None = None                              # branch: index of its initial rollout in the group

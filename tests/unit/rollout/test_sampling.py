@@ -82,7 +82,7 @@ def test_appo_branches_continue_token_prefixes_and_call_tools(tiny_tokenizer, py
             assert b.token_ids[:cut] == parent.token_ids[:cut]
             assert b.logprobs[:cut] == parent.logprobs[:cut] and b.generated[:cut] == parent.generated[:cut]
             assert b.tool_calls == 1 and b.tool_log[0]["payload"] == "print(3)" and b.tool_log[0]["ok"]
-            assert b.tool_log[0]["start"] > b.split_pos and b.finish_reason == "eos"
+            assert b.tool_log[0]["start"] > b.split_pos and b.finish_reason == "answer"
             assert tok.decode([parent.token_ids[b.split_pos]]).strip()  # never a whitespace-only token
             assert b.split_pos < len(parent) - 1 and parent.token_ids[b.split_pos] != tok.eos_token_id
     assert metrics["rollout/fv_used"] == 0 and metrics["rollout/branch_rows"] == 4
@@ -256,7 +256,7 @@ def test_arpo_branches_on_fixed_draws(tiny_tokenizer, python_tools):
     assert second.split_pos == group.inits[0].tool_log[1]["end"] - 1
     assert metrics["rollout/arpo_decisions"] == 3
     assert first.token_ids[:first.split_pos + 1] == group.inits[1].token_ids[:first.split_pos + 1]
-    assert all(t.tool_calls == 2 and t.finish_reason == "eos" for t in group.rows)
+    assert all(t.tool_calls == 2 and t.finish_reason == "answer" for t in group.rows)
     assert first.generated[:first.split_pos + 1] == group.inits[1].generated[:first.split_pos + 1]
     assert metrics["rollout/refill_rows"] == 0
     assert {req.logprobs for req in engine.calls} == {10}

@@ -243,3 +243,24 @@ def test_max_tokens_per_call_caps_each_generation_call_and_ends_the_row(tiny_tok
                             _settings(max_response_length=100, max_tokens_per_call=7))
     assert [r.max_new_tokens for r in engine.calls] == [7]
     assert len(traj) == 7 and traj.finish_reason == "length"
+
+
+@pytest.mark.parametrize("stop_at_answer", [True, False])
+def test_a_response_ends_right_after_its_answer_when_asked(tiny_tokenizer, python_tools, stop_at_answer):
+    tok = tiny_tokenizer
+    chatty = "<answer>\\boxed{42}</answer><answer>\\boxed{42}</answer> and more<|im_end|>"
+    engine = ScriptedEngine(tok, lambda text, req: CALL if "<result>" not in text.split("<|im_start|>assistant")[-1]
+                            else chatty)
+    (traj,) = run_tool_loop(engine, python_tools, [LoopStart.fresh(_prompt(tok), seed=1)],
+                            _settings(stop_at_answer=stop_at_answer))
+    text = tok.decode(traj.token_ids, skip_special_tokens=False)
+    if stop_at_answer:
+        # ends in the token that completes the tag (a byte-level BPE token may carry a character past it)
+        assert text.count("<answer>") == 1 and text.rstrip("<").endswith("</answer>")
+        assert traj.finish_reason == "answer"
+        # a branch whose prefix already holds the answer is finished, not continued
+        (again,) = run_tool_loop(engine, python_tools, [LoopStart(traj.prefix(len(traj)), seed=2)],
+                                 _settings(stop_at_answer=True))
+        assert again.finish_reason == "answer" and again.token_ids == traj.token_ids
+    else:
+        assert text.endswith(" and more<|im_end|>") and traj.finish_reason == "eos"
