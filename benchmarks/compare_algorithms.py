@@ -66,8 +66,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "only).")
     p.add_argument("--sampled-questions", type=int, default=None, help="Sample only the first N questions of "
                    "each evaluation for pass@k (default: all; greedy pass@1 always uses all).")
-    p.add_argument("--final-questions", type=int, default=None, help="Held-out questions of the final "
-                   "evaluation (default: all; 0 skips it, for timing runs).")
+    p.add_argument("--final-questions", type=int, default=None, help="Held-out questions of the SFT and "
+                   "final evaluations (default: all; 0 skips the final one, for timing runs).")
     p.add_argument("--no-sft-eval", action="store_true", help="Do not evaluate the SFT checkpoint (timing runs; "
                    "an evaluation made before is still used).")
     p.add_argument("--sft-only", action="store_true", help="Train and evaluate the SFT checkpoint, then stop.")
@@ -166,8 +166,10 @@ class Study:
         model = load_model(str(path), cfg.model.dtype)
         t0 = time.time()
         full_dir = self.work / "eval" / "sft" / "full"
+        # the same questions as every run's final evaluation, so step 0 and the last step compare alike
+        final = self.val[: self.args.final_questions] if self.args.final_questions else self.val
         result = {"sft_seconds": json.loads(marker.read_text())["seconds"],
-                  "full": self.evaluate(model, cfg, self.val, full_dir)}
+                  "full": self.evaluate(model, cfg, final, full_dir)}
         result["subset"] = self._subset_of(full_dir, {p.index for p in self.subset})
         result["eval_seconds"] = round(time.time() - t0, 1)
         _write_json(cached, result)

@@ -55,7 +55,8 @@ def test_an_interrupted_run_starts_again(tmp_path, tiny_model_dir):
     compare = _script()
     out, work = tmp_path / "out", tmp_path / "work"
     argv = ["--out", str(out), "--work", str(work), "--steps", "1", "--eval-every", "0", "--seeds", "1",
-            "--arms", "grpo", "--sampled-k", "0", f"model.path={tiny_model_dir}", "model.autocast=none",
+            "--arms", "grpo", "--sampled-k", "0", "--final-questions", "1",
+            f"model.path={tiny_model_dir}", "model.autocast=none",
             "data.num_train=24", "data.num_val=2", "data.batch_size=2", "rollout.max_response_length=8",
             "sft.num_examples=4", "sft.batch_size=4", "sft.warmup_steps=0", "trainer.device=cpu"]
     stale = work / "grpo" / "seed1" / "eval" / "final" / "greedy"
@@ -63,4 +64,7 @@ def test_an_interrupted_run_starts_again(tmp_path, tiny_model_dir):
     (stale / "leftover").write_text("from a killed run")
     assert compare.main(argv) == 0
     assert not (stale / "leftover").exists()
-    assert json.loads((out / "grpo" / "seed1.json").read_text())["finished"]
+    run = json.loads((out / "grpo" / "seed1.json").read_text())
+    assert run["finished"] and run["final"]["questions"] == 1
+    # the SFT checkpoint is scored on the same questions as the runs' final evaluations
+    assert json.loads((out / "sft.json").read_text())["full"]["questions"] == 1
