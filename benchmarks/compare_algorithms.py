@@ -16,7 +16,7 @@ excluded) of each of its steps, and the plot puts accuracy against cumulative sa
 are compared at equal cost even where the per-step budgets differ a little.
 
 Evaluations: after SFT (shared by all runs), every --eval-every steps on the first --eval-subset held-out
-questions, and after the last step on the whole held-out set; greedy pass@1 and, with --sampled-k (4),
+questions, and after the last step on the first --final-questions (default: all); greedy pass@1 and, with --sampled-k (4),
 sampled pass@1 and pass@4 at temperature 1 (appo.eval.evaluate.evaluate, the training agent loop).
 
 Outputs: <out>/<arm>/seed<k>.json per finished run (a finished run is skipped when the script runs again;
@@ -299,6 +299,8 @@ def summarize(out: Path) -> dict:
     for arm, items in runs.items():
         row = {"seeds": sorted(r["seed"] for r in items)}
         row["final_questions"] = sorted({r["final"].get("questions", 0) for r in items})
+        row["sampled_questions"] = sorted({r["final"]["sampled/questions"] for r in items
+                                           if "sampled/questions" in r["final"]})
         for key in sorted({k for r in items for k in r["final"] if "pass@" in k}):
             row[key] = mean_se([r["final"][key] for r in items if key in r["final"]])
         for key in ("tokens_per_step", "rows_per_step", "update_rows_per_step", "train_seconds", "wall_seconds"):
@@ -338,7 +340,12 @@ def markdown_table(summary: dict) -> str:
         lines.append(f"| {arm} | {len(row['seeds'])} | " + "".join(f"{c} | " for c in cells)
                      + f"{_fmt(row['tokens_per_step'], 1, 0)} | {_fmt(row['rows_per_step'], 1, 1)}"
                      f" | {_fmt(row['update_rows_per_step'], 1, 1)} | {_fmt(row['train_seconds'], 1, 0)} |")
-    lines.append("\nmean ± standard error over seeds; final evaluation on the whole held-out set.\n")
+    greedy = sorted({q for row in summary["arms"].values() for q in row["final_questions"]})
+    sampled = sorted({q for row in summary["arms"].values() for q in row.get("sampled_questions", [])})
+    if greedy:
+        lines.append(f"\nmean ± standard error over seeds; final evaluation on the first "
+                     f"{'/'.join(map(str, greedy))} held-out questions"
+                     + (f" (sampled pass@k on the first {'/'.join(map(str, sampled))})" if sampled else "") + ".\n")
     return "\n".join(lines)
 
 
