@@ -147,10 +147,10 @@ class HFEngine:
             if not keep:
                 return
             if len(keep) < len(alive):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
+                order = _compact(cache, keep)
+                index = torch.tensor(order, device=device)
                 mask, next_pos, tokens = mask[index], next_pos[index], tokens[index]
-                alive = [alive[i] for i in keep]
+                alive = [alive[i] for i in order]
             mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
             out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
                              past_key_values=cache, use_cache=True)
@@ -323,8 +323,9 @@ class DecodeSession:
         positions = torch.tensor(pasts)[:, None] + torch.arange(width_new)[None, :]
         cache = _growing_cache(self.model.config)
         if width_past:
-            _fill(cache, [_left_padded([s.past.layers[j] if s.past else None for s in seqs], width_past)
-                          for j in range(len(cache.layers))])
+            blank = next(s.past for s in seqs if s.past).prefix(0)  # a row with no cache yet
+            for j, layer in enumerate(cache.layers):
+                layer.add_rows([(s.past or blank).layers[j] for s in seqs])
         last = [len(n) - 1 for n in news]
         cols = sorted(set(last))
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
@@ -348,25 +349,22 @@ class DecodeSession:
         return done
 
     def _merge(self, joining: list) -> None:
-        """Pad the joining sequences' caches into the batch's (one copy of both)."""
+        """Write the joining sequences' caches into spare rows of the batch's (the batch's rows stay put)."""
         old = len(self.batch)
         width_old = self.mask.shape[1] if old else 0
+        if not old:
+            self.cache = _growing_cache(self.model.config)
+        for j, layer in enumerate(self.cache.layers):
+            layer.add_rows([state.layers[j] for _, state, _ in joining])
         width = max([width_old] + [state.length for _, state, _ in joining])
-        layers = []
-        for j in range(len(joining[0][1].layers)):
-            parts = ([(self.cache.layers[j].keys, self.cache.layers[j].values)] if old else [])
-            parts += [state.layers[j] for _, state, _ in joining]
-            layers.append(_left_padded(parts, width))
         mask = torch.zeros((old + len(joining), width), dtype=torch.long, device=self.device)
         if old:
             mask[:old, width - width_old:] = self.mask
         for i, (_, state, _) in enumerate(joining):
             mask[old + i, width - state.length:] = 1
-        cache = _growing_cache(self.model.config)
-        _fill(cache, layers)
         joined_pos = torch.tensor([state.length for _, state, _ in joining], device=self.device)
         joined_tok = torch.tensor([tok for _, _, tok in joining], device=self.device)
-        self.cache, self.mask = cache, mask
+        self.mask = mask
         self.next_pos = torch.cat([self.next_pos, joined_pos]) if old else joined_pos
         self.pending = torch.cat([self.pending, joined_tok]) if old else joined_tok
         self.batch += [s for s, _, _ in joining]
@@ -388,18 +386,19 @@ class DecodeSession:
                            layer.values[i:i + 1, :, width - lengths[i]:].clone()) for layer in self.cache.layers],
                          lengths[i])) for i in finished]
         keep = [i for i, s in enumerate(self.batch) if s.finish is None]
-        self.batch = [self.batch[i] for i in keep]
         if not keep:
+            self.batch = []
             self.cache = self.mask = self.next_pos = self.pending = None
             return done
-        index = torch.tensor(keep, device=self.device)
-        self.cache.batch_select_indices(index)
+        order = _compact(self.cache, keep)
+        self.batch = [self.batch[i] for i in order]
+        index = torch.tensor(order, device=self.device)
         self.mask, self.next_pos, self.pending = self.mask[index], self.next_pos[index], self.pending[index]
         cut = int((self.mask.sum(0) == 0).long().cumprod(0).sum())  # columns that are padding in every row
         if cut:
             self.mask = self.mask[:, cut:]
             for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, cut:], layer.values[:, :, cut:]
+                layer.cut_columns(cut)
         return done
 
 
@@ -413,35 +412,112 @@ def _cache_bytes(cache: DynamicCache) -> int:
 
 
 class _GrowingLayer(DynamicLayer):
-    """A DynamicLayer that writes each step's keys/values into spare capacity instead of concatenating: a
-    decode step then copies one column per row, not the whole cache (with 100 rows over 400 tokens the
-    concatenation moved about 2 GB per step on SmolLM2). `keys`/`values` stay views of the buffer; code that
-    replaces them (a row leaving, padding columns cut) makes the next update start a fresh buffer."""
+    """One layer's keys/values of a left-padded batch, kept in a zeroed buffer [row capacity, heads, column
+    capacity, head_dim] with spare rows and columns: rows `[0, rows)` are live, columns `[start, end)` the
+    window every live row is right-aligned in. `keys`/`values` are views of that window.
 
-    _buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+    Why: a decode step then writes one column in place, a row that leaves is replaced by the last live row
+    (one row copied), one that joins is written into a spare row, and cutting padding columns moves `start`.
+    Concatenating or re-packing the whole cache instead moved gigabytes per step at 100 rows (a third of a
+    tool-heavy evaluation's time). Columns outside a row's own tokens are masked out; they hold zeros or
+    another row's old (finite) values, which the zero attention weight cancels. Code that replaces
+    `keys`/`values` from outside makes the next write adopt them into a fresh buffer."""
+
+    _k: torch.Tensor | None = None
+    _v: torch.Tensor | None = None
     _view: torch.Tensor | None = None
+    rows = start = end = 0
+
+    def _set_window(self) -> None:
+        self.keys = self._k[:self.rows, :, self.start:self.end]
+        self.values = self._v[:self.rows, :, self.start:self.end]
+        self._view = self.keys
+
+    def _own(self) -> None:
+        """Take over `keys`/`values` set from outside (or nothing yet) as the live window."""
+        if self._k is not None and self._view is self.keys:
+            return
+        self._k = self._v = None
+        self.rows = self.start = self.end = 0
+        if self.keys.dim() == 4:
+            self._k, self._v = self.keys, self.values
+            self.rows, self.end = self.keys.shape[0], self.keys.shape[2]
+            self._realloc(self.rows, 0, max(32, self.end // 2), self.keys)
+
+    def _realloc(self, row_cap: int, left: int, right: int, like: torch.Tensor) -> None:
+        """A new zeroed buffer for `row_cap` rows with the window at `left` and `right` spare columns after it."""
+        width = self.end - self.start
+        shape = (row_cap, like.shape[1], left + width + right, like.shape[3])
+        k, v = like.new_zeros(shape), like.new_zeros(shape)
+        if self.rows and width:
+            k[:self.rows, :, left:left + width] = self._k[:self.rows, :, self.start:self.end]
+            v[:self.rows, :, left:left + width] = self._v[:self.rows, :, self.start:self.end]
+        self._k, self._v, self.start, self.end = k, v, left, left + width
+        self._set_window()
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        n = self.keys.shape[-2] if self.keys.dim() == 4 else 0
-        need = n + key_states.shape[-2]
-        if self._view is not self.keys or self._buffers is None or need > self._buffers[0].shape[-2]:
-            shape = (*key_states.shape[:2], need + max(32, need // 2), key_states.shape[-1])
-            buffers = (key_states.new_empty(shape), value_states.new_empty(shape))
-            if n:
-                buffers[0][:, :, :n], buffers[1][:, :, :n] = self.keys, self.values
-            self._buffers = buffers
-        keys, values = self._buffers
-        keys[:, :, n:need], values[:, :, n:need] = key_states, value_states
-        self.keys, self.values = keys[:, :, :need], values[:, :, :need]
-        self._view = self.keys
+        self._own()
+        new = key_states.shape[-2]
+        if self._k is None or self.rows != key_states.shape[0] or self.end + new > self._k.shape[2]:
+            if self.rows and self.rows != key_states.shape[0]:
+                raise RuntimeError(f"cache holds {self.rows} rows, the step feeds {key_states.shape[0]}")
+            self.rows = key_states.shape[0]
+            need = self.end - self.start + new
+            self._realloc(self.rows, 0, new + max(32, need // 2), key_states)
+        self._k[:self.rows, :, self.end:self.end + new] = key_states
+        self._v[:self.rows, :, self.end:self.end + new] = value_states
+        self.end += new
+        self._set_window()
         return self.keys, self.values
+
+    def add_rows(self, blocks: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Append rows: each block's keys/values [b, heads, n, dim] right-aligned at the window's end."""
+        k0 = blocks[0][0]
+        if not self.is_initialized:
+            self.lazy_initialization(k0, blocks[0][1])
+        self._own()
+        rows = self.rows + sum(k.shape[0] for k, _ in blocks)
+        longest = max(k.shape[2] for k, _ in blocks)
+        if self._k is None or rows > self._k.shape[0] or longest > self.end:
+            width = max(self.end - self.start, longest)
+            self._realloc(rows + max(4, rows // 2), width - (self.end - self.start), max(32, width // 2), k0)
+        at = self.rows
+        for k, v in blocks:
+            b, n = k.shape[0], k.shape[2]
+            self._k[at:at + b, :, self.end - n:self.end] = k
+            self._v[at:at + b, :, self.end - n:self.end] = v
+            at += b
+        self.rows, self.start = rows, min(self.start, self.end - longest)
+        self._set_window()
+
+    def keep_rows(self, holes: list[int], movers: list[int], rows: int) -> None:
+        """Keep `rows` rows: row `movers[i]` moves into `holes[i]` (see `_compact`)."""
+        if not self.is_initialized:  # a model that keeps no cache
+            return
+        self._own()
+        if holes:
+            to, frm = torch.tensor(holes, device=self._k.device), torch.tensor(movers, device=self._k.device)
+            self._k[to, :, self.start:self.end] = self._k[frm, :, self.start:self.end]
+            self._v[to, :, self.start:self.end] = self._v[frm, :, self.start:self.end]
+        self.rows = rows
+        if rows and 4 * rows < self._k.shape[0]:  # mostly empty: give the memory back
+            self._realloc(rows + max(4, rows // 2), 0, self._k.shape[2] - self.end, self._k)
+        self._set_window()
+
+    def cut_columns(self, n: int) -> None:
+        """Drop the window's first `n` columns (padding in every live row)."""
+        if not self.is_initialized:
+            return
+        self._own()
+        self.start += n
+        self._set_window()
 
     @property
     def nbytes(self) -> int:
         """Bytes this layer keeps alive, spare capacity included."""
-        held = self._buffers[0] if self._view is self.keys and self._buffers is not None else self.keys
+        held = self._k if self._k is not None and self._view is self.keys else self.keys
         return held.element_size() * held.numel() * 2
 
 
@@ -451,29 +527,19 @@ def _growing_cache(config) -> DynamicCache:
     return cache
 
 
-def _left_padded(parts: list, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack (keys, values) blocks of shape [b, heads, n, dim] (None: an empty row) right-aligned to `width`."""
-    ref = next(p for p in parts if p is not None)[0]
-    rows = sum(1 if p is None else p[0].shape[0] for p in parts)
-    keys = ref.new_zeros((rows, ref.shape[1], width, ref.shape[3]))
-    values = torch.zeros_like(keys)
-    at = 0
-    for p in parts:
-        if p is None:
-            at += 1
-            continue
-        k, v = p
-        n = k.shape[2]
-        keys[at:at + k.shape[0], :, width - n:] = k
-        values[at:at + k.shape[0], :, width - n:] = v
-        at += k.shape[0]
-    return keys, values
-
-
-def _fill(cache: DynamicCache, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    for layer, (k, v) in zip(cache.layers, layers):
-        layer.lazy_initialization(k, v)
-        layer.keys, layer.values = k, v
+def _compact(cache: DynamicCache, keep: list[int]) -> list[int]:
+    """Keep the rows `keep` (ascending) of every layer, moving the last survivors into the gaps the others
+    leave rather than re-packing all rows. Returns the new row order: new row i is old row order[i]."""
+    n = len(keep)
+    kept = set(keep)
+    holes = [i for i in range(n) if i not in kept]
+    movers = [i for i in keep if i >= n]
+    order = list(range(n))
+    for h, m in zip(holes, movers, strict=True):
+        order[h] = m
+    for layer in cache.layers:
+        layer.keep_rows(holes, movers, n)
+    return order
 
 
 def _copied(state: KVState) -> KVState:

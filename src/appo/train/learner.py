@@ -95,6 +95,14 @@ def _chunks(n: int, size: int) -> Iterator[list[int]]:
         yield list(range(start, min(n, start + size)))
 
 
+def _micro_batches(prompt_ids: list[list[int]], response_ids: list[list[int]], size: int) -> list[list[int]]:
+    """Row indices in micro-batches of at most `size`, longest rows first: a micro-batch is padded to its
+    longest row, so rows of similar length together waste the least compute (the gradient is a sum over
+    rows, so which rows share a micro-batch does not change it)."""
+    order = sorted(range(len(prompt_ids)), key=lambda i: -(len(prompt_ids[i]) + len(response_ids[i])))
+    return [order[s:s + size] for s in range(0, len(order), size)]
+
+
 class Learner:
     """Owns the policy (optionally LoRA-wrapped), its frozen reference, AdamW and the LR schedule."""
 
@@ -164,7 +172,7 @@ class Learner:
         was_training = self.model.training
         self.model.eval()
         try:
-            for idx in _chunks(len(prompt_ids), size):
+            for idx in _micro_batches(prompt_ids, response_ids, size):
                 p, r = [prompt_ids[i] for i in idx], [response_ids[i] for i in idx]
                 if reference and self.ref_model is not None:
                     lp, ent, _ = self._forward(self.ref_model, p, r, with_entropy, autocast_dtype)
@@ -173,9 +181,10 @@ class Learner:
                         lp, ent, _ = self._forward(self.model, p, r, with_entropy, autocast_dtype)
                 else:
                     lp, ent, _ = self._forward(self.model, p, r, with_entropy, autocast_dtype)
-                out_lp[idx[0]: idx[-1] + 1, : lp.shape[1]] = lp.cpu()
+                at = torch.tensor(idx)
+                out_lp[at, : lp.shape[1]] = lp.cpu()
                 if with_entropy:
-                    out_ent[idx[0]: idx[-1] + 1, : ent.shape[1]] = ent.cpu()
+                    out_ent[at, : ent.shape[1]] = ent.cpu()
         finally:
             self.model.train(was_training)
         return out_lp, out_ent
@@ -253,7 +262,8 @@ class Learner:
                 mb = batch.select(mini_idx)
                 normaliser = self._normaliser(mb, moved=self.optimizer_steps > first_step)
                 self.optimizer.zero_grad(set_to_none=True)
-                micro = [self._micro_step(mb.select(idx), normaliser) for idx in _chunks(len(mb), a.micro_batch_size)]
+                micro = [self._micro_step(mb.select(idx), normaliser)
+                         for idx in _micro_batches(mb.prompt_ids, mb.response_ids, a.micro_batch_size)]
                 for k in micro[0]:
                     values = [m[k] for m in micro]
                     # Loss terms are already mini-batch-normalised per micro-batch, so they add up.
@@ -286,7 +296,7 @@ class Learner:
         if a.loss_mode == "future_kl" and a.future_kl.normaliser == "kept" and moved:
             count = 0.0
             with torch.no_grad():
-                for idx in _chunks(len(mb), a.micro_batch_size):
+                for idx in _micro_batches(mb.prompt_ids, mb.response_ids, a.micro_batch_size):
                     micro = mb.select(idx)
                     log_prob, _, _ = self._forward(self.model, micro.prompt_ids, micro.response_ids, False)
                     width = log_prob.shape[1]

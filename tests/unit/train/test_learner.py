@@ -213,3 +213,26 @@ def test_several_optimizer_steps_need_old_log_probs(tiny_model, tiny_tokenizer):
         batch.old_log_probs = None
         with pytest.raises(ValueError, match="old log-probs"):
             learner.update(batch)
+
+
+def test_micro_batches_group_rows_of_similar_length(tiny_model, tiny_tokenizer):
+    """Padding is compute: rows are split into micro-batches by length (longest first), for the update's
+    forward/backward and for no-grad scoring alike. Same gradient: the accumulation test above."""
+    lengths = [30, 4, 28, 5, 26, 6]  # long and short alternate, so in-order chunks would pad every short row
+    prompts = [[7] * 3 for _ in lengths]
+    responses = [[9] * n for n in lengths]
+    learner = _learner(tiny_model, tiny_tokenizer, _actor(micro_batch_size=2))
+    widths = []
+    forward = learner._forward
+
+    def spy(model, p, r, *args, **kw):
+        widths.append(sorted(len(x) for x in r))
+        return forward(model, p, r, *args, **kw)
+
+    learner._forward = spy
+    lp, _ = learner.log_probs(prompts, responses)
+    assert widths == [[28, 30], [6, 26], [4, 5]]
+    assert [int((row != 0).sum()) for row in lp] == lengths  # written back to each row's own place
+    widths.clear()
+    learner.update(_batch(learner, prompts, responses))
+    assert widths[-3:] == [[28, 30], [6, 26], [4, 5]]
