@@ -13,12 +13,16 @@ What the numbers mean:
   distribution. At temperature 0 (greedy) the sampled distribution is a point mass, which carries no
   information, so the numbers are those of the T=1 distribution after top-k/top-p.
 - Entropy is exact over the full vocabulary, computed in float32 from the logits.
-- Sampling is Gumbel-max: argmax(log p + g) with one standard Gumbel draw per vocabulary entry from a
-  per-row generator seeded by the request's seed (exactly the distribution p). A row's draws therefore do
-  not depend on which other rows share its batch. Its logits can still differ in the last bits with the
-  batch's padding or with how its KV cache was computed; Gumbel-max flips a sample only when the two best
-  perturbed scores are that close (about 1e-5 of a step's draws), where an inverse-CDF draw flips whenever
-  it lands among the tail's tiny tokens, whose CDF intervals are narrower than the rounding. Requests
+- Sampling is Gumbel-max: argmax(log p + g) with iid standard Gumbel draws g (exactly the distribution p).
+  The draw for vocabulary entry v of a request's t-th token is a hash of (the request's seed, t, v)
+  (splitmix64, 53-bit uniforms, float64), so it depends on nothing else: not on which other rows share
+  the batch, nor on the order they are served in. Only the 64 likeliest entries draw their own g; the rest
+  are summed up by one draw of their own (`gumbel_max`), which is the same distribution. (A torch generator
+  per row drawing all 49k entries cost more than the model's forward at 64 rows.) A row's logits can
+  still differ in the last bits with the batch's padding or with how its KV cache was computed;
+  Gumbel-max flips a sample only when the two best perturbed scores are that close (about 1e-5 of a
+  step's draws), where an inverse-CDF draw flips whenever it lands among the tail's tiny tokens, whose CDF
+  intervals are narrower than the rounding. Requests
   without a seed get one from the engine's own seeded generator.
 
 Sessions (`open_session`, used by the tool loop when `kv_reuse` is on): sequences keep their KV cache
@@ -39,12 +43,13 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from appo.rollout.engine import GenRequest, GenResult
+from appo.rollout.gumbel import gumbel_max, noise_key
 
 
 @dataclass
 class _Row:
     req: GenRequest
-    rng: torch.Generator
+    seed: int
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     entropies: list[float] = field(default_factory=list)
@@ -107,8 +112,7 @@ class HFEngine:
         for req in requests:
             if not req.prompt_ids:
                 raise ValueError("GenRequest.prompt_ids is empty; a prompt needs at least one token")
-        rows = [_Row(req, _generator(req.seed if req.seed is not None else self._seeds.getrandbits(63)))
-                for req in requests]
+        rows = [_Row(req, req.seed if req.seed is not None else self._seeds.getrandbits(63)) for req in requests]
         # Similar lengths together keep left padding (wasted compute) small.
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i].req.prompt_ids))
         was_training = self.model.training
@@ -174,11 +178,8 @@ class HFEngine:
         tokens = logits.argmax(-1)
         hot = [i for i, r in enumerate(rows) if r.req.temperature != 0]  # greedy rows draw no noise
         if hot:
-            uniform = torch.stack([torch.rand(logits.shape[-1], generator=rows[i].rng, dtype=torch.float64)
-                                   for i in hot])
-            gumbel = -torch.log(-torch.log(uniform)).to(dev)
             at = torch.tensor(hot, device=dev)
-            tokens[at] = (logp[at].double() + gumbel).argmax(-1)
+            tokens[at] = gumbel_max(logp[at], [noise_key(rows[i].seed, len(rows[i].tokens)) for i in hot])
         chosen = logp.gather(-1, tokens[:, None]).squeeze(-1)
 
         want = max(r.req.logprobs for r in rows)
@@ -283,7 +284,7 @@ class DecodeSession:
         if past is not None and past.length >= len(request.prompt_ids):
             past = past.prefix(len(request.prompt_ids) - 1)  # the last id must be fed for its logits
         seed = request.seed if request.seed is not None else self.engine._seeds.getrandbits(63)
-        self.queued.append(_Seq(request, _generator(seed), key=key, past=past if past and past.length else None))
+        self.queued.append(_Seq(request, seed, key=key, past=past if past and past.length else None))
 
     @property
     def kv_bytes(self) -> int:
@@ -400,11 +401,6 @@ class DecodeSession:
             for layer in self.cache.layers:
                 layer.cut_columns(cut)
         return done
-
-
-def _generator(seed: int) -> torch.Generator:
-    """A row's own CPU generator: the same draws on every device and whatever else is in the batch."""
-    return torch.Generator().manual_seed(seed)
 
 
 def _cache_bytes(cache: DynamicCache) -> int:
