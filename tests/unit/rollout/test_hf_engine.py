@@ -149,7 +149,7 @@ def _row(prompt_ids, tokens, penalty):
 
     from appo.rollout.hf import _Row
 
-    row = _Row(GenRequest(prompt_ids, 8, repetition_penalty=penalty), random.Random(0))
+    row = _Row(GenRequest(prompt_ids, 8, repetition_penalty=penalty), 0)
     row.tokens = list(tokens)
     return row
 
