@@ -1,10 +1,12 @@
 """Does APPO help? GRPO, ARPO and APPO side by side on the `study` task, from one SFT checkpoint.
 
-    python benchmarks/compare_algorithms.py --steps 6 --eval-every 3 --eval-subset 60 --seeds 1,2,3 --ablations
+    python benchmarks/compare_algorithms.py --seeds 1,2,3 --steps 2 --eval-every 0 --final-questions 40 \
+        --sampled-k 4 --sampled-questions 10 --ablations --ablation-seeds 1
 
 What is held equal across arms: the SFT checkpoint (trained once, reused), the training prompts of every
 step (data.seed is not varied), the learning rate, clip, loss and update shape (one optimizer step per RL
-step over the rows each algorithm keeps), and the held-out questions. Seeds vary the sampling
+step over the rows each algorithm keeps; the `appo-2updates` ablations take two), and the held-out
+questions. Seeds vary the sampling
 (rollout.seed) and the step's torch seed (trainer.seed).
 
 Sampled tokens per step: GRPO samples n whole rows per prompt; APPO samples m whole rows and n - m branch
@@ -43,9 +45,13 @@ ARMS = {
     "appo-fv_none": ["algorithm.name=appo", "rollout.appo.fv_source=none"],
     "appo-future_kl": ["algorithm.name=appo", "actor.loss_mode=future_kl"],
     "appo-keep_branches": ["algorithm.name=appo", "algorithm.drop_branch_rows=false"],
+    # With one optimizer step per RL step the ratio is 1 throughout the update, so future_kl's weight f is 1
+    # and its gradient is twice vanilla's: the same step under Adam. Two steps (two mini-batches) let it act.
+    "appo-2updates": ["algorithm.name=appo", "actor.mini_batch_size=4"],
+    "appo-2updates-future_kl": ["algorithm.name=appo", "actor.mini_batch_size=4", "actor.loss_mode=future_kl"],
 }
 MAIN_ARMS = ("grpo", "arpo", "appo")
-ABLATIONS = ("appo-fv_none", "appo-future_kl", "appo-keep_branches")
+ABLATIONS = ("appo-fv_none", "appo-future_kl", "appo-keep_branches", "appo-2updates", "appo-2updates-future_kl")
 # n[:m] per algorithm: grpo's 4 whole rows vs 2 whole rows + 4 shorter continuations.
 DEFAULT_ROWS = {"grpo": "4", "arpo": "6:2", "appo": "6:2"}
 

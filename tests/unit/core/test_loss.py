@@ -204,3 +204,25 @@ def test_all_masked_batch_gives_zero_and_backpropagates():
 def test_bfloat16_inputs_are_upcast():
     loss, _ = future_kl_loss(NEW.bfloat16(), OLD.bfloat16(), ONES, ONES)
     assert loss.dtype == torch.float32
+
+
+def test_future_kl_on_policy_is_twice_vanilla():
+    """At ratio 1 (the first optimizer step after sampling) the future KL is 0, so the weight f is exactly
+    1 and the loss is vanilla's on 2A: the same Adam step. Why an ablation with one optimizer step per RL
+    step cannot tell the two apart, and the study's `appo-2updates` pair takes two."""
+    g = torch.Generator().manual_seed(3)
+    old = -torch.rand(3, 7, generator=g) * 3
+    adv = torch.randn(3, 1, generator=g).expand(3, 7).clone()
+    mask = (torch.rand(3, 7, generator=g) > 0.2).float()
+    grads = []
+    for loss_fn in (future_kl_loss, ppo_loss):
+        lp = old.clone().requires_grad_(True)
+        loss, _ = loss_fn(lp, old, adv, mask)
+        loss.backward()
+        grads.append(lp.grad)
+    torch.testing.assert_close(grads[0], 2 * grads[1])
+    assert grads[1].abs().sum() > 0
+    moved = old + 0.3 * mask  # off policy: the weight departs from 1
+    fk, _ = future_kl_loss(moved, old, adv, mask)
+    pl, _ = ppo_loss(moved, old, adv, mask)
+    assert not torch.isclose(fk, 2 * pl)
