@@ -20,6 +20,10 @@ its SFT trace cut before the closing tag (`<think>Use python.</think><python>pri
 not a branch point): the model itself closes the tag, the tool runs, and all that follows is sampled.
 `--opening none` runs the bare prompts (with an SFT checkpoint as --model, the real workload).
 
+Where the vllm extra is installed (this interpreter, `.venv-vllm`, or `--vllm-python`), the same workload
+also runs through `rollout.engine=vllm` and one more line gives its wall time and tok/s (its own sampler:
+other tokens, so only rates compare).
+
 The last line is `engine: prefill/new X.XX, speed-up Y.YY×`: X for the new path over the whole workload,
 Y = old wall time / new wall time. The default size is one quickstart RL step's rollouts (6 prompts x 8
 rows, 320 tokens); it takes about 4 minutes on a 2-core CPU.
@@ -89,7 +93,8 @@ def run_child(args) -> None:
             f"model.path={args.model}", f"trainer.output_dir={out}", f"data.num_train={max(args.prompts, 8)}",
             "data.num_val=8", f"rollout.n={args.n}", f"rollout.initial_rollouts={args.n // 2}",
             f"rollout.max_response_length={args.max_response}", f"rollout.gen_batch_size={args.gen_batch_size}",
-            "rollout.appo.fv_source=none", f"rollout.kv_reuse={str(args.child == 'new').lower()}"])
+            "rollout.appo.fv_source=none", f"rollout.kv_reuse={str(args.child != 'old').lower()}",
+            f"rollout.engine={'vllm' if args.child == 'vllm' else 'hf'}"])
         task = prepare_task(cfg)
         cfg = with_task_index(cfg, task)  # the quickstart task's search corpus, indexed under `out`
         tok = load_tokenizer(cfg.model.path)
@@ -97,8 +102,13 @@ def run_child(args) -> None:
         if args.opening == "trace":
             open_with_trace_steps(prompts, tok)
         model = load_model(cfg.model.path, "float32")
-        engine = HFEngine(model, tok, max_batch_size=cfg.rollout.gen_batch_size, seed=cfg.rollout.seed,
-                          kv_reuse=cfg.rollout.kv_reuse)
+        if args.child == "vllm":
+            from appo.rollout.engines import make_engine
+
+            engine = make_engine(cfg.rollout, model, tok)
+        else:
+            engine = HFEngine(model, tok, max_batch_size=cfg.rollout.gen_batch_size, seed=cfg.rollout.seed,
+                              kv_reuse=cfg.rollout.kv_reuse)
         engine.generate([GenRequest(prompts[0].prompt_ids, 4, seed=0)])  # warm-up
         with build_tools(cfg.tools) as tools:
             t0, c0 = time.perf_counter(), time.process_time()
@@ -110,7 +120,7 @@ def run_child(args) -> None:
         "generated": sum(sum(t.generated) for t in rows), "rows": len(rows),
         "tool_calls": sum(len(t.tool_log) for t in rows),
         "digests": [hashlib.sha1(json.dumps(t.token_ids).encode()).hexdigest() for t in rows],
-        "peak_kv_bytes": metrics.get("rollout/peak_kv_bytes") or engine.peak_kv_bytes,
+        "peak_kv_bytes": metrics.get("rollout/peak_kv_bytes") or getattr(engine, "peak_kv_bytes", 0),
         "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -125,20 +135,26 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--opening", choices=("trace", "none"), default="trace",
                     help="open each initial rollout with its SFT trace's first tool call, minus the closing tag")
-    ap.add_argument("--child", choices=("old", "new"), help=argparse.SUPPRESS)
+    ap.add_argument("--vllm-python", default=None,
+                    help="Python of a venv with the vllm extra, for a vLLM line on the same workload (default: "
+                         "this interpreter if it has vllm, else .venv-vllm/bin/python if present, else none)")
+    ap.add_argument("--child", choices=("old", "new", "vllm"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         run_child(args)
         return
 
-    results = {}
-    for path in ("old", "new"):
-        argv = [sys.executable, os.path.abspath(__file__), "--child", path, "--model", args.model,
+    def child(python: str, path: str) -> dict:
+        argv = [python, os.path.abspath(__file__), "--child", path, "--model", args.model,
                 "--prompts", str(args.prompts), "--n", str(args.n), "--max-response", str(args.max_response),
                 "--gen-batch-size", str(args.gen_batch_size), "--threads", str(args.threads),
                 "--opening", args.opening]
         done = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True)
-        results[path] = json.loads(done.stdout.strip().splitlines()[-1])
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    results = {path: child(sys.executable, path) for path in ("old", "new")}
+    vllm_python = args.vllm_python or _find_vllm_python()
+    served = child(vllm_python, "vllm") if vllm_python else None
 
     old, new = results["old"], results["new"]
     print(f"model={args.model} prompts={args.prompts} rows={new['rows']} (n={args.n}, half branches) "
@@ -166,7 +182,22 @@ def main() -> None:
               f"{r['generated'] / r['wall']:>10.1f}{r['peak_kv_bytes'] / 2**20:>13.1f}{r['max_rss_mib']:>14.0f}")
     same = sum(a == b for a, b in zip(old["digests"], new["digests"]))
     print(f"same samples token for token: {same}/{len(new['digests'])} rows")
+    if served is None:
+        print("vllm: not installed (see README 'vLLM'), no vLLM line")
+    else:  # its own sampler: other tokens, so compare rates, not samples
+        print(f"vllm: {served['wall']:.2f} s wall, {served['generated']} generated tokens, "
+              f"{served['generated'] / served['wall']:.1f} tok/s (new HF path: {new['generated'] / new['wall']:.1f}), "
+              f"peak RSS {served['max_rss_mib']:.0f} MiB, tool calls {served['tool_calls']}")
     print(f"engine: prefill/new {totals['new']:.2f}, speed-up {old['wall'] / new['wall']:.2f}×")
+
+
+def _find_vllm_python() -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    venv = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv-vllm", "bin", "python")
+    return venv if os.path.exists(venv) else None
 
 
 if __name__ == "__main__":

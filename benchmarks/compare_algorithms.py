@@ -233,8 +233,11 @@ class Study:
                               "init_rows": int(m.get("rollout/init_rows", 0)),
                               "branch_rows": int(m.get("rollout/branch_rows", 0)),
                               "update_rows": int(m["rollout/update_rows"]), "reward_mean": m["reward/mean"],
-                              "seconds": round(m["time/step"], 1)})
-                print(f"[compare] {arm} seed {seed} step {step}: {steps[-1]}", flush=True)
+                              "seconds": round(m["time/step"], 1),
+                              # how far the update moved the policy (ppo_kl, clip fractions, future_kl's weight)
+                              "update": {k: round(float(v), 6) for k, v in m.items() if k.startswith("actor/")}})
+                shown = {k: v for k, v in steps[-1].items() if k != "update"}
+                print(f"[compare] {arm} seed {seed} step {step}: {shown}", flush=True)
                 if self.args.eval_every and step % self.args.eval_every == 0 and step < self.args.steps:
                     evals.append({"step": step, "tokens": tokens, **self.evaluate(
                         trainer.learner.model, cfg, self.subset, run_dir / "eval" / f"step_{step}",

@@ -1,8 +1,9 @@
 """Counter-based Gumbel-max sampling: the noise is a pure function of (a row's seed, its step, the
 vocabulary entry), and only the likeliest entries draw their own.
 
-Why not a torch generator per row: drawing 49k float64 uniforms per row, one row at a time, cost more
-than SmolLM2's decode forward at 64 rows, and a stateful stream depends on how many draws came before.
+Why not a torch generator per row: drawing 49k float64 uniforms per row, one row at a time, cost about
+180 ms per decode step at 64 rows (SmolLM2's forward: about 300 ms), and a stateful stream depends on how
+many draws came before.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def gumbel_max(logp: torch.Tensor, keys: list[int], top: int = 64) -> torch.Tens
     best of the others (the tail) is, in distribution, the log of their total probability plus one
     Gumbel, drawn from a key of its own; only when that beats the top entries is the winner picked among
     the tail, by their own draws (the max of Gumbel-perturbed scores is independent of which entry attains
-    it). Drawing all 49k entries per row cost more than the model's forward at 64 rows."""
+    it)."""
     top = min(top, logp.shape[-1])
     top_lp, top_ids = logp.topk(top, dim=-1)
     best, at = (top_lp.double() + gumbel_noise(keys, top_ids)).max(-1)
