@@ -46,7 +46,8 @@ ARMS = {
     "appo-future_kl": ["algorithm.name=appo", "actor.loss_mode=future_kl"],
     "appo-keep_branches": ["algorithm.name=appo", "algorithm.drop_branch_rows=false"],
     # With one optimizer step per RL step the ratio is 1 throughout the update, so future_kl's weight f is 1
-    # and its gradient is twice vanilla's: the same step under Adam. Two steps (two mini-batches) let it act.
+    # and its gradient is twice vanilla's: the same step under Adam. Two steps (two mini-batches of the study's 8
+    # update rows per step) let it act.
     "appo-2updates": ["algorithm.name=appo", "actor.mini_batch_size=4"],
     "appo-2updates-future_kl": ["algorithm.name=appo", "actor.mini_batch_size=4", "actor.loss_mode=future_kl"],
 }

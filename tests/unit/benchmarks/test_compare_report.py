@@ -29,7 +29,8 @@ def test_rows_per_arm_and_ablations_share_appos(compare):
     assert args.overrides == ["data.batch_size=2"]
     # seed by seed, so a study cut short still has every arm at the seeds it reached
     assert args.run_list[:6] == [("grpo", 1), ("appo", 1), ("grpo", 2), ("appo", 2), ("grpo", 3), ("appo", 3)]
-    assert args.run_list[6:] == [("appo-fv_none", 7), ("appo-future_kl", 7), ("appo-keep_branches", 7)]
+    assert args.run_list[6:] == [("appo-fv_none", 7), ("appo-future_kl", 7), ("appo-keep_branches", 7),
+                                 ("appo-2updates", 7), ("appo-2updates-future_kl", 7)]
 
 
 @pytest.mark.parametrize("bad", [["--rows", "ppo=4"], ["--rows", "grpo=x"], ["--arms", "grpo,dpo"],
