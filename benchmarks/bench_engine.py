@@ -144,17 +144,18 @@ def main() -> None:
         run_child(args)
         return
 
-    def child(python: str, path: str) -> dict:
+    def child(python: str, path: str, check: bool = True) -> dict | str:
         argv = [python, os.path.abspath(__file__), "--child", path, "--model", args.model,
                 "--prompts", str(args.prompts), "--n", str(args.n), "--max-response", str(args.max_response),
                 "--gen-batch-size", str(args.gen_batch_size), "--threads", str(args.threads),
                 "--opening", args.opening]
-        done = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True)
+        done = subprocess.run(argv, check=check, stdout=subprocess.PIPE, stderr=None if check else subprocess.PIPE,
+                              text=True)
+        if done.returncode:
+            return (done.stderr.strip().splitlines() or ["no output"])[-1]
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     results = {path: child(sys.executable, path) for path in ("old", "new")}
-    vllm_python = args.vllm_python or _find_vllm_python()
-    served = child(vllm_python, "vllm") if vllm_python else None
 
     old, new = results["old"], results["new"]
     print(f"model={args.model} prompts={args.prompts} rows={new['rows']} (n={args.n}, half branches) "
@@ -182,8 +183,12 @@ def main() -> None:
               f"{r['generated'] / r['wall']:>10.1f}{r['peak_kv_bytes'] / 2**20:>13.1f}{r['max_rss_mib']:>14.0f}")
     same = sum(a == b for a, b in zip(old["digests"], new["digests"]))
     print(f"same samples token for token: {same}/{len(new['digests'])} rows")
+    vllm_python = args.vllm_python or _find_vllm_python()
+    served = child(vllm_python, "vllm", check=False) if vllm_python else None
     if served is None:
         print("vllm: not installed (see README 'vLLM'), no vLLM line")
+    elif isinstance(served, str):
+        print(f"vllm: the vLLM run failed ({vllm_python}): {served}")
     else:  # its own sampler: other tokens, so compare rates, not samples
         print(f"vllm: {served['wall']:.2f} s wall, {served['generated']} generated tokens, "
               f"{served['generated'] / served['wall']:.1f} tok/s (new HF path: {new['generated'] / new['wall']:.1f}), "

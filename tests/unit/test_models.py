@@ -3,7 +3,6 @@ copying K/V heads."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 import transformers.integrations.sdpa_attention as stock_sdpa
 from transformers import AttentionInterface

