@@ -322,7 +322,10 @@ class ActorConfig:
     ppo_epochs: int = opt(1, "Passes over each step's batch.", low=1)
     mini_batch_size: int = opt(0, "Rows per optimizer step (0: the whole batch in one step).", low=0)
     micro_batch_size: int = opt(8, "Rows per forward/backward (gradient accumulation).", low=1)
-    loss_mode: str = opt("vanilla", "Policy loss.", choices=("vanilla", "future_kl"))
+    loss_mode: str = opt("vanilla", "Policy loss. future_kl re-weights advantages by the policy's drift since "
+                         "sampling, so it acts only when an RL step takes several optimizer steps (ppo_epochs > 1 "
+                         "or mini_batch_size below the update rows); with one it equals vanilla (warned at start).",
+                         choices=("vanilla", "future_kl"))
     clip_ratio_low: float = opt(0.2, "PPO lower clip.", low=0)
     clip_ratio_high: float = opt(0.28, "PPO upper clip.", low=0)
     clip_ratio_c: float = opt(3.0, "Dual-clip constant (> 1).", low=1)

@@ -217,6 +217,27 @@ class InitRescorer:
         return current[1]
 
 
+def drops_branches(cfg: Config) -> bool:
+    return cfg.algorithm.adv_estimator == "appo" and cfg.algorithm.drop_branch_rows
+
+
+def optimizer_steps_per_rl_step(cfg: Config) -> int:
+    r, a = cfg.rollout, cfg.actor
+    rows = cfg.data.batch_size * (r.initial_rollouts if drops_branches(cfg) else r.n)
+    return a.ppo_epochs * -(-rows // (a.mini_batch_size or rows))
+
+
+def inert_future_kl(cfg: Config) -> str | None:
+    """Why `actor.loss_mode=future_kl` would change nothing, or None. It re-weights advantages by how far
+    the policy has moved since sampling; with one on-policy optimizer step per RL step it has not moved, the
+    weight is exactly 1 and the step is vanilla's (twice the gradient: the same Adam step)."""
+    if cfg.actor.loss_mode != "future_kl" or optimizer_steps_per_rl_step(cfg) > 1:
+        return None
+    return ("actor.loss_mode=future_kl acts only when an RL step takes several optimizer steps; this one takes "
+            "one, so the update equals the vanilla loss's. Set actor.ppo_epochs > 1 or an "
+            "actor.mini_batch_size below the update rows per step for it to act")
+
+
 class Trainer:
     """Holds the learner, engine, tools, reward and data for an RL run; `fit()` runs it (resumable)."""
 
@@ -239,7 +260,7 @@ class Trainer:
         # the HF engine samples with its own unsharded copy, refreshed after every update (as vLLM is).
         replica = copy.deepcopy(model) if self.world > 1 and cfg.rollout.engine == "hf" else None
         self.learner = Learner(model, cfg.actor, cfg.model, pad_id=tokenizer.pad_token_id, device=self.device,
-                               total_optimizer_steps=self.total_steps * self._optimizer_steps_per_rl_step(),
+                               total_optimizer_steps=self.total_steps * optimizer_steps_per_rl_step(cfg),
                                ref_model=ref, temperature=cfg.rollout.temperature or 1.0)
         self.engine = make_engine(cfg.rollout, replica if replica is not None else self.learner.model, tokenizer,
                                   own_copy=replica is not None)
@@ -248,15 +269,8 @@ class Trainer:
         self.rescorer = (InitRescorer(self.learner, cfg.rollout.appo.fv_source)
                          if cfg.rollout.strategy == "appo" else None)
         self.step = 0
-
-    def _optimizer_steps_per_rl_step(self) -> int:
-        r, a = self.cfg.rollout, self.cfg.actor
-        per_prompt = r.initial_rollouts if self._drops_branches() else r.n
-        rows = self.cfg.data.batch_size * per_prompt
-        return a.ppo_epochs * -(-rows // (a.mini_batch_size or rows))
-
-    def _drops_branches(self) -> bool:
-        return self.cfg.algorithm.adv_estimator == "appo" and self.cfg.algorithm.drop_branch_rows
+        if (inert := inert_future_kl(cfg)) and distributed.is_main():
+            log.warning(inert)
 
     # ------------------------------------------------------------------------------- the RL step
 
@@ -280,7 +294,7 @@ class Trainer:
         rows, group_ids, splits = flatten(groups)
         mask = loss_mask(rows, mask_branches=cfg.algorithm.adv_estimator == "appo")
         adv = advantages(rows, group_ids, splits, mask, cfg)
-        keep = [i for i, t in enumerate(rows) if not (self._drops_branches() and t.kind == "branch")]
+        keep = [i for i, t in enumerate(rows) if not (drops_branches(cfg) and t.kind == "branch")]
         prompt_ids, response_ids = [rows[i].prompt_ids for i in keep], [rows[i].token_ids for i in keep]
         if len(set(distributed.gather_objects(len(keep)))) > 1:
             # Sharded forwards must pair up across ranks: unequal row counts would hang the update.

@@ -150,3 +150,20 @@ def test_learner_normaliser_follows_the_switch_once_the_policy_moved(tiny_model,
     assert learner._normaliser(batch, moved=True) == tokens[expected]
     assert learner._normaliser(batch, moved=False) == tokens["both"]  # at ratio 1 nothing can be dropped
     assert math.isfinite(learner.update(batch)["actor/pg_loss"])
+
+
+@pytest.mark.parametrize("overrides, inert", [
+    ([], True),                                   # one on-policy step per RL step: weight f is exactly 1
+    (["actor.ppo_epochs=2"], False),
+    (["actor.mini_batch_size=12"], False),        # 6 prompts x 4 kept initial rows = 24 rows: two steps
+    (["actor.loss_mode=vanilla"], False),
+])
+def test_future_kl_that_cannot_act_is_named_at_start_up(overrides, inert):
+    from appo.config import load_config
+    from appo.train.trainer import inert_future_kl
+
+    cfg = load_config("quickstart", ["actor.loss_mode=future_kl", *overrides])
+    message = inert_future_kl(cfg)
+    assert (message is not None) == inert
+    if inert:
+        assert "actor.ppo_epochs" in message and "actor.mini_batch_size" in message
