@@ -215,3 +215,25 @@ def resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu or auto")
     return name
+
+
+def merged_state_dict(model) -> dict[str, torch.Tensor]:
+    """The plain-model state dict; for a peft model, base weights plus each adapter's delta (out of place,
+    so the live adapters are untouched and training continues bit-identically)."""
+    if not hasattr(model, "peft_config"):
+        return {k: v.detach() for k, v in model.state_dict().items()}
+    from peft.tuners.lora import LoraLayer
+
+    inner = model.get_base_model()
+    merged = {}
+    for key, value in inner.state_dict().items():
+        if "lora_" in key:
+            continue
+        merged[key.replace(".base_layer.", ".")] = value.detach()
+    for name, module in inner.named_modules():
+        if isinstance(module, LoraLayer) and module.active_adapters:
+            weight = merged[f"{name}.weight"]
+            for adapter in module.active_adapters:
+                weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
+            merged[f"{name}.weight"] = weight
+    return merged

@@ -25,7 +25,9 @@ import math
 import os
 
 import torch
+from torch.distributed.tensor import DTensor
 
+from appo.models import merged_state_dict
 from appo.rollout.engine import GenRequest, GenResult
 
 
@@ -60,14 +62,19 @@ class VLLMEngine:
 
     @classmethod
     def from_config(cls, rollout_cfg, model, tokenizer) -> VLLMEngine:
-        """Serve the learner's starting checkpoint (its `name_or_path`); later weights arrive by load_weights."""
+        """An engine for `model`: vLLM starts from the module's checkpoint (its `name_or_path`: architecture,
+        tokenizer files), then gets the weights the module holds now, which differ from that checkpoint once
+        it has trained in this process (the pipeline's SFT); later weights arrive by load_weights."""
         path = getattr(model, "name_or_path", None) or model.config._name_or_path
         dtype = "bfloat16" if str(next(model.parameters()).dtype) == "torch.bfloat16" else "float32"
         # On CPU, torch.compile costs 20-100 s at start for no clear gain (SmolLM2-135M: 168 vs 153 tok/s);
         # on GPUs compilation and CUDA graphs pay off.
         eager = not torch.cuda.is_available()
-        return cls(path, tokenizer, dtype=dtype, gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
-                   seed=rollout_cfg.seed, entropy_topk=rollout_cfg.appo.entropy_topk, enforce_eager=eager)
+        engine = cls(path, tokenizer, dtype=dtype, gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
+                     seed=rollout_cfg.seed, entropy_topk=rollout_cfg.appo.entropy_topk, enforce_eager=eager)
+        if not any(isinstance(p, DTensor) for p in model.parameters()):  # sharded: the trainer pushes them
+            engine.load_weights(lambda: merged_state_dict(model))
+        return engine
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         from vllm import SamplingParams

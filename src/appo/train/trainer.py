@@ -33,7 +33,7 @@ from appo.config import Config, to_dict
 from appo.core.advantage import appo_advantages, grpo_advantages
 from appo.core.branching import mean_reward_scale_m
 from appo.eval.evaluate import evaluate
-from appo.models import load_model, resolve_device
+from appo.models import load_model, merged_state_dict, resolve_device
 from appo.precision import resolve_autocast
 from appo.rewards import get_reward_fn
 from appo.rollout.appo import init_scorer
@@ -264,6 +264,10 @@ class Trainer:
                                ref_model=ref, temperature=cfg.rollout.temperature or 1.0)
         self.engine = make_engine(cfg.rollout, replica if replica is not None else self.learner.model, tokenizer,
                                   own_copy=replica is not None)
+        if self.world > 1 and cfg.rollout.engine == "vllm":
+            # vLLM started from the checkpoint path; the sharded module's own weights (after an SFT in this
+            # process) reach it only gathered, a collective every rank makes here. Untested here (no GPUs).
+            self.engine.load_weights(self._full_weights)
         self.tools = build_tools(cfg.tools)
         self.reward_fn = get_reward_fn(cfg.algorithm)
         self.rescorer = (InitRescorer(self.learner, cfg.rollout.appo.fv_source)
@@ -341,7 +345,7 @@ class Trainer:
         a collective that every rank's engine calls alike)."""
         if self.world > 1:
             return distributed.full_state_dict(self.learner.model, everywhere=True)
-        return ckpt.merged_state_dict(self.learner.model)
+        return merged_state_dict(self.learner.model)
 
     def _dump(self, step: int, rows: list[Trajectory], adv: torch.Tensor, first_group: int = 0) -> None:
         records = []

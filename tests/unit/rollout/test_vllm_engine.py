@@ -179,3 +179,23 @@ def test_make_engine_builds_vllm_from_config(setup):
     (res,) = _greedy(engine, setup["prompts"][1:2])
     (ref,) = _greedy(setup["hf"], setup["prompts"][1:2])
     assert res.token_ids == ref.token_ids
+
+
+def test_an_engine_built_from_a_module_serves_the_modules_weights(setup):
+    """`from_config` starts vLLM from the module's checkpoint path, but the module may have trained since it
+    was loaded (the pipeline's SFT, in the same process): the engine must sample from the weights the module
+    holds now. Before, the pipeline's SFT evaluation and first RL step ran on the base model."""
+    import copy
+
+    from appo.config import RolloutConfig
+
+    model = copy.deepcopy(setup["model"])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    reqs = [GenRequest(p, 12, temperature=0) for p in setup["prompts"]]
+    before = [r.token_ids for r in setup["hf"].generate(reqs)]
+    want = [r.token_ids for r in HFEngine(model, setup["tok"]).generate(reqs)]
+    assert want != before  # the change matters
+    engine = VLLMEngine.from_config(RolloutConfig(gpu_memory_utilization=0.3), model, setup["tok"])
+    assert [r.token_ids for r in engine.generate(reqs)] == want
