@@ -6,8 +6,7 @@
 What is held equal across arms: the SFT checkpoint (trained once, reused), the training prompts of every
 step (data.seed is not varied), the learning rate, clip, loss and update shape (one optimizer step per RL
 step over the rows each algorithm keeps; the `appo-2updates` ablations take two), and the held-out
-questions. Seeds vary the sampling
-(rollout.seed) and the step's torch seed (trainer.seed).
+questions. Seeds vary the sampling (rollout.seed) and the step's torch seed (trainer.seed).
 
 Sampled tokens per step: GRPO samples n whole rows per prompt; APPO samples m whole rows and n - m branch
 continuations from a point inside them, ARPO m rows and copies that continue after a tool round; a
@@ -18,8 +17,9 @@ excluded) of each of its steps, and the plot puts accuracy against cumulative sa
 are compared at equal cost even where the per-step budgets differ a little.
 
 Evaluations: after SFT (shared by all runs), every --eval-every steps on the first --eval-subset held-out
-questions, and after the last step on the first --final-questions (default: all); greedy pass@1 and, with --sampled-k (4),
-sampled pass@1 and pass@4 at temperature 1 (appo.eval.evaluate.evaluate, the training agent loop).
+questions, and after the last step on the first --final-questions (default: all); greedy pass@1 and, with
+--sampled-k (4), sampled pass@1 and pass@4 at temperature 1 (appo.eval.evaluate.evaluate, the training agent
+loop).
 
 Outputs: <out>/<arm>/seed<k>.json per finished run (a finished run is skipped when the script runs again;
 an interrupted one restarts from its first step), <out>/sft.json, <out>/summary.json, <out>/summary.md
