@@ -1,0 +1,46 @@
+"""Linear layers for decode steps of a few rows on CPU: `weight @ x.T` instead of `x @ weight.T`.
+
+Why: a decode step feeds each linear layer one token per live row, and in the tail of a rollout batch
+only a handful of rows are left. For 2 to 8 rows, MKL's SGEMM (torch 2.13's CPU BLAS) is slow in the
+`x @ weight.T` orientation: on the project's 2-core EPYC a whole SmolLM2-135M decode step of 2 rows took
+113 ms, twice the 58 ms of a 1-row step, and 4 rows 110 ms; the same products computed as
+`(weight @ x.T).T` took 52 and 66 ms (`benchmarks/bench_engine.py` reports the effect on a rollout
+workload). Beyond about 16 rows the two orientations cost the same, so larger inputs (prefills, the
+learner) keep the stock path. The result is the same matrix product; only the order of the float32
+additions differs (last bits), which can flip a sampled token only at an exact tie.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+MAX_ROWS = 16  # inputs with more rows than this take the stock path (measured: no gain beyond)
+
+
+def _few_rows_forward(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    flat = x.reshape(-1, x.shape[-1])
+    if flat.shape[0] > MAX_ROWS:
+        return torch.nn.functional.linear(x, layer.weight, layer.bias)
+    # .contiguous(): a transposed result slows every op after it more than the product gained
+    out = torch.mm(layer.weight, flat.t()).t().contiguous()
+    if layer.bias is not None:
+        out = out + layer.bias
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+@contextlib.contextmanager
+def few_row_linears(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block, every plain float32 `nn.Linear` of `model` on CPU computes inputs of at most
+    MAX_ROWS rows as `(weight @ x.T).T`. Meant for no-grad decoding; the module is unchanged after it."""
+    layers = [m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.device.type == "cpu"
+              and m.weight.dtype == torch.float32 and "forward" not in m.__dict__]  # (nested: already done)
+    for layer in layers:
+        layer.forward = _few_rows_forward.__get__(layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward

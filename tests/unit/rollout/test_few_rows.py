@@ -1,0 +1,57 @@
+"""Decode-step linears for a few rows on CPU (`rollout/few_rows.py`): same products, only within the block."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from appo.rollout.engine import GenRequest
+from appo.rollout.few_rows import MAX_ROWS, few_row_linears
+from appo.rollout.hf import HFEngine
+
+from .conftest import chat_prompt as _prompt
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, MAX_ROWS, MAX_ROWS + 5])
+@pytest.mark.parametrize("bias", [False, True])
+def test_outputs_equal_the_stock_linear(rows, bias):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(48, 80, bias=bias)
+    x = torch.randn(rows, 1, 48)  # [rows, one decode position, features]
+    expected = layer(x)
+    with few_row_linears(layer):
+        got = layer(x)
+    assert got.shape == expected.shape and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_module_is_restored_after_the_block_even_on_error():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    with pytest.raises(RuntimeError), few_row_linears(model):
+        assert all("forward" in m.__dict__ for m in model if isinstance(m, torch.nn.Linear))
+        raise RuntimeError("boom")
+    assert not any("forward" in m.__dict__ for m in model)
+
+
+def test_nested_blocks_leave_the_outer_one_in_force():
+    layer = torch.nn.Linear(4, 4)
+    with few_row_linears(layer):
+        with few_row_linears(layer):
+            pass
+        assert "forward" in layer.__dict__
+    assert "forward" not in layer.__dict__
+
+
+def test_the_engine_decodes_with_them_and_gives_the_module_back(tiny_model, tiny_tokenizer):
+    linears = [m for m in tiny_model.modules() if type(m) is torch.nn.Linear]
+    seen = []
+    hook = linears[0].register_forward_pre_hook(lambda m, args: seen.append("forward" in m.__dict__))
+    engine = HFEngine(tiny_model, tiny_tokenizer, max_batch_size=4, seed=0)
+    engine.generate([GenRequest(_prompt(tiny_tokenizer, "hi"), 5, seed=1)])
+    session = engine.open_session()
+    session.add("k", GenRequest(_prompt(tiny_tokenizer, "hello"), 3, seed=2))
+    while len(session):
+        session.step()
+    hook.remove()
+    assert seen and all(seen)
+    assert not any("forward" in m.__dict__ for m in linears)
