@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from appo.core.branching import branching_scores, entropy_from_topk, select_branch_points
-from appo.rollout.tool_loop import KeptCaches, LoopStart, RolloutLoopSettings, run_tool_loop
+from appo.rollout.tool_loop import KeptCaches, LoopStart, RolloutLoopSettings, ToolLoop
 from appo.rollout.trajectory import RolloutGroup, Trajectory
 from appo.seeding import derive_seed
 
@@ -41,64 +41,90 @@ def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
                   on_done=None) -> list[RolloutGroup]:
     """m initial rollouts per prompt, then n - m continuations from the best-scored decision points.
 
-    Phase 1 samples the initial rows with the tool loop. Phase 2 scores every generated token of them
-    (`choose_branch_points`: entropy x future value, z-scored per row) and picks `budget` points per
-    prompt; `score_inits` supplies the future value's log-ratio and, for an engine whose entropies are
-    top-k truncated (vLLM), the exact ones from the same forward. Phase 3 continues each chosen prefix with the same tool loop (branches may call tools); a
-    prompt with no candidate at all gets fresh rows instead, so every prompt ends with exactly n rows.
+    Per prompt, once its m initial rows are done: score every generated token of them
+    (`choose_branch_points`: entropy x future value, z-scored per row) and pick `budget` points;
+    `score_inits` supplies the future value's log-ratio and, for an engine whose entropies are top-k
+    truncated (vLLM), the exact ones from the same forward. Each chosen prefix is then continued with the
+    same tool loop (branches may call tools); a prompt with no candidate at all gets fresh rows instead,
+    so every prompt ends with exactly n rows.
+
+    The branches of a prompt join the running loop while other prompts' initial rows are still decoding,
+    so the batch stays full instead of draining to the slowest initial row before any branch starts.
+    Scores are z-scored per row and points picked per prompt, and every row's seed derives from
+    (step, prompt, index), so the rows are the same as scoring all prompts at once after all initial
+    rollouts (`test_branching_one_prompt_at_a_time_picks_what_all_at_once_picks`).
     """
     r, a = cfg.rollout, cfg.rollout.appo
     m, budget, seed = r.initial_rollouts, r.n - r.initial_rollouts, r.seed
-    topk = a.entropy_topk if a.entropy_source == "topk" else 0
+    topk = a.entropy_source == "topk" and a.entropy_topk or 0
     t0 = time.perf_counter()
+    clock = {"init_seconds": 0.0, "fv_seconds": 0.0, "select_seconds": 0.0, "first_branch": None}
+    kept = KeptCaches() if budget > 0 else None  # the initial rollouts' KV caches, for the branches to start from
     starts = [LoopStart.fresh(p.prompt_ids, group=g, seed=derive_seed(seed, step, first_group + g, "init", j),
                               keep_top_logprobs=topk > 0)
               for g, p in enumerate(prompts) for j in range(m)]
-    kept = KeptCaches() if budget > 0 else None  # the initial rollouts' KV caches, for the branches to start from
-    inits = run_tool_loop(engine, tools, starts, RolloutLoopSettings.from_config(r, cfg.tools, topk), stats,
-                          keep=kept, on_done=on_done)
+    inits = [s.trajectory for s in starts]
     groups = [RolloutGroup(p, inits=inits[g * m:(g + 1) * m]) for g, p in enumerate(prompts)]
-    stats["init_seconds"] = time.perf_counter() - t0
-    if budget <= 0:
-        return groups
-
-    t0 = time.perf_counter()
+    left = [m] * len(prompts)  # initial rows still running, per prompt
+    stops = [f"</{name}>" for name in (tools.names if tools is not None else [])]
+    eos_ids = set(getattr(engine, "eos_ids", None) or {engine.tokenizer.eos_token_id})
     need_entropy = a.entropy_source == "full" and not getattr(engine, "exact_entropy", True)
-    scores = None
-    if score_inits is not None and (a.fv_source != "none" or need_entropy):
-        scores = score_inits(inits, need_entropy)
-    elif a.fv_source != "none" or need_entropy:
+    if score_inits is None and (a.fv_source != "none" or need_entropy) and budget > 0:
         log.warning("APPO's branching needs the initial rows rescored (rollout.appo.fv_source=%s, exact "
                     "entropies: %s) but no scorer was given; ranking by the engine's entropy only",
                     a.fv_source, need_entropy)
-    stats["fv_seconds"] = time.perf_counter() - t0
-    stops = [f"</{name}>" for name in (tools.names if tools is not None else [])]
-    eos_ids = set(getattr(engine, "eos_ids", None) or {engine.tokenizer.eos_token_id})
-    picked = choose_branch_points(inits, engine.tokenizer, stops, eos_ids, r.max_response_length, budget, a,
-                                  scores, stats)
-    starts, owners = [], []
-    for g, group in enumerate(groups):
-        points = picked.get(g, [])
+
+    def branch_out(g: int) -> None:
+        group_inits = inits[g * m:(g + 1) * m]
+        t1 = time.perf_counter()
+        scores = None
+        if score_inits is not None and (a.fv_source != "none" or need_entropy):
+            scores = score_inits(group_inits, need_entropy)
+        t2 = time.perf_counter()
+        points = choose_branch_points(group_inits, engine.tokenizer, stops, eos_ids, r.max_response_length, budget,
+                                      a, scores, stats).get(g, [])
         for j in range(budget):
             branch_seed = derive_seed(seed, step, first_group + g, "branch", j)
             if j < len(points):
                 row, pos, score = points[j]
-                prefix = inits[row].prefix(pos + 1)
-                prefix.kind, prefix.parent, prefix.split_pos, prefix.branch_score = "branch", row - g * m, pos, score
-                starts.append(LoopStart(prefix, branch_seed, kv=kept.get(inits[row])))
+                prefix = group_inits[row].prefix(pos + 1)
+                prefix.kind, prefix.parent, prefix.split_pos, prefix.branch_score = "branch", row, pos, score
+                start = LoopStart(prefix, branch_seed, kv=kept.get(group_inits[row]), top_logprobs=0)
             else:  # no candidate at all in this prompt's rollouts (e.g. all empty): fresh samples instead
-                starts.append(LoopStart.fresh(group.prompt.prompt_ids, group=g, seed=branch_seed, kind="branch",
-                                              meta={"refill": True}))
+                start = LoopStart.fresh(groups[g].prompt.prompt_ids, group=g, seed=branch_seed, kind="branch",
+                                        meta={"refill": True})
+                start.top_logprobs = 0
                 stats["refill_rows"] = stats.get("refill_rows", 0) + 1
-            owners.append(g)
-    stats["select_seconds"] = time.perf_counter() - t0
-    kept.clear()  # caches no branch starts from are freed now; the starts hold the others until they join
-    t0 = time.perf_counter()
-    branches = run_tool_loop(engine, tools, starts, RolloutLoopSettings.from_config(r, cfg.tools), stats,
-                             on_done=on_done)
-    for g, traj in zip(owners, branches):
-        groups[g].branches.append(traj)
-    stats["branch_seconds"] = time.perf_counter() - t0
+            groups[g].branches.append(start.trajectory)
+            clock["first_branch"] = clock["first_branch"] or time.perf_counter()
+            loop.add(start)
+        for t in group_inits:  # caches no branch starts from are freed now; the starts hold the others
+            kept.discard(t)
+        clock["fv_seconds"] += t2 - t1
+        clock["select_seconds"] += time.perf_counter() - t2
+
+    def finished(traj: Trajectory) -> None:
+        if traj.kind == "init":
+            left[traj.group] -= 1
+            if not any(left):
+                clock["init_seconds"] = time.perf_counter() - t0
+            if budget > 0 and not left[traj.group]:
+                branch_out(traj.group)
+        elif kept is not None:
+            kept.discard(traj)  # a branch's own cache: nothing starts from it
+        if on_done is not None:
+            on_done(traj)
+
+    loop = ToolLoop(engine, tools, RolloutLoopSettings.from_config(r, cfg.tools, topk), stats, keep=kept,
+                    on_done=finished)
+    for s in starts:  # a fresh row is never done when added, so no prompt branches out before all are in
+        loop.add(s)
+    loop.run()
+    stats["fv_seconds"] = clock["fv_seconds"]
+    stats["select_seconds"] = clock["select_seconds"]
+    stats["init_seconds"] = clock["init_seconds"] or time.perf_counter() - t0
+    if clock["first_branch"] is not None:
+        stats["branch_seconds"] = time.perf_counter() - clock["first_branch"]
     return groups
 
 
@@ -150,7 +176,7 @@ def choose_branch_points(inits: list[Trajectory], tokenizer, stops: list[str], e
         stats[f"{kind}_points"] = stats.get(f"{kind}_points", 0) + 1
         seen.add((row, pos))
         picked.setdefault(group_ids[row], []).append((row, pos, s))
-    stats["candidates"] = int(candidates.sum())
+    stats["candidates"] = stats.get("candidates", 0) + int(candidates.sum())
     return picked
 
 

@@ -102,6 +102,7 @@ class LoopStart:
     seed: int | None = None
     kv: Any = None          # the engine's cache of a prefix of prompt + response (a parent's, from KeptCaches);
     #                         the loop takes it over when the start is added
+    top_logprobs: int | None = None  # top-k log-probs per generated token; None: the loop's setting
 
 
     @classmethod
@@ -126,6 +127,7 @@ class LoopRow:
     fed: int = 0                 # ids of prompt + response whose KV this row (or its parent) has computed
     joined: bool = False         # admitted to the engine at least once
     reported: bool = False
+    top_logprobs: int = 0        # top-k log-probs requested per generated token
 
     def finish(self, reason: str) -> None:
         self.traj.finish_reason = reason
@@ -163,6 +165,9 @@ class KeptCaches:
         entry = self._by_id.get(id(traj))
         return entry[1] if entry is not None and entry[0] is traj else None
 
+    def discard(self, traj: Trajectory) -> None:
+        self._by_id.pop(id(traj), None)
+
     def clear(self) -> None:
         self._by_id.clear()
 
@@ -196,14 +201,19 @@ class ToolLoop:
         self.sessions = bool(getattr(engine, "supports_sessions", False))
         self._queue: list[_Queued] = []
         self._kv_bytes = 0           # parked caches (rows outside the batch), for the peak-memory stat
+        self._arrivals: deque[LoopRow] | None = None  # rows added while `run` batches continuously
 
     # ------------------------------------------------------------------------------------ rows
 
     def add(self, start: LoopStart) -> LoopRow:
+        """Add a row; allowed at any time, also from `on_done` while `run` is going (APPO adds a prompt's
+        branches as soon as its initial rollouts are done)."""
         traj = start.trajectory
-        if traj.top_logprobs is None and self.settings.top_logprobs > 0:
+        top = self.settings.top_logprobs if start.top_logprobs is None else start.top_logprobs
+        if traj.top_logprobs is None and top > 0:
             traj.top_logprobs = [{} for _ in traj.token_ids]
-        row = LoopRow(traj, start.seed, turn_start=max((e["end"] for e in traj.tool_log), default=0))
+        row = LoopRow(traj, start.seed, turn_start=max((e["end"] for e in traj.tool_log), default=0),
+                      top_logprobs=top)
         row.round_start = len(traj)
         # A branch's prefix was computed by its parent: all of it but the last id (whose logits it needs).
         # Any other prefix (a forced opening) is new to the model.
@@ -215,6 +225,8 @@ class ToolLoop:
         self._resume(row)
         self.rows.append(row)
         self._settle(row)
+        if self._arrivals is not None and not row.done:
+            self._arrivals.append(row)
         return row
 
     @property
@@ -288,7 +300,7 @@ class ToolLoop:
         return GenRequest(prompt_ids=ids, max_new_tokens=min(settings.max_response_length - len(row.traj), per_call),
                           temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
                           repetition_penalty=settings.repetition_penalty, stop=list(self.engine_stops),
-                          logprobs=settings.top_logprobs,
+                          logprobs=row.top_logprobs,
                           seed=None if row.seed is None else derive_seed(row.seed, row.rounds))
 
     def _absorb(self, row: LoopRow, res, kv) -> str | None:
@@ -364,6 +376,7 @@ class ToolLoop:
         ready: deque[LoopRow] = deque()
         waiting: deque[_Waiting] = deque()
         clock = 0
+        self._arrivals = deque(self.active)
 
         def after(row: LoopRow, stop: str | None) -> None:
             call = self._call_for(row, stop) if stop is not None else None
@@ -374,10 +387,13 @@ class ToolLoop:
             else:
                 ready.append(row)
 
-        for row in self.active:
-            stop, row.pending_stop = row.pending_stop, None
-            after(row, stop)
-        while ready or waiting or len(session):
+        while True:
+            while self._arrivals:  # rows added so far (by `on_done` callbacks, too), in order
+                row = self._arrivals.popleft()
+                stop, row.pending_stop = row.pending_stop, None
+                after(row, stop)
+            if not (ready or waiting or len(session)):
+                break
             if not ready and not len(session):
                 clock = max(clock, waiting[0].ready_at)  # nothing to decode: the next result is due now
             while waiting and waiting[0].ready_at <= clock:
@@ -395,6 +411,7 @@ class ToolLoop:
             for row, res, kv in self._session_step(session):
                 after(row, self._absorb(row, res, kv))
             clock += 1
+        self._arrivals = None
         self._count("rounds", max((r.rounds for r in self.rows), default=0))
 
     def _submit(self, call: ToolCall) -> Future:

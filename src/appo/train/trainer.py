@@ -184,11 +184,12 @@ class InitRescorer:
 
     When the learner itself runs in float32, the current-weights log-probs computed here are exactly the
     PPO ratio's old log-probs of the same rows (the initial rows, when branch rows are dropped) and are
-    reused, so the future value costs only the previous-weights forward; under bf16 autocast it costs two."""
+    reused, so the future value costs only the previous-weights forward; under bf16 autocast it costs two.
+    APPO rescores one prompt's rows at a time; the reuse gathers them."""
 
     def __init__(self, learner: Learner, fv_source: str):
         self.learner = learner
-        self.current: tuple[list[Trajectory], torch.Tensor] | None = None
+        self.current: dict[int, tuple[Trajectory, torch.Tensor]] = {}  # id(row) -> (row, its log-probs)
         self.score = init_scorer(fv_source, self._recompute, self._recompute_previous)
 
     def __call__(self, trajs: list[Trajectory], need_entropy: bool):
@@ -197,7 +198,7 @@ class InitRescorer:
     def _recompute(self, trajs: list[Trajectory], with_entropy: bool):
         current, entropy = self.learner.log_probs([t.prompt_ids for t in trajs], [t.token_ids for t in trajs],
                                                   with_entropy=with_entropy, autocast_dtype="none")
-        self.current = (trajs, current)
+        self.current.update({id(t): (t, current[i]) for i, t in enumerate(trajs)})
         return _rows(current, trajs), None if entropy is None else _rows(entropy, trajs)
 
     def _recompute_previous(self, trajs: list[Trajectory]) -> list[list[float]] | None:
@@ -206,15 +207,18 @@ class InitRescorer:
         return None if behind is None else _rows(behind, trajs)
 
     def reuse(self, kept: list[Trajectory]) -> torch.Tensor | None:
-        """The current-weights log-probs of `kept` when the last rescoring computed exactly these rows, in
-        order, in the learner's own precision (float32); else None."""
-        current, self.current = self.current, None
+        """The current-weights log-probs of `kept` [rows, longest response] when the rescorings since the
+        last call computed exactly these rows, in the learner's own precision (float32); else None."""
+        current, self.current = self.current, {}
         learner = self.learner
         if resolve_autocast(learner.model_cfg.autocast, learner.device.type) != "none":
             return None
-        if current is None or len(current[0]) != len(kept) or any(a is not b for a, b in zip(current[0], kept)):
+        if len(current) != len(kept) or any(current.get(id(t), (None,))[0] is not t for t in kept):
             return None
-        return current[1]
+        out = torch.zeros(len(kept), max(1, max(len(t) for t in kept)))
+        for i, t in enumerate(kept):
+            out[i, :len(t)] = current[id(t)][1][:len(t)]
+        return out
 
 
 def drops_branches(cfg: Config) -> bool:

@@ -188,3 +188,33 @@ def test_progress_callback_fires_once_per_row_as_it_finishes(tool_lm, tiny_token
     assert sorted(i for i, _ in seen) == sorted(id(t) for t in trajs)
     assert all(reason is not None for _, reason in seen)
     assert [i for i, _ in seen] != [id(t) for t in trajs]  # reported in finishing order, not all at the end
+
+
+def test_rows_added_from_on_done_join_the_running_batch(tool_lm, tiny_tokenizer, python_tools):
+    """A row added while the loop runs (APPO adds a prompt's branches when its initial rows are done) is
+    decoded with the rows still running, not after all of them. Rows forced to open with 110 of the 128
+    budget tokens finish first: the one that is added late must still finish before the full-length rows."""
+    tok = tiny_tokenizer
+    opening = tok.encode("the quick brown fox " * 40, add_special_tokens=False)[:110]
+
+    def short(seed):
+        start = LoopStart.fresh(_prompts(tok, 1)[0].prompt_ids, seed=seed)
+        start.trajectory.append(opening, generated=0)
+        return start
+
+    order, late = [], []
+    loop = ToolLoop(HFEngine(tool_lm, tok), python_tools, _settings(gen_batch_size=8))
+
+    def done(traj):
+        order.append(id(traj))
+        if not late:
+            late.append(loop.add(short(99)))
+
+    loop.on_done = done
+    rows = [loop.add(s) for s in _starts(tok, k=2, per=2) + [short(98)]]
+    loop.run()
+    assert all(r.done for r in rows + late) and len(order) == len(rows) + 1
+    assert len(rows[-1].traj) - 110 < 20 and order[0] == id(rows[-1].traj)
+    assert order.index(id(late[0].traj)) < len(order) - 1  # before the last of the first rows
+    (alone,) = run_tool_loop(HFEngine(tool_lm, tok), python_tools, [short(99)], _settings(gen_batch_size=8))
+    assert alone.token_ids == late[0].traj.token_ids  # the same row as if run on its own

@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-from appo.rollout.appo import InitScores, candidate_mask, init_scorer
+from appo.rollout.appo import InitScores, candidate_mask, choose_branch_points, init_scorer
 from appo.rollout.hf import HFEngine
 from appo.rollout.sampling import sample_groups
 from appo.rollout.teacher_forcing import teacher_forced_scores
@@ -220,6 +220,52 @@ def test_appo_with_the_real_engine_is_reproducible(tiny_model, tiny_tokenizer, p
     _check_rows(runs[0], 4)
     other = sample_groups(engine, python_tools, prompts, cfg, step=4, score_inits=_mismatch(tiny_model))[0]
     assert [t.token_ids for g in other for t in g.rows] != [t[0] for t in flat[0]]
+
+
+def test_a_prompts_branches_run_while_other_prompts_initial_rows_still_run(tiny_tokenizer, python_tools):
+    """Prompt 0's initial rows answer at once, prompt 1's call python three times first: prompt 0's
+    branches must not wait for them (the batch would otherwise drain to prompt 1's rows alone)."""
+    tok = tiny_tokenizer
+
+    def script(text, req):
+        resp = _response(text)
+        if "Calculate 1 + 3" in text and resp.count("<result>") < 3 and "<think>" not in resp:
+            return "<python>print(4)</python>"
+        return _no_tool_then_tool(text, req)
+
+    finished = []
+    cfg = _cfg(**{"tools.call_limit": 3})
+    groups, _ = sample_groups(ScriptedEngine(tok, script), python_tools, _prompts(tok), cfg,
+                              on_done=lambda t: finished.append((t.kind, t.group)))
+    _check_rows(groups, 4)
+    assert all(len(t.tool_log) == 3 for t in groups[1].inits)
+    last_init_1 = max(i for i, f in enumerate(finished) if f == ("init", 1))
+    assert finished.index(("branch", 0)) < last_init_1
+    assert sorted(finished) == sorted((t.kind, t.group) for g in groups for t in g.rows)  # each row once
+
+
+def test_branching_one_prompt_at_a_time_picks_what_all_at_once_picks(tiny_tokenizer):
+    """Why the branches of a prompt may start before the other prompts' rows are done: its points do
+    not depend on the other prompts' rows (scores are z-scored per row, points picked per prompt)."""
+    tok = tiny_tokenizer
+    g = torch.Generator().manual_seed(3)
+    m, groups = 3, 3
+    inits = []
+    for i in range(m * groups):
+        n = 10 + 3 * i
+        t = Trajectory(prompt_ids=[1, 2], token_ids=torch.randint(30, len(tok), (n,), generator=g).tolist(),
+                       generated=[1] * n, group=i // m)
+        t.entropies = torch.rand(n, generator=g).tolist()
+        inits.append(t)
+    ratios = [torch.randn(len(t), generator=g).mul(0.1).tolist() for t in inits]
+    cfg = _cfg(**{"rollout.appo.fv_source": "stale_policy"}).rollout.appo
+    args = (tok, ["</python>"], {tok.eos_token_id}, 64, 2, cfg)
+    together = choose_branch_points(inits, *args, InitScores(ratios), {})
+    for k in range(groups):
+        rows = slice(k * m, (k + 1) * m)
+        alone = choose_branch_points(inits[rows], *args, InitScores(ratios[rows]), {})
+        assert [(row + k * m, pos) for row, pos, _ in alone[k]] == [(row, pos) for row, pos, _ in together[k]]
+        assert [s for _, _, s in alone[k]] == pytest.approx([s for _, _, s in together[k]], abs=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ arpo

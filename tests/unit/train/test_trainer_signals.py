@@ -112,7 +112,23 @@ def test_rescored_log_probs_are_reused_as_old_log_probs_only_for_the_same_rows(t
     fresh, _ = learner.log_probs([t.prompt_ids for t in trajs], [t.token_ids for t in trajs])
     assert torch.equal(reused, fresh)
     rescorer(trajs, False)
-    assert rescorer.reuse(trajs[::-1]) is None and rescorer.reuse(trajs) is None  # consumed, and order matters
+    assert torch.equal(rescorer.reuse(trajs[::-1]), fresh.flip(0))  # rows come in the order asked for
+    assert rescorer.reuse(trajs) is None  # consumed
+    rescorer(trajs[:2], False)
+    assert rescorer.reuse(trajs) is None  # a row that was not rescored
+
+
+def test_rows_rescored_one_prompt_at_a_time_are_reused_together(tiny_model, tiny_tokenizer):
+    """APPO rescores each prompt's initial rows as soon as they are done; the update reuses all of them."""
+    learner = _learner(tiny_model, tiny_tokenizer)
+    rescorer = InitRescorer(learner, "train_infer_mismatch")
+    trajs = _rows(tiny_tokenizer, 4)
+    for t in trajs:
+        t.logprobs = [0.0] * len(t)
+    rescorer(trajs[2:], False)
+    rescorer(trajs[:2], False)
+    fresh, _ = learner.log_probs([t.prompt_ids for t in trajs], [t.token_ids for t in trajs])
+    torch.testing.assert_close(rescorer.reuse(trajs), fresh, rtol=0, atol=1e-6)
 
 
 def test_future_kl_denominator_leaves_out_sequences_the_filter_drops():
