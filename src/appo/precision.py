@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # as /proc/cpuinfo spells them
+# oneDNN (PyTorch's CPU bf16 GEMM) ISA caps that leave out its bf16 instructions: with ONEDNN_MAX_CPU_ISA set
+# to one of these, bf16 takes the slow path even on a CPU that has them (how an AVX2 machine is emulated).
+ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
 SLOW_BF16 = "about 19x slower for the learner's matmuls on AVX2, measured"
 
 
@@ -27,8 +31,13 @@ class Bf16Support:
     found: str  # the capability, as the log line names it
 
 
-def cpu_bf16_support(cpuinfo: str | None = None) -> Bf16Support:
-    """Native bf16 on this CPU, from the `flags` line of /proc/cpuinfo (or the text given)."""
+def cpu_bf16_support(cpuinfo: str | None = None, onednn_isa: str | None = None) -> Bf16Support:
+    """Native bf16 on this CPU, from the `flags` line of /proc/cpuinfo (or the text given) and oneDNN's ISA
+    cap (`ONEDNN_MAX_CPU_ISA`, read from the environment unless given)."""
+    if onednn_isa is None:
+        onednn_isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    if onednn_isa.upper() in ONEDNN_ISAS_WITHOUT_BF16:
+        return Bf16Support(False, f"a CPU whose bf16 instructions oneDNN may not use (ONEDNN_MAX_CPU_ISA={onednn_isa})")
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()

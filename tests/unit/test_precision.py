@@ -40,6 +40,13 @@ def test_cpu_flags_decide_native_bf16():
     assert not cpu_bf16_support("").native
 
 
+def test_a_onednn_isa_cap_below_bf16_means_no_native_bf16():
+    capped = cpu_bf16_support(SAPPHIRE_RAPIDS, onednn_isa="AVX2")
+    assert not capped.native and "ONEDNN_MAX_CPU_ISA=AVX2" in capped.found
+    assert cpu_bf16_support(SAPPHIRE_RAPIDS, onednn_isa="avx512_core_amx").native
+    assert cpu_bf16_support(SAPPHIRE_RAPIDS, onednn_isa="").native
+
+
 def test_auto_is_float32_without_native_bf16_and_logs_the_capability(caplog):
     caplog.set_level(logging.INFO, logger="appo")
     assert resolve_autocast("auto", "cpu", check=no_native) == "none"
