@@ -14,13 +14,19 @@ from .conftest import chat_prompt as _prompt
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 7, MAX_ROWS, MAX_ROWS + 5])
 @pytest.mark.parametrize("bias", [False, True])
-def test_outputs_equal_the_stock_linear(rows, bias):
+@pytest.mark.parametrize("out_features", [80, 81])  # 81: no even split over 2 threads for one row
+def test_outputs_equal_the_stock_linear(rows, bias, out_features):
     torch.manual_seed(0)
-    layer = torch.nn.Linear(48, 80, bias=bias)
+    layer = torch.nn.Linear(48, out_features, bias=bias)
     x = torch.randn(rows, 1, 48)  # [rows, one decode position, features]
     expected = layer(x)
-    with few_row_linears(layer):
-        got = layer(x)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with few_row_linears(layer):
+            got = layer(x)
+    finally:
+        torch.set_num_threads(threads)
     assert got.shape == expected.shape and got.is_contiguous()
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
