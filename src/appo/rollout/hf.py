@@ -277,6 +277,7 @@ class DecodeSession:
         self.cache: DynamicCache | None = None
         self.mask = self.next_pos = self.pending = None
         self.prefill_tokens = 0      # ids run through prefill forwards (pads excluded)
+        self.shared_tokens = 0       # ids of fresh sequences whose prefill an identical one in the same join did
         self.decode_tokens = 0
 
     def __len__(self) -> int:
@@ -315,33 +316,49 @@ class DecodeSession:
         seqs = [s for s in seqs if s.req.max_new_tokens > 0]
         if not seqs:
             return done
-        pasts = [s.past.length if s.past else 0 for s in seqs]
-        news = [s.req.prompt_ids[p:] for s, p in zip(seqs, pasts)]
+        # Fresh sequences with the same ids (a prompt's m rollouts) share one prefill row: their caches and
+        # logits are the same, only their seeds differ.
+        rows: list[_Seq] = []       # the sequences whose ids are prefilled
+        unique: list[int] = []      # per sequence, its row in `rows`
+        seen: dict[tuple, int] = {}
+        for s in seqs:
+            key = tuple(s.req.prompt_ids) if s.past is None else None
+            if key is not None and key in seen:
+                unique.append(seen[key])
+                continue
+            if key is not None:
+                seen[key] = len(rows)
+            unique.append(len(rows))
+            rows.append(s)
+        pasts = [s.past.length if s.past else 0 for s in rows]
+        news = [s.req.prompt_ids[p:] for s, p in zip(rows, pasts)]
         width_past, width_new = max(pasts), max(len(n) for n in news)
         # Layout per row: [left pad][its cache][its new ids][right pad]; the mask hides both pads, and every
         # real query sees at least one real key, so no softmax row is empty.
-        ids = torch.full((len(seqs), width_new), self.engine.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width_past + width_new), dtype=torch.long)
+        ids = torch.full((len(rows), width_new), self.engine.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width_past + width_new), dtype=torch.long)
         for i, (p, new) in enumerate(zip(pasts, news)):
             ids[i, :len(new)] = torch.tensor(new)
             mask[i, width_past - p:width_past + len(new)] = 1
         positions = torch.tensor(pasts)[:, None] + torch.arange(width_new)[None, :]
         cache = _growing_cache(self.model.config)
         if width_past:
-            blank = next(s.past for s in seqs if s.past).prefix(0)  # a row with no cache yet
+            blank = next(s.past for s in rows if s.past).prefix(0)  # a row with no cache yet
             for j, layer in enumerate(cache.layers):
-                layer.add_rows([(s.past or blank).layers[j] for s in seqs])
+                layer.add_rows([(s.past or blank).layers[j] for s in rows])
         last = [len(n) - 1 for n in news]
         cols = sorted(set(last))
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                          position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
                          logits_to_keep=torch.tensor(cols, device=self.device))
         self.prefill_tokens += sum(len(n) for n in news)
+        self.shared_tokens += sum(len(s.req.prompt_ids) for s in seqs) - sum(len(s.req.prompt_ids) for s in rows)
         pick = torch.tensor([cols.index(c) for c in last], device=self.device)
-        tokens = self.engine._sample_step(out.logits[torch.arange(len(seqs), device=self.device), pick], seqs)
-        states = [KVState([(layer.keys[i:i + 1, :, width_past - p:width_past + len(n)],
-                            layer.values[i:i + 1, :, width_past - p:width_past + len(n)]) for layer in cache.layers],
-                          p + len(n)) for i, (p, n) in enumerate(zip(pasts, news))]
+        logits = out.logits[torch.arange(len(rows), device=self.device), pick]
+        tokens = self.engine._sample_step(logits[torch.tensor(unique, device=self.device)], seqs)
+        states = [KVState([(layer.keys[u:u + 1, :, width_past - pasts[u]:width_past + len(news[u])],
+                            layer.values[u:u + 1, :, width_past - pasts[u]:width_past + len(news[u])])
+                           for layer in cache.layers], pasts[u] + len(news[u])) for u in unique]
         joining = []
         for s, state, tok in zip(seqs, states, tokens.tolist()):
             s.past = None

@@ -353,8 +353,12 @@ class ToolLoop:
 
     def _session_step(self, session) -> list:
         t0 = time.perf_counter()
+        shared = session.shared_tokens
         done = session.step()
         self._count("generate_seconds", time.perf_counter() - t0)
+        if session.shared_tokens > shared:  # fresh rows of one prompt prefilled once (their first request)
+            self._count("prefill_tokens/initial", shared - session.shared_tokens)
+            self._count("shared_prefill_tokens", session.shared_tokens - shared)
         peak = self._kv_bytes + session.kv_bytes + (self.keep.nbytes if self.keep is not None else 0)
         self.stats["peak_kv_bytes"] = max(self.stats.get("peak_kv_bytes", 0), peak)
         return done

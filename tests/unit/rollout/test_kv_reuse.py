@@ -117,8 +117,11 @@ def test_tool_turns_match_the_reprefill_path_and_prefill_only_new_tokens(tool_lm
     turns = sum(len(t.tool_log) for t in new)
     assert turns >= 5 and sum(len(t.tool_log) >= 2 for t in new) >= 2  # generation went on after results
     for phase in ("initial", "tool"):
-        assert new_stats[f"prefill_tokens/{phase}"] == new_stats[f"new_tokens/{phase}"]
         assert old_stats[f"new_tokens/{phase}"] == new_stats[f"new_tokens/{phase}"]
+    assert new_stats["prefill_tokens/tool"] == new_stats["new_tokens/tool"]
+    # a prompt's rows that join the batch together prefill its ids once (same samples: checked above)
+    assert new_stats["shared_prefill_tokens"] > 0
+    assert new_stats["prefill_tokens/initial"] + new_stats["shared_prefill_tokens"] == new_stats["new_tokens/initial"]
     assert old_stats["prefill_tokens/tool"] > 1.5 * new_stats["prefill_tokens/tool"]
 
 
