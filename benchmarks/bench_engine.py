@@ -6,8 +6,8 @@ branches. The same seeds run through `rollout.kv_reuse=false` (every round re-pr
 every branch its parent's prefix) and `rollout.kv_reuse=true`, each in its own child process so that each
 path's peak memory is its own. Printed per path:
 
-- prefill tokens computed per phase over the tokens new in that phase. Phases: initial rollouts (a row's
-  first prompt), tool turns (everything after a tool result), branches (a branch's start: it needs the
+- prefill tokens computed per phase over the tokens new in that phase (below 1 where a prompt's rows
+  share one prefill of it). Phases: initial rollouts (a row's first prompt), tool turns (everything after a tool result), branches (a branch's start: it needs the
   logits of its split token, which the parent did not keep, so that one token counts as new);
 - generated tokens per second, wall and CPU time, peak KV-cache bytes (old: the largest `generate` batch's
   cache; new: the batch's, the parked rows' and the initial rollouts' kept for branches, together) and the
