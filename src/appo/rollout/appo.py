@@ -56,9 +56,10 @@ def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
     """
     r, a = cfg.rollout, cfg.rollout.appo
     m, budget, seed = r.initial_rollouts, r.n - r.initial_rollouts, r.seed
-    topk = a.entropy_source == "topk" and a.entropy_topk or 0
+    topk = a.entropy_topk if a.entropy_source == "topk" else 0
     t0 = time.perf_counter()
-    clock = {"init_seconds": 0.0, "fv_seconds": 0.0, "select_seconds": 0.0, "first_branch": None}
+    stats["fv_seconds"] = stats["select_seconds"] = 0.0
+    branches_from: list[float] = []  # when the first branch was added
     kept = KeptCaches() if budget > 0 else None  # the initial rollouts' KV caches, for the branches to start from
     starts = [LoopStart.fresh(p.prompt_ids, group=g, seed=derive_seed(seed, step, first_group + g, "init", j),
                               keep_top_logprobs=topk > 0)
@@ -96,18 +97,19 @@ def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
                 start.top_logprobs = 0
                 stats["refill_rows"] = stats.get("refill_rows", 0) + 1
             groups[g].branches.append(start.trajectory)
-            clock["first_branch"] = clock["first_branch"] or time.perf_counter()
+            if not branches_from:
+                branches_from.append(time.perf_counter())
             loop.add(start)
         for t in group_inits:  # caches no branch starts from are freed now; the starts hold the others
             kept.discard(t)
-        clock["fv_seconds"] += t2 - t1
-        clock["select_seconds"] += time.perf_counter() - t2
+        stats["fv_seconds"] += t2 - t1
+        stats["select_seconds"] += time.perf_counter() - t2
 
     def finished(traj: Trajectory) -> None:
         if traj.kind == "init":
             left[traj.group] -= 1
             if not any(left):
-                clock["init_seconds"] = time.perf_counter() - t0
+                stats["init_seconds"] = time.perf_counter() - t0
             if budget > 0 and not left[traj.group]:
                 branch_out(traj.group)
         elif kept is not None:
@@ -120,11 +122,8 @@ def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
     for s in starts:  # a fresh row is never done when added, so no prompt branches out before all are in
         loop.add(s)
     loop.run()
-    stats["fv_seconds"] = clock["fv_seconds"]
-    stats["select_seconds"] = clock["select_seconds"]
-    stats["init_seconds"] = clock["init_seconds"] or time.perf_counter() - t0
-    if clock["first_branch"] is not None:
-        stats["branch_seconds"] = time.perf_counter() - clock["first_branch"]
+    if branches_from:
+        stats["branch_seconds"] = time.perf_counter() - branches_from[0]
     return groups
 
 
