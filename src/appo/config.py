@@ -322,6 +322,12 @@ class ActorConfig:
     ppo_epochs: int = opt(1, "Passes over each step's batch.", low=1)
     mini_batch_size: int = opt(0, "Rows per optimizer step (0: the whole batch in one step).", low=0)
     micro_batch_size: int = opt(8, "Rows per forward/backward (gradient accumulation).", low=1)
+    share_prompts: bool = opt(True, "Rows with the same prompt (a group's rollouts) share one forward of their "
+                                    "common prefix: its KV cache feeds every row's response, in the update and "
+                                    "in the no-grad scoring (old, reference and previous-policy log-probs). Same "
+                                    "log-probs and gradient up to float rounding, fewer tokens computed. With "
+                                    "model.gradient_checkpointing=true the update's forward cannot keep that "
+                                    "cache and runs unshared; the no-grad scoring still shares.")
     loss_mode: str = opt("vanilla", "Policy loss. future_kl re-weights advantages by the policy's drift since "
                          "sampling, so it acts only when an RL step takes several optimizer steps (ppo_epochs > 1 "
                          "or mini_batch_size below the update rows); with one it equals vanilla (warned at start).",

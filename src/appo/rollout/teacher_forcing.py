@@ -4,9 +4,17 @@ reference, the future value), SFT (its cross-entropy) and checks of the sampler 
 Rows are (prompt ids, response ids), right-padded. The LM head runs only on the positions that predict
 response tokens, so the [rows x positions x vocab] logits never exist for prompt tokens (49k-wide
 vocabularies make that the dominant memory cost).
+
+With `share_prompts`, rows with the same prompt (a group's rollouts) run their common prefix once: a
+first pass over each distinct prefix keeps its KV cache, a second pass runs every row's remaining tokens
+on top of its group's cache. Causal attention makes the prefix's hidden states independent of what
+follows, so the log-probs are those of the unshared forward up to float rounding, and the gradient
+through the shared prefix is the sum over the rows that read it, as it is unshared.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -37,37 +45,141 @@ def pad_rows(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id:
     return ids, attn, where, targets, mask
 
 
+@dataclass
+class SharedPrefixRows:
+    """Rows laid out for the two-pass forward (see the module docstring). `where` indexes the concatenation
+    [prefix hidden states (C) | suffix hidden states (S)] of each row; `attn` covers the same C + S keys."""
+    prefix_ids: torch.Tensor    # [groups, C], right-padded
+    prefix_attn: torch.Tensor   # [groups, C]
+    group: torch.Tensor         # [rows]: each row's prefix
+    ids: torch.Tensor           # [rows, S]: the tokens after the prefix, right-padded
+    attn: torch.Tensor          # [rows, C + S]
+    position_ids: torch.Tensor  # [rows, S]
+    where: torch.Tensor         # [rows, R]
+    targets: torch.Tensor       # [rows, R]
+    mask: torch.Tensor          # [rows, R]
+
+    def to(self, device) -> SharedPrefixRows:
+        return SharedPrefixRows(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+def _common_length(seqs: list[list[int]]) -> int:
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for i in range(n):
+        if any(s[i] != first[i] for s in seqs[1:]):
+            return i
+    return n
+
+
+def shared_prefix_rows(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> SharedPrefixRows:
+    """Rows grouped by prompt; a group's prefix is the longest start its rows' whole sequences share (at
+    least the prompt). A row that is all prefix (a group of one) has an empty suffix."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(prompt_ids):
+        groups.setdefault(tuple(p), []).append(i)
+    seqs = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
+    # A row's last token predicts nothing: it is never an input.
+    inputs = [s[:-1] for s in seqs]
+    prefix_len = {}
+    for members in groups.values():
+        c = _common_length([inputs[i] for i in members])
+        for i in members:
+            prefix_len[i] = c
+    rows, n_groups = len(seqs), len(groups)
+    width_c = max(1, max(prefix_len.values()))
+    width_s = max(len(inputs[i]) - prefix_len[i] for i in range(rows))
+    resp_len = max(1, max(len(r) for r in response_ids))
+    prefix_ids = torch.full((n_groups, width_c), pad_id, dtype=torch.long)
+    prefix_attn = torch.zeros((n_groups, width_c), dtype=torch.long)
+    group = torch.zeros(rows, dtype=torch.long)
+    ids = torch.full((rows, width_s), pad_id, dtype=torch.long)
+    attn = torch.zeros((rows, width_c + width_s), dtype=torch.long)
+    position_ids = torch.zeros((rows, width_s), dtype=torch.long)
+    where = torch.zeros((rows, resp_len), dtype=torch.long)
+    targets = torch.full((rows, resp_len), pad_id, dtype=torch.long)
+    mask = torch.zeros((rows, resp_len))
+    for g, members in enumerate(groups.values()):
+        c = prefix_len[members[0]]
+        prefix_ids[g, :c] = torch.tensor(inputs[members[0]][:c], dtype=torch.long)
+        prefix_attn[g, :c] = 1
+        for i in members:
+            rest = inputs[i][c:]
+            group[i] = g
+            ids[i, :len(rest)] = torch.tensor(rest, dtype=torch.long)
+            position_ids[i, :len(rest)] = torch.arange(c, c + len(rest))
+            attn[i, :c] = 1
+            attn[i, width_c:width_c + len(rest)] = 1
+            n = len(response_ids[i])
+            if n:
+                q = torch.arange(len(prompt_ids[i]) - 1, len(prompt_ids[i]) - 1 + n)
+                where[i, :n] = torch.where(q < c, q, width_c + q - c)
+                targets[i, :n] = torch.tensor(response_ids[i], dtype=torch.long)
+                mask[i, :n] = 1.0
+    return SharedPrefixRows(prefix_ids, prefix_attn, group, ids, attn, position_ids, where, targets, mask)
+
+
 class ResponseLogits(torch.nn.Module):
     """Logits at the given positions only: decoder, pick, LM head. One module, so that FSDP2 can make it
     the root unit that owns the embeddings, the final norm and the (possibly tied) LM head.
 
     `where` is either [rows, L] position indices (the picked logits are [rows, L, V]) or a [rows, T] bool
-    mask (SFT's trained positions; the picked logits come flattened, [N, V])."""
+    mask (SFT's trained positions; the picked logits come flattened, [N, V]).
+
+    Given `prefix` (a `SharedPrefixRows`' prefix_ids, prefix_attn and group), both passes of the shared-prefix
+    forward run inside this one call, so that FSDP2 still sees one forward of its root unit."""
 
     def __init__(self, causal):
         super().__init__()
         self.causal = causal
 
     def forward(self, ids: torch.Tensor, attn: torch.Tensor, where: torch.Tensor,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = self.causal.get_decoder()(input_ids=ids, attention_mask=attn, position_ids=position_ids,
-                                           use_cache=False).last_hidden_state
+                position_ids: torch.Tensor | None = None,
+                prefix: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        decoder = self.causal.get_decoder()
+        if prefix is None:
+            hidden = decoder(input_ids=ids, attention_mask=attn, position_ids=position_ids,
+                             use_cache=False).last_hidden_state
+        else:
+            hidden = self._shared_prefix_hidden(decoder, ids, attn, position_ids, *prefix)
         if where.dtype == torch.bool:
             picked = hidden[where]
         else:
             picked = hidden.gather(1, where.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         return self.causal.get_output_embeddings()(picked)
 
+    def _shared_prefix_hidden(self, decoder, ids, attn, position_ids, prefix_ids, prefix_attn, group):
+        if getattr(self.causal, "is_gradient_checkpointing", False) and torch.is_grad_enabled() and self.training:
+            # Checkpointed layers drop the cache, and the second pass would silently lose its prefix.
+            raise RuntimeError("the shared-prefix forward needs the prefix's KV cache, which gradient "
+                               "checkpointing drops; score these rows unshared")
+        first = decoder(input_ids=prefix_ids, attention_mask=prefix_attn, use_cache=True)
+        prefix_hidden = first.last_hidden_state.index_select(0, group)
+        if ids.shape[1] == 0:
+            return prefix_hidden
+        cache = first.past_key_values
+        cache.reorder_cache(group)  # each row reads its group's keys and values (a differentiable gather)
+        rest = decoder(input_ids=ids, attention_mask=attn, position_ids=position_ids, past_key_values=cache,
+                       use_cache=True).last_hidden_state
+        return torch.cat([prefix_hidden, rest], dim=1)
+
 
 def response_log_probs(head: torch.nn.Module, prompt_ids: list[list[int]], response_ids: list[list[int]], *,
                        pad_id: int, device: torch.device, temperature: float = 1.0, autocast_dtype: str = "none",
-                       with_entropy: bool = False):
+                       with_entropy: bool = False, share_prompts: bool = False):
     """Log-probs [rows, L] of the response tokens under `head` (a `ResponseLogits`), their entropies when
     asked, and the response mask; zero off the mask. Logits are divided by the sampling temperature, so
-    the numbers describe the distribution the rows were sampled from."""
-    ids, attn, where, targets, mask = (t.to(device) for t in pad_rows(prompt_ids, response_ids, pad_id))
-    with autocast(autocast_dtype, device.type):
-        logits = head(ids, attn, where)
+    the numbers describe the distribution the rows were sampled from. `share_prompts`: rows with the same
+    prompt run their common prefix once (module docstring)."""
+    if share_prompts:
+        rows = shared_prefix_rows(prompt_ids, response_ids, pad_id).to(device)
+        targets, mask = rows.targets, rows.mask
+        with autocast(autocast_dtype, device.type):
+            logits = head(rows.ids, rows.attn, rows.where, rows.position_ids,
+                          prefix=(rows.prefix_ids, rows.prefix_attn, rows.group))
+    else:
+        ids, attn, where, targets, mask = (t.to(device) for t in pad_rows(prompt_ids, response_ids, pad_id))
+        with autocast(autocast_dtype, device.type):
+            logits = head(ids, attn, where)
     logits = logits.float() / temperature
     log_probs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
     entropy = entropy_from_logits(logits) * mask if with_entropy else None

@@ -95,12 +95,58 @@ def _chunks(n: int, size: int) -> Iterator[list[int]]:
         yield list(range(start, min(n, start + size)))
 
 
-def _micro_batches(prompt_ids: list[list[int]], response_ids: list[list[int]], size: int) -> list[list[int]]:
+def _micro_batches(prompt_ids: list[list[int]], response_ids: list[list[int]], size: int,
+                   by_prompt: bool = False) -> list[list[int]]:
     """Row indices in micro-batches of at most `size`, longest rows first: a micro-batch is padded to its
     longest row, so rows of similar length together waste the least compute (the gradient is a sum over
-    rows, so which rows share a micro-batch does not change it)."""
-    order = sorted(range(len(prompt_ids)), key=lambda i: -(len(prompt_ids[i]) + len(response_ids[i])))
+    rows, so which rows share a micro-batch does not change it). `by_prompt` keeps the rows of a prompt
+    next to each other (groups ordered by their longest row), so they can share its forward; every
+    micro-batch but the last still has `size` rows, as ranks under FSDP must run the same number."""
+    length = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
+    order = (_prompt_order(prompt_ids, length) if by_prompt else
+             sorted(range(len(prompt_ids)), key=lambda i: -length[i]))
     return [order[s:s + size] for s in range(0, len(order), size)]
+
+
+def _prompt_order(prompt_ids: list[list[int]], length: list[int]) -> list[int]:
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(prompt_ids):
+        groups.setdefault(tuple(p), []).append(i)
+    members = sorted(groups.values(), key=lambda rows: -max(length[i] for i in rows))
+    return [i for rows in members for i in sorted(rows, key=lambda i: -length[i])]
+
+
+def _shared_micro_batches(prompt_ids: list[list[int]], response_ids: list[list[int]], size: int) -> list[list[int]]:
+    """Micro-batches of at most `size` rows for the shared-prefix forward, cut to compute the fewest tokens.
+
+    Rows are ordered as `by_prompt` orders them and cut into consecutive runs; a run costs its prompts
+    once each (padded to the longest) plus every row padded to the run's longest remainder, plus one
+    average row for the forward itself. A dynamic programme picks the cuts: a prompt whose rows differ
+    widely in length is split, prompts of a few short rows are merged.
+    """
+    n = len(prompt_ids)
+    length = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
+    order = _prompt_order(prompt_ids, length)
+    overhead = sum(length) / max(1, n)
+    best = [0.0] + [float("inf")] * n   # best[j]: cheapest cut of order[:j]
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        groups: dict[tuple[int, ...], int] = {}
+        prompt_w = rest_w = 0
+        for i in range(j - 1, max(-1, j - 1 - size), -1):  # run order[i:j], grown backwards
+            row = order[i]
+            p = tuple(prompt_ids[row])
+            groups[p] = groups.get(p, 0) + 1
+            prompt_w = max(prompt_w, len(p))
+            rest_w = max(rest_w, len(response_ids[row]))
+            cost = best[i] + len(groups) * prompt_w + (j - i) * rest_w + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    runs, j = [], n
+    while j > 0:
+        runs.append(order[cut[j]:j])
+        j = cut[j]
+    return runs[::-1]
 
 
 class Learner:
@@ -151,11 +197,23 @@ class Learner:
 
     # ------------------------------------------------------------------------------------------ forward
 
+    def _shares(self) -> bool:
+        """Whether this forward shares prompts: checkpointed layers drop the cache when they keep a graph."""
+        return self.actor.share_prompts and not (self.model_cfg.gradient_checkpointing and torch.is_grad_enabled())
+
+    def _micro(self, prompt_ids, response_ids, size: int | None = None) -> list[list[int]]:
+        size = size or self.actor.micro_batch_size
+        if not self._shares():
+            return _micro_batches(prompt_ids, response_ids, size)
+        if self.world > 1:  # every rank must run as many micro-batches as the others
+            return _micro_batches(prompt_ids, response_ids, size, by_prompt=True)
+        return _shared_micro_batches(prompt_ids, response_ids, size)
+
     def _forward(self, model, prompt_ids, response_ids, with_entropy: bool, autocast_dtype: str | None = None):
         head = self.ref_head if model is self.ref_model else self.head
         return response_log_probs(head, prompt_ids, response_ids, pad_id=self.pad_id, device=self.device,
                                   temperature=self.temperature, autocast_dtype=autocast_dtype or self.model_cfg.autocast,
-                                  with_entropy=with_entropy)
+                                  with_entropy=with_entropy, share_prompts=self._shares())
 
     @torch.no_grad()
     def log_probs(self, prompt_ids: list[list[int]], response_ids: list[list[int]], with_entropy: bool = False,
@@ -172,7 +230,7 @@ class Learner:
         was_training = self.model.training
         self.model.eval()
         try:
-            for idx in _micro_batches(prompt_ids, response_ids, size):
+            for idx in self._micro(prompt_ids, response_ids, size):
                 p, r = [prompt_ids[i] for i in idx], [response_ids[i] for i in idx]
                 if reference and self.ref_model is not None:
                     lp, ent, _ = self._forward(self.ref_model, p, r, with_entropy, autocast_dtype)
@@ -262,8 +320,7 @@ class Learner:
                 mb = batch.select(mini_idx)
                 normaliser = self._normaliser(mb, moved=self.optimizer_steps > first_step)
                 self.optimizer.zero_grad(set_to_none=True)
-                micro = [self._micro_step(mb.select(idx), normaliser)
-                         for idx in _micro_batches(mb.prompt_ids, mb.response_ids, a.micro_batch_size)]
+                micro = [self._micro_step(mb.select(idx), normaliser) for idx in self._micro(mb.prompt_ids, mb.response_ids)]
                 for k in micro[0]:
                     values = [m[k] for m in micro]
                     # Loss terms are already mini-batch-normalised per micro-batch, so they add up.
@@ -296,7 +353,7 @@ class Learner:
         if a.loss_mode == "future_kl" and a.future_kl.normaliser == "kept" and moved:
             count = 0.0
             with torch.no_grad():
-                for idx in _micro_batches(mb.prompt_ids, mb.response_ids, a.micro_batch_size):
+                for idx in self._micro(mb.prompt_ids, mb.response_ids):
                     micro = mb.select(idx)
                     log_prob, _, _ = self._forward(self.model, micro.prompt_ids, micro.response_ids, False)
                     width = log_prob.shape[1]

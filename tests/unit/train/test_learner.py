@@ -219,9 +219,9 @@ def test_micro_batches_group_rows_of_similar_length(tiny_model, tiny_tokenizer):
     """Padding is compute: rows are split into micro-batches by length (longest first), for the update's
     forward/backward and for no-grad scoring alike. Same gradient: the accumulation test above."""
     lengths = [30, 4, 28, 5, 26, 6]  # long and short alternate, so in-order chunks would pad every short row
-    prompts = [[7] * 3 for _ in lengths]
+    prompts = [[7, i] for i in range(len(lengths))]
     responses = [[9] * n for n in lengths]
-    learner = _learner(tiny_model, tiny_tokenizer, _actor(micro_batch_size=2))
+    learner = _learner(tiny_model, tiny_tokenizer, _actor(micro_batch_size=2, share_prompts=False))
     widths = []
     forward = learner._forward
 
@@ -236,3 +236,64 @@ def test_micro_batches_group_rows_of_similar_length(tiny_model, tiny_tokenizer):
     widths.clear()
     learner.update(_batch(learner, prompts, responses))
     assert widths[-3:] == [[28, 30], [6, 26], [4, 5]]
+
+
+def _grouped_rows(tok, groups=3, per=4, seed=0):
+    prompts, responses = _rows(tok, n=groups * per, seed=seed)
+    return [prompts[(i // per) * per] for i in range(len(prompts))], responses
+
+
+def test_shared_micro_batches_keep_a_prompts_rows_together_and_cut_off_long_ones():
+    from appo.train.learner import _shared_micro_batches
+
+    a, b, c = [1, 2, 3, 4], [1, 2, 5, 6], [1, 7]
+    prompts = [a, b, a, c, a, b, a, c]
+    lengths = [40, 3, 3, 2, 4, 2, 3, 3]  # prompt a: one long row and three short ones
+    responses = [[9] * n for n in lengths]
+    runs = _shared_micro_batches(prompts, responses, size=4)
+    assert sorted(i for run in runs for i in run) == list(range(8))
+    assert all(len(run) <= 4 for run in runs)
+    assert [0] in runs  # the long row alone: its short siblings would pad to 40
+    short_a = next(run for run in runs if 2 in run)
+    assert {4, 6} <= set(short_a)  # the rest of prompt a shares one forward
+    assert len(runs) == 3  # short rows of several prompts merge rather than run one forward each
+
+
+@pytest.mark.parametrize("micro", [3, 8])
+def test_an_update_sharing_prompts_equals_the_unshared_one(tiny_model_dir, tiny_tokenizer, micro):
+    from appo.models import load_model
+
+    prompts, responses = _grouped_rows(tiny_tokenizer)
+    out, metrics = [], []
+    for share in (False, True):
+        learner = _learner(load_model(str(tiny_model_dir)), tiny_tokenizer,
+                           _actor(micro_batch_size=micro, share_prompts=share))
+        lp, _ = learner.log_probs(prompts, responses)
+        metrics.append(learner.update(_batch(learner, prompts, responses)))
+        out.append((lp, torch.cat([p.grad.flatten() for p in learner.params])))
+    # Float rounding only: the shared forward sums the same terms in another order.
+    torch.testing.assert_close(out[1][0], out[0][0], atol=2e-5, rtol=0)
+    assert out[0][1].abs().sum() > 0
+    torch.testing.assert_close(out[1][1], out[0][1], atol=1e-6, rtol=1e-4)
+    assert metrics[1]["actor/grad_norm"] == pytest.approx(metrics[0]["actor/grad_norm"], rel=1e-4)
+
+
+def test_gradient_checkpointing_updates_unshared_and_scores_shared(tiny_model, tiny_tokenizer):
+    """Checkpointed layers cannot keep the prompt's cache while they keep a graph."""
+    prompts, responses = _grouped_rows(tiny_tokenizer, groups=2, per=3)
+    learner = _learner(tiny_model, tiny_tokenizer, _actor(share_prompts=True),
+                       ModelConfig(autocast="none", gradient_checkpointing=True))
+    shared = []
+    forward = learner._forward
+
+    def spy(*args, **kw):
+        shared.append(learner._shares())
+        return forward(*args, **kw)
+
+    learner._forward = spy
+    batch = _batch(learner, prompts, responses)
+    assert shared and all(shared)
+    shared.clear()
+    out = learner.update(batch)
+    assert shared and not any(shared)
+    assert out["actor/grad_norm"] > 0
