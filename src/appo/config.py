@@ -355,7 +355,8 @@ class SftConfig:
     lr: float = opt(1e-4, "Peak learning rate.", low=0)
     warmup_steps: int = opt(10, "Warm-up steps, then linear decay.", low=0)
     max_length: int = opt(512, "Longer conversations are truncated.", low=1)
-    packing: bool = opt(False, "Pack several conversations per row instead of padding.")
+    packing: bool = opt(False, "Pack several conversations per row instead of padding; the leading tokens all "
+                               "of a step's conversations share (the system prompt) run once per row.")
     p_notool: float = opt(0.6, "Share of generated traces that answer without calling the tool, so the "
                                "SFT policy often skips it and RL has headroom (quickstart_calibration).",
                           low=0, high=1)

@@ -133,15 +133,27 @@ def load_conversations(files: list[str]) -> list[dict]:
 # ------------------------------------------------------------------------------------------ batching
 
 
-def _pack(examples: list[SftExample], max_length: int) -> list[list[SftExample]]:
-    """Greedy first-fit into rows of at most max_length tokens, in order."""
+def shared_start(examples: list[SftExample]) -> int:
+    """How many leading tokens every example has in common (the system prompt and the user tag), stopping
+    before any example's last prompt token: that token predicts each example's own first response token."""
+    seqs = [ex.prompt_ids + ex.response_ids for ex in examples]
+    limit = min(len(ex.prompt_ids) for ex in examples) - 1
+    for i in range(max(0, limit)):
+        if any(s[i] != seqs[0][i] for s in seqs[1:]):
+            return i
+    return max(0, limit)
+
+
+def _pack(examples: list[SftExample], max_length: int, shared: int = 0) -> list[list[SftExample]]:
+    """Greedy first-fit into rows of at most max_length tokens, in order; a row holds the `shared` leading
+    tokens once, then each example's remainder."""
     rows: list[list[SftExample]] = []
     sizes: list[int] = []
     for ex in examples:
         for i, size in enumerate(sizes):
-            if size + len(ex) <= max_length:
+            if size + len(ex) - shared <= max_length:
                 rows[i].append(ex)
-                sizes[i] += len(ex)
+                sizes[i] += len(ex) - shared
                 break
         else:
             rows.append([ex])
@@ -149,28 +161,37 @@ def _pack(examples: list[SftExample], max_length: int) -> list[list[SftExample]]
     return rows
 
 
-def collate(rows: list[list[SftExample]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(rows: list[list[SftExample]], pad_id: int, shared: int = 0) -> dict[str, torch.Tensor]:
     """Token ids, position ids, a block-diagonal causal 4D mask (documents never see each other) and the
-    labels' positions: `targets[b, t]` is the token at t+1 when it is trained, else -100."""
-    width = max(sum(len(ex) for ex in row) for row in rows)
+    labels' positions: `targets[b, t]` is the token at t+1 when it is trained, else -100.
+
+    With `shared` > 0 a row starts with the tokens all its examples begin with, once, and every example's
+    remainder attends to them as it would to its own copy (causal attention: they do not depend on what
+    follows), so the loss is that of the examples laid out whole."""
+    width = max(shared + sum(len(ex) - shared for ex in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
     doc = torch.full((len(rows), width), -1, dtype=torch.long)
     targets = torch.full((len(rows), width), -100, dtype=torch.long)
     for b, row in enumerate(rows):
-        start = 0
-        for d, ex in enumerate(row):
-            seq = ex.prompt_ids + ex.response_ids
+        if shared:
+            ids[b, :shared] = torch.tensor(row[0].prompt_ids[:shared])
+            pos[b, :shared] = torch.arange(shared)
+            doc[b, :shared] = 0
+        start = shared
+        for d, ex in enumerate(row, start=1):
+            seq = (ex.prompt_ids + ex.response_ids)[shared:]
             end = start + len(seq)
             ids[b, start:end] = torch.tensor(seq)
-            pos[b, start:end] = torch.arange(len(seq))
+            pos[b, start:end] = torch.arange(shared, shared + len(seq))
             doc[b, start:end] = d
             for j, (tok, m) in enumerate(zip(ex.response_ids, ex.loss_mask, strict=True)):
                 if m:
-                    targets[b, start + len(ex.prompt_ids) + j - 1] = tok
+                    targets[b, start + len(ex.prompt_ids) - shared + j - 1] = tok
             start = end
     causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
-    mask = (doc[:, :, None] == doc[:, None, :]) & causal & (doc[:, :, None] >= 0)
+    same = (doc[:, :, None] == doc[:, None, :]) | (doc[:, None, :] == 0)
+    mask = same & causal & (doc[:, :, None] >= 0) & (doc[:, None, :] >= 0)
     mask |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves, never to a document
     return {"input_ids": ids, "position_ids": pos, "attention_mask": mask[:, None], "targets": targets}
 
@@ -219,9 +240,10 @@ def run_sft(model, tokenizer, conversations: list[dict], sft: SftConfig, model_c
         rng.shuffle(order)
         for start in range(0, len(order), sft.batch_size):
             chunk = [examples[i] for i in order[start:start + sft.batch_size]]
-            rows = _pack(chunk, sft.max_length) if sft.packing else [[ex] for ex in chunk]
+            shared = shared_start(chunk) if sft.packing else 0
+            rows = _pack(chunk, sft.max_length, shared) if sft.packing else [[ex] for ex in chunk]
             optimizer.zero_grad(set_to_none=True)
-            loss_sum, tokens = sft_loss(model, collate(rows, tokenizer.pad_token_id), model_cfg.autocast)
+            loss_sum, tokens = sft_loss(model, collate(rows, tokenizer.pad_token_id, shared), model_cfg.autocast)
             loss = loss_sum / max(1, tokens)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -7,7 +7,7 @@ import torch
 
 from appo.config import ModelConfig, SftConfig
 from appo.tool_format import result_token_ids
-from appo.train.sft import _pack, collate, encode_conversation, run_sft, sft_loss
+from appo.train.sft import _pack, collate, encode_conversation, run_sft, sft_loss, shared_start
 
 SHAREGPT = {"conversations": [
     {"from": "system", "value": "Use tools."},
@@ -24,8 +24,9 @@ MESSAGES = {"messages": [
 ]}
 
 
-def _conv(a: int, b: int) -> dict:
+def _conv(a: int, b: int, system: str | None = None) -> dict:
     return {"messages": [
+        *([{"role": "system", "content": system}] if system else []),
         {"role": "user", "content": f"Calculate {a} + {b}."},
         {"role": "assistant", "content": f"<think>Use python.</think><python>print({a} + {b})</python>"},
         {"role": "tool", "content": str(a + b)},
@@ -75,6 +76,30 @@ def test_packing_gives_the_padded_loss(tiny_model, tiny_tokenizer):
         loss_d, n_d = sft_loss(tiny_model, collate([[e] for e in examples], tiny_tokenizer.pad_token_id))
     assert n_p == n_d
     torch.testing.assert_close(loss_p, loss_d, rtol=1e-5, atol=1e-4)
+
+
+def test_a_shared_system_prompt_runs_once_per_packed_row_with_the_same_loss_and_gradient(tiny_model_dir,
+                                                                                          tiny_tokenizer):
+    from appo.models import load_model
+
+    system = "You solve arithmetic with the python tool and answer in a box."
+    examples = [encode_conversation(tiny_tokenizer, _conv(a, b, system)) for a, b in ((3, 4), (10, 25), (7, 700))]
+    shared = shared_start(examples)
+    assert shared > len(tiny_tokenizer.encode(system)) - 1  # at least the system prompt
+    assert shared < min(len(e.prompt_ids) for e in examples)
+    whole = collate(_pack(examples, 1000), tiny_tokenizer.pad_token_id)
+    packed = collate(_pack(examples, 1000, shared), tiny_tokenizer.pad_token_id, shared)
+    assert packed["input_ids"].shape[1] == whole["input_ids"].shape[1] - 2 * shared
+    out = []
+    for batch in (whole, packed, collate([[e] for e in examples], tiny_tokenizer.pad_token_id)):
+        model = load_model(str(tiny_model_dir))
+        loss, n = sft_loss(model, batch)
+        loss.backward()
+        out.append((float(loss), n, torch.cat([p.grad.flatten() for p in model.parameters()])))
+    for loss, n, grad in out[1:]:
+        assert n == out[0][1]
+        assert loss == pytest.approx(out[0][0], rel=1e-5)
+        assert float((grad - out[0][2]).abs().max()) <= 1e-4 * float(out[0][2].abs().max())  # float rounding
 
 
 @pytest.mark.parametrize("packing", [False, True])
