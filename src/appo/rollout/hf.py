@@ -277,7 +277,7 @@ class DecodeSession:
         self.cache: DynamicCache | None = None
         self.mask = self.next_pos = self.pending = None
         self.prefill_tokens = 0      # ids run through prefill forwards (pads excluded)
-        self.shared_tokens = 0       # ids of fresh sequences whose prefill an identical one in the same join did
+        self.shared_tokens = 0       # ids of fresh sequences prefilled once for several (same ids, common start)
         self.decode_tokens = 0
 
     def __len__(self) -> int:
@@ -330,6 +330,7 @@ class DecodeSession:
                 seen[key] = len(rows)
             unique.append(len(rows))
             rows.append(s)
+        self._prefill_common_start(rows)
         pasts = [s.past.length if s.past else 0 for s in rows]
         news = [s.req.prompt_ids[p:] for s, p in zip(rows, pasts)]
         width_past, width_new = max(pasts), max(len(n) for n in news)
@@ -369,6 +370,32 @@ class DecodeSession:
         if joining:
             self._merge(joining)
         return done
+
+    # Prefilling a common start once costs one more forward; below this many ids saved it is not worth it.
+    MIN_SHARED_START = 64
+
+    def _prefill_common_start(self, rows: list[_Seq]) -> None:
+        """Fresh rows of one join that begin alike (the system prompt every prompt opens with) get the cache
+        of that start from one 1-row prefill, so the join prefills only what follows it. Causal attention
+        makes a start's keys and values independent of what follows: the same cache, up to float rounding."""
+        fresh = [s for s in rows if s.past is None]
+        if len(fresh) < 2:
+            return
+        first = fresh[0].req.prompt_ids
+        n = min(len(s.req.prompt_ids) for s in fresh) - 1  # each row's last id is fed for its logits
+        common = 0
+        while common < n and all(s.req.prompt_ids[common] == first[common] for s in fresh):
+            common += 1
+        if common * (len(fresh) - 1) < self.MIN_SHARED_START:
+            return
+        cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=torch.tensor([first[:common]], device=self.device), past_key_values=cache,
+                   use_cache=True, logits_to_keep=1)
+        self.prefill_tokens += common
+        self.shared_tokens += common * (len(fresh) - 1)
+        start = KVState([(layer.keys, layer.values) for layer in cache.layers], common)
+        for s in fresh:
+            s.past = start
 
     def _merge(self, joining: list) -> None:
         """Write the joining sequences' caches into spare rows of the batch's (the batch's rows stay put)."""

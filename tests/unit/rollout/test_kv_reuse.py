@@ -79,17 +79,18 @@ class SlowEcho:
         return ToolResult(f"len={len(call.payload)}", ok=True)
 
 
-def _prompts(tok, k):
+def _prompts(tok, k, system: str | None = None):
     out = []
     for i in range(k):
-        chat = tok.apply_chat_template([{"role": "user", "content": f"Calculate {i} * 7 with python."}],
+        turns = [{"role": "system", "content": system}] if system else []
+        chat = tok.apply_chat_template(turns + [{"role": "user", "content": f"Calculate {i} * 7 with python."}],
                                        add_generation_prompt=True, tokenize=False)
         out.append(types.SimpleNamespace(prompt_ids=tok.encode(chat, add_special_tokens=False), index=i))
     return out
 
 
-def _starts(tok, k=3, per=3):
-    return [LoopStart.fresh(p.prompt_ids, group=g, seed=100 * g + j) for g, p in enumerate(_prompts(tok, k))
+def _starts(tok, k=3, per=3, system=None):
+    return [LoopStart.fresh(p.prompt_ids, group=g, seed=100 * g + j) for g, p in enumerate(_prompts(tok, k, system))
             for j in range(per)]
 
 
@@ -123,6 +124,24 @@ def test_tool_turns_match_the_reprefill_path_and_prefill_only_new_tokens(tool_lm
     assert new_stats["shared_prefill_tokens"] > 0
     assert new_stats["prefill_tokens/initial"] + new_stats["shared_prefill_tokens"] == new_stats["new_tokens/initial"]
     assert old_stats["prefill_tokens/tool"] > 1.5 * new_stats["prefill_tokens/tool"]
+
+
+def test_prompts_with_a_common_start_prefill_it_once(tool_lm, tiny_tokenizer, python_tools):
+    """Held-out evaluation and a step's prompts all open with the same system prompt."""
+    tok = tiny_tokenizer
+    system = "Think first. Run code with the python tool and put the final answer in a box at the end."
+    old_stats, new_stats = {}, {}
+    old = run_tool_loop(HFEngine(tool_lm, tok, kv_reuse=False), python_tools, _starts(tok, 4, 2, system),
+                        _settings(gen_batch_size=8), old_stats)
+    new = run_tool_loop(HFEngine(tool_lm, tok), python_tools, _starts(tok, 4, 2, system), _settings(gen_batch_size=8),
+                        new_stats)
+    _assert_same(old, new)
+    prompts = [p.prompt_ids for p in _prompts(tok, 4, system)]
+    common = next(i for i in range(len(prompts[0])) if len({p[i] for p in prompts}) > 1)
+    assert common > 20
+    identical = sum(len(p) for p in prompts)  # each prompt's second row
+    assert new_stats["shared_prefill_tokens"] == identical + 3 * common
+    assert new_stats["prefill_tokens/initial"] + new_stats["shared_prefill_tokens"] == new_stats["new_tokens/initial"]
 
 
 def test_appo_branches_start_from_their_parents_cache(tool_lm, tiny_tokenizer, python_tools):
