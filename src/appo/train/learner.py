@@ -127,17 +127,18 @@ def _shared_micro_batches(prompt_ids: list[list[int]], response_ids: list[list[i
     n = len(prompt_ids)
     length = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
     order = _prompt_order(prompt_ids, length)
+    ids: dict[tuple[int, ...], int] = {}
+    group = [ids.setdefault(tuple(p), len(ids)) for p in prompt_ids]
     overhead = sum(length) / max(1, n)
     best = [0.0] + [float("inf")] * n   # best[j]: cheapest cut of order[:j]
     cut = [0] * (n + 1)
     for j in range(1, n + 1):
-        groups: dict[tuple[int, ...], int] = {}
+        groups: set[int] = set()
         prompt_w = rest_w = 0
         for i in range(j - 1, max(-1, j - 1 - size), -1):  # run order[i:j], grown backwards
             row = order[i]
-            p = tuple(prompt_ids[row])
-            groups[p] = groups.get(p, 0) + 1
-            prompt_w = max(prompt_w, len(p))
+            groups.add(group[row])
+            prompt_w = max(prompt_w, len(prompt_ids[row]))
             rest_w = max(rest_w, len(response_ids[row]))
             cost = best[i] + len(groups) * prompt_w + (j - i) * rest_w + overhead
             if cost < best[j]:
