@@ -82,7 +82,9 @@ def shared_prefix_rows(prompt_ids: list[list[int]], response_ids: list[list[int]
     inputs = [s[:-1] for s in seqs]
     prefix_len = {}
     for members in groups.values():
-        c = _common_length([inputs[i] for i in members])
+        # Rows with nothing to score need no hidden state: they do not shorten their group's prefix.
+        scored = [i for i in members if response_ids[i]] or members
+        c = _common_length([inputs[i] for i in scored])
         for i in members:
             prefix_len[i] = c
     rows, n_groups = len(seqs), len(groups)
@@ -100,7 +102,8 @@ def shared_prefix_rows(prompt_ids: list[list[int]], response_ids: list[list[int]
     mask = torch.zeros((rows, resp_len))
     for g, members in enumerate(groups.values()):
         c = prefix_len[members[0]]
-        prefix_ids[g, :c] = torch.tensor(inputs[members[0]][:c], dtype=torch.long)
+        source = max(members, key=lambda i: len(inputs[i]))  # a row whose inputs hold the whole prefix
+        prefix_ids[g, :c] = torch.tensor(inputs[source][:c], dtype=torch.long)
         prefix_attn[g, :c] = 1
         for i in members:
             rest = inputs[i][c:]

@@ -33,18 +33,19 @@ def test_scorer_agrees_with_sampler_for_mixed_lengths(engine, tiny_model, tiny_t
 
 
 def _shared_prompt_rows(tokenizer):
+    """Groups of several rows, responses sharing their first tokens, empty responses (one in a group
+    whose other rows share more than the prompt, one in a group of its own with a 1-token prompt)."""
     a, b = _prompt(tokenizer), _prompt(tokenizer, "another question")
-    prompts = [a, a, a, b, b, a, _prompt(tokenizer, "alone")]
-    responses = [[5, 6, 7, 8], [5, 6, 9], [11, 12, 13, 14, 15, 16], [7], [8, 9, 10], [], [3, 4, 5]]
+    prompts = [a, a, a, b, b, a, _prompt(tokenizer, "alone"), [9], [9]]
+    responses = [[5, 6, 7, 8], [5, 6, 9], [5, 13, 14, 15, 16], [7], [8, 9, 10], [], [3, 4, 5], [], []]
     return prompts, responses
 
 
 @pytest.mark.parametrize("with_entropy", [False, True])
 def test_rows_sharing_a_prompt_score_as_they_do_unshared(tiny_model, tiny_tokenizer, with_entropy):
-    """Groups of several rows, responses sharing their first tokens, an empty response, a group of one."""
     import torch
 
-    from appo.rollout.teacher_forcing import ResponseLogits, response_log_probs
+    from appo.rollout.teacher_forcing import ResponseLogits, response_log_probs, shared_prefix_rows
 
     prompts, responses = _shared_prompt_rows(tiny_tokenizer)
     head = ResponseLogits(tiny_model.eval())
@@ -54,6 +55,9 @@ def test_rows_sharing_a_prompt_score_as_they_do_unshared(tiny_model, tiny_tokeni
         lp_s, ent_s, mask_s = response_log_probs(head, prompts, responses, share_prompts=True, **kw)
     assert torch.equal(mask, mask_s)
     assert mask.sum() == sum(map(len, responses))
+    # prompt a's rows share its ids and their first response token; its empty row does not shorten that
+    assert int(shared_prefix_rows(prompts, responses, 0).prefix_attn[0].sum()) == len(prompts[0]) + 1
+    assert not lp_s.isnan().any()
     assert torch.allclose(lp, lp_s, atol=1e-5), (lp - lp_s).abs().max()
     assert bool((lp.abs() > 0.1).any())  # real log-probs, not zeros on both sides
     if with_entropy:
