@@ -47,6 +47,7 @@ from transformers.cache_utils import DynamicLayer
 from appo.rollout.engine import GenRequest, GenResult
 from appo.rollout.few_rows import few_row_linears
 from appo.rollout.gumbel import gumbel_max, noise_key
+from appo.rollout.teacher_forcing import common_prefix_length
 
 
 @dataclass
@@ -382,10 +383,8 @@ class DecodeSession:
         if len(fresh) < 2:
             return
         first = fresh[0].req.prompt_ids
-        n = min(len(s.req.prompt_ids) for s in fresh) - 1  # each row's last id is fed for its logits
-        common = 0
-        while common < n and all(s.req.prompt_ids[common] == first[common] for s in fresh):
-            common += 1
+        last = min(len(s.req.prompt_ids) for s in fresh) - 1  # each row's last id is fed for its logits
+        common = min(last, common_prefix_length([s.req.prompt_ids for s in fresh]))
         if common * (len(fresh) - 1) < self.MIN_SHARED_START:
             return
         cache = DynamicCache(config=self.model.config)

@@ -63,7 +63,8 @@ class SharedPrefixRows:
         return SharedPrefixRows(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
-def _common_length(seqs: list[list[int]]) -> int:
+def common_prefix_length(seqs: list[list[int]]) -> int:
+    """How many leading ids all of `seqs` have in common."""
     first, n = seqs[0], min(len(s) for s in seqs)
     for i in range(n):
         if any(s[i] != first[i] for s in seqs[1:]):
@@ -73,7 +74,8 @@ def _common_length(seqs: list[list[int]]) -> int:
 
 def shared_prefix_rows(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> SharedPrefixRows:
     """Rows grouped by prompt; a group's prefix is the longest start its rows' whole sequences share (at
-    least the prompt). A row that is all prefix (a group of one) has an empty suffix."""
+    least the prompt, unless no row of the group has a response). A row that is all prefix (a group of
+    one) has an empty suffix."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, p in enumerate(prompt_ids):
         groups.setdefault(tuple(p), []).append(i)
@@ -84,7 +86,7 @@ def shared_prefix_rows(prompt_ids: list[list[int]], response_ids: list[list[int]
     for members in groups.values():
         # Rows with nothing to score need no hidden state: they do not shorten their group's prefix.
         scored = [i for i in members if response_ids[i]] or members
-        c = _common_length([inputs[i] for i in scored])
+        c = common_prefix_length([inputs[i] for i in scored])
         for i in members:
             prefix_len[i] = c
     rows, n_groups = len(seqs), len(groups)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from appo.config import Config, ConfigError, ModelConfig, SftConfig
 from appo.data.traces import make_sft_traces
 from appo.precision import autocast
-from appo.rollout.teacher_forcing import ResponseLogits
+from appo.rollout.teacher_forcing import ResponseLogits, common_prefix_length
 from appo.tool_format import result_token_ids
 from appo.tools import build_tools
 from appo.train.checkpoint import save_hf
@@ -136,12 +136,8 @@ def load_conversations(files: list[str]) -> list[dict]:
 def shared_start(examples: list[SftExample]) -> int:
     """How many leading tokens every example has in common (the system prompt and the user tag), stopping
     before any example's last prompt token: that token predicts each example's own first response token."""
-    seqs = [ex.prompt_ids + ex.response_ids for ex in examples]
     limit = min(len(ex.prompt_ids) for ex in examples) - 1
-    for i in range(max(0, limit)):
-        if any(s[i] != seqs[0][i] for s in seqs[1:]):
-            return i
-    return max(0, limit)
+    return max(0, min(limit, common_prefix_length([ex.prompt_ids for ex in examples])))
 
 
 def _pack(examples: list[SftExample], max_length: int, shared: int = 0) -> list[list[SftExample]]:
