@@ -24,6 +24,7 @@ from torch.distributed.tensor import DTensor
 
 from appo.config import ActorConfig, LoraConfig, ModelConfig
 from appo.core.loss import agg_loss, future_kl_loss, kl_penalty, ppo_loss
+from appo.core.runs import cheapest_runs
 from appo.rollout.teacher_forcing import ResponseLogits, response_log_probs
 from appo.train import distributed
 
@@ -130,9 +131,8 @@ def _shared_micro_batches(prompt_ids: list[list[int]], response_ids: list[list[i
     ids: dict[tuple[int, ...], int] = {}
     group = [ids.setdefault(tuple(p), len(ids)) for p in prompt_ids]
     overhead = sum(length) / max(1, n)
-    best = [0.0] + [float("inf")] * n   # best[j]: cheapest cut of order[:j]
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
+
+    def runs_ending_at(j: int):
         groups: set[int] = set()
         prompt_w = rest_w = 0
         for i in range(j - 1, max(-1, j - 1 - size), -1):  # run order[i:j], grown backwards
@@ -140,14 +140,9 @@ def _shared_micro_batches(prompt_ids: list[list[int]], response_ids: list[list[i
             groups.add(group[row])
             prompt_w = max(prompt_w, len(prompt_ids[row]))
             rest_w = max(rest_w, len(response_ids[row]))
-            cost = best[i] + len(groups) * prompt_w + (j - i) * rest_w + overhead
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    runs, j = [], n
-    while j > 0:
-        runs.append(order[cut[j]:j])
-        j = cut[j]
-    return runs[::-1]
+            yield i, len(groups) * prompt_w + (j - i) * rest_w + overhead
+
+    return [[order[k] for k in run] for run in cheapest_runs(n, runs_ending_at)]
 
 
 class Learner:

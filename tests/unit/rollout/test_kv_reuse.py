@@ -21,7 +21,8 @@ import types
 import pytest
 import torch
 
-from appo.rollout.hf import HFEngine
+from appo.rollout.engine import GenRequest
+from appo.rollout.hf import HFEngine, padded_groups
 from appo.rollout.sampling import sample_groups
 from appo.rollout.tool_loop import LoopStart, RolloutLoopSettings, ToolLoop, run_tool_loop
 from appo.tools.base import ToolResult
@@ -240,3 +241,36 @@ def test_rows_added_from_on_done_join_the_running_batch(tool_lm, tiny_tokenizer,
     assert order.index(id(late[0].traj)) < len(order) - 1  # before the last of the first rows
     (alone,) = run_tool_loop(HFEngine(tool_lm, tok), python_tools, [short(99)], _settings(gen_batch_size=8))
     assert alone.token_ids == late[0].traj.token_ids  # the same row as if run on its own
+
+
+def test_joining_rows_of_very_different_lengths_prefill_in_groups(tiny_model, tiny_tokenizer):
+    """A tool result of 90 tokens and three of 10 joining together: padding all four to 90 would compute
+    360 slots for 120 tokens; they run as two forwards instead, with the samples of the re-prefill path."""
+    rng = random.Random(0)
+    prompts = [[rng.randrange(10, 500) for _ in range(n)] for n in (90, 10, 11, 9)]
+    engine = HFEngine(tiny_model, tiny_tokenizer, max_batch_size=8, seed=0)
+    expected = engine.generate([GenRequest(p, 6, seed=i) for i, p in enumerate(prompts)])
+    widths = []
+    hook = tiny_model.register_forward_pre_hook(
+        lambda m, args, kwargs: widths.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    session = engine.open_session()
+    for i, p in enumerate(prompts):
+        session.add(i, GenRequest(p, 6, seed=i))
+    got = {}
+    while len(session):
+        for key, result, _ in session.step():
+            got[key] = result
+    hook.remove()
+    prefill = [w for w in widths if w[1] > 1]
+    assert len(prefill) == 2 and sum(r * n for r, n in prefill) == 90 + 3 * 11
+    for i, res in enumerate(expected):
+        assert got[i].token_ids == res.token_ids
+        assert max(abs(a - b) for a, b in zip(got[i].logprobs, res.logprobs)) < ATOL
+
+
+def test_padded_groups_cut_where_padding_costs_more_than_a_forward():
+    assert padded_groups([90, 10, 11, 9], overhead=32) == [[0], [2, 1, 3]]
+    assert padded_groups([50, 48, 47], overhead=32) == [[0, 1, 2]]
+    assert padded_groups([5], overhead=32) == [[0]]
+    many = padded_groups([1] * 5 + [300] * 2, overhead=32)
+    assert sorted(map(sorted, many)) == [[0, 1, 2, 3, 4], [5, 6]]
