@@ -24,8 +24,8 @@ What the numbers mean:
   (about 1e-5 of a step's draws), where an inverse-CDF draw flips whenever it lands among the tail's tiny
   tokens, whose CDF intervals are narrower than the rounding. Requests without a seed get one from the
   engine's own seeded generator.
-- Decode steps of at most 16 rows compute each linear layer as `weight @ x.T` on CPU
-  (`rollout/few_rows.py`): the same product, about twice as fast at 2-4 rows with MKL.
+- Decode steps of at most 16 rows compute each linear layer as `weight @ x.T` on AMD CPUs
+  (`rollout/few_rows.py`): the same product, about twice as fast at 2-4 rows with MKL there.
 
 Sessions (`open_session`, used by the tool loop when `kv_reuse` is on): sequences keep their KV cache
 between engine calls. A sequence joins with the cache of the ids it already has (`KVState`), so only the
