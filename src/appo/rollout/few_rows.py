@@ -14,7 +14,7 @@ into one block per torch thread and multiplied as a batch, so every core streams
 (on the same CPU a 1-row SmolLM2 decode step went from 66-69 ms to 35-41 ms).
 
 Both are workarounds for how MKL multiplies on AMD CPUs, so they are used there only. On an Intel Xeon
-(Sapphire Rapids, 2 cores) the stock path was the faster one: all of SmolLM2's linears for 8 rows took 53 ms
+(with AMX, family 6 model 167 as KVM reports it, 2 cores) the stock path was the faster one: all of SmolLM2's linears for 8 rows took 53 ms
 as `x @ W.T` and 62 ms as `(W @ x.T).T`, one row 24 ms either way (it already streams the weights on
 both cores), and one quickstart RL step's rollouts ran in 40.2 s without the workaround against 46.4 s with
 it (same tokens).

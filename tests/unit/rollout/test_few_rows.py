@@ -68,7 +68,7 @@ def test_the_engine_decodes_with_them_where_they_pay_and_gives_the_module_back(p
 
 
 def test_they_pay_on_amd_cpus_only():
-    # MKL's slow path for 2-8 row products was measured on AMD EPYC; on an Intel Xeon (Sapphire Rapids) the
+    # MKL's slow path for 2-8 row products was measured on AMD EPYC; on an Intel Xeon (with AMX) the
     # stock orientation was the faster one (see the module docstring).
     assert pays_on("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n")
     assert not pays_on("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n")
