@@ -24,8 +24,8 @@ What the numbers mean:
   (about 1e-5 of a step's draws), where an inverse-CDF draw flips whenever it lands among the tail's tiny
   tokens, whose CDF intervals are narrower than the rounding. Requests without a seed get one from the
   engine's own seeded generator.
-- Decode steps of at most 16 rows compute each linear layer as `weight @ x.T` on AMD CPUs
-  (`rollout/few_rows.py`): the same product, about twice as fast at 2-4 rows with MKL there.
+- On x86 CPUs every float32 linear layer runs through oneDNN with its weight packed once per update
+  (`rollout/packed_linears.py`): the same product, 1.8-3.4x faster than MKL's for decode steps on AMD.
 
 Sessions (`open_session`, used by the tool loop when `kv_reuse` is on): sequences keep their KV cache
 between engine calls. A sequence joins with the cache of the ids it already has (`KVState`), so only the
@@ -46,8 +46,8 @@ from transformers.cache_utils import DynamicLayer
 
 from appo.core.runs import cheapest_runs
 from appo.rollout.engine import GenRequest, GenResult
-from appo.rollout.few_rows import few_row_linears
 from appo.rollout.gumbel import gumbel_max, noise_key
+from appo.rollout.packed_linears import packed_linears
 from appo.rollout.teacher_forcing import common_prefix_length
 
 
@@ -123,7 +123,7 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), few_row_linears(self.model):
+            with torch.no_grad(), packed_linears(self.model):
                 for start in range(0, len(order), self.max_batch_size):
                     self._decode([rows[i] for i in order[start:start + self.max_batch_size]])
         finally:
@@ -302,7 +302,7 @@ class DecodeSession:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), few_row_linears(self.model):
+            with torch.no_grad(), packed_linears(self.model):
                 done = self._join(self.queued) if self.queued else []
                 self.queued = []
                 if self.batch:

@@ -25,6 +25,7 @@ from torch.distributed.tensor import DTensor
 from appo.config import ActorConfig, LoraConfig, ModelConfig
 from appo.core.loss import agg_loss, future_kl_loss, kl_penalty, ppo_loss
 from appo.core.runs import cheapest_runs
+from appo.rollout.packed_linears import forget_packed, packed_linears
 from appo.rollout.teacher_forcing import ResponseLogits, response_log_probs
 from appo.train import distributed
 
@@ -226,19 +227,20 @@ class Learner:
         was_training = self.model.training
         self.model.eval()
         try:
-            for idx in self._micro(prompt_ids, response_ids, size):
-                p, r = [prompt_ids[i] for i in idx], [response_ids[i] for i in idx]
-                if reference and self.ref_model is not None:
-                    lp, ent, _ = self._forward(self.ref_model, p, r, with_entropy, autocast_dtype)
-                elif reference:
-                    with self.model.disable_adapter():
+            with packed_linears(self.model), packed_linears(self.ref_model or self.model):
+                for idx in self._micro(prompt_ids, response_ids, size):
+                    p, r = [prompt_ids[i] for i in idx], [response_ids[i] for i in idx]
+                    if reference and self.ref_model is not None:
+                        lp, ent, _ = self._forward(self.ref_model, p, r, with_entropy, autocast_dtype)
+                    elif reference:
+                        with self.model.disable_adapter():
+                            lp, ent, _ = self._forward(self.model, p, r, with_entropy, autocast_dtype)
+                    else:
                         lp, ent, _ = self._forward(self.model, p, r, with_entropy, autocast_dtype)
-                else:
-                    lp, ent, _ = self._forward(self.model, p, r, with_entropy, autocast_dtype)
-                at = torch.tensor(idx)
-                out_lp[at, : lp.shape[1]] = lp.cpu()
-                if with_entropy:
-                    out_ent[at, : ent.shape[1]] = ent.cpu()
+                    at = torch.tensor(idx)
+                    out_lp[at, : lp.shape[1]] = lp.cpu()
+                    if with_entropy:
+                        out_ent[at, : ent.shape[1]] = ent.cpu()
         finally:
             self.model.train(was_training)
         return out_lp, out_ent
@@ -255,12 +257,14 @@ class Learner:
         with torch.no_grad():
             for p, old in zip(self.params, self.previous, strict=True):
                 _swap(p, old)
+        forget_packed()  # a swap changes values behind the same parameter versions
         try:
             yield
         finally:
             with torch.no_grad():
                 for p, old in zip(self.params, self.previous, strict=True):
                     _swap(p, old)
+            forget_packed()
 
     @torch.no_grad()
     def previous_log_probs(self, prompt_ids: list[list[int]], response_ids: list[list[int]],
