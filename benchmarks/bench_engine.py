@@ -81,6 +81,7 @@ def run_child(args) -> None:
     from appo.config import load_config
     from appo.data.prompt_sets import load_prompt_sets, prepare_task
     from appo.models import load_model, load_tokenizer
+    from appo.rollout import packed_linears
     from appo.rollout.engine import GenRequest
     from appo.rollout.hf import HFEngine
     from appo.rollout.sampling import sample_groups
@@ -117,6 +118,7 @@ def run_child(args) -> None:
     rows = [t for g in groups for t in g.rows]
     print(json.dumps({
         "wall": wall, "cpu": cpu, "metrics": metrics, "threads": torch.get_num_threads(),
+        "packed_linears": packed_linears.available() and packed_linears.pays_on_this_cpu(),
         "generated": sum(sum(t.generated) for t in rows), "rows": len(rows),
         "tool_calls": sum(len(t.tool_log) for t in rows),
         "digests": [hashlib.sha1(json.dumps(t.token_ids).encode()).hexdigest() for t in rows],
@@ -160,7 +162,7 @@ def main() -> None:
     old, new = results["old"], results["new"]
     print(f"model={args.model} prompts={args.prompts} rows={new['rows']} (n={args.n}, half branches) "
           f"max_response={args.max_response} threads={new['threads']} opening={args.opening} tool calls old/new "
-          f"{old['tool_calls']}/{new['tool_calls']}")
+          f"{old['tool_calls']}/{new['tool_calls']} linears={'packed oneDNN' if new['packed_linears'] else 'stock'}")
     print(f"{'path':<6}{'phase':<18}{'prefill tokens':>16}{'new tokens':>12}{'prefill/new':>13}")
     totals = {}
     for name, r in results.items():

@@ -18,8 +18,12 @@ float32 linear weights (540 MB for SmolLM2-135M).
 The product is the same in float32; only the order of the additions differs (last bits; checked against
 float64 in the tests), which can flip a Gumbel-max sample only at an exact tie. Forwards that track
 gradients or run under autocast take the stock path, so the block can wrap code that trains and keeps
-autocast's precision. Elsewhere (no oneDNN in this torch
-build, another architecture) the block changes nothing.
+autocast's precision.
+
+It is on by default on AMD CPUs, where it was measured. On Intel CPUs MKL is Intel's own and was already
+fast on the one Intel Xeon measured (8-row decode linears 53 ms there), and packed oneDNN was not measured
+on one, so the stock path stays there until `benchmarks/bench_linears.py` shows otherwise. Elsewhere (no
+oneDNN in this torch build, another architecture) the block changes nothing.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ import functools
 import platform
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 
 # layer -> ((weight storage, weight version), packed weight)
 _packed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -69,26 +75,39 @@ def available() -> bool:
         return False
 
 
+def pays_on(cpuinfo: str) -> bool:
+    """Whether packed linears are used by default on the CPU that /proc/cpuinfo's text describes: an AMD one."""
+    return any(line.partition(":")[0].strip() == "vendor_id" and line.partition(":")[2].strip() == "AuthenticAMD"
+               for line in cpuinfo.splitlines())
+
+
+@functools.cache
+def pays_on_this_cpu() -> bool:
+    try:
+        return pays_on(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return False
+
+
 def forget_packed() -> None:
     """Drop every packed weight (after parameters' `.data` was reassigned, which no key can see)."""
     _packed.clear()
 
 
-def packed_bytes() -> int:
-    """Bytes the packed weights of live layers hold."""
-    return sum(w.element_size() * w.numel() for _, w in _packed.values())
-
-
 @contextlib.contextmanager
 def packed_linears(model: torch.nn.Module, enabled: bool | None = None) -> Iterator[None]:
     """Within the block, every plain float32 `nn.Linear` of `model` on CPU computes its no-grad forwards with
-    oneDNN from its packed weight, if `enabled` (default: where `available`). The module is unchanged
-    after it; the packed weights stay cached for the next block."""
-    if not (available() if enabled is None else enabled):
+    oneDNN from its packed weight, if `enabled` (default: where `available` and `pays_on_this_cpu`). The
+    module is unchanged after it; the packed weights stay cached for the next block."""
+    if enabled is None:
+        enabled = available() and pays_on_this_cpu()
+    if not enabled:
         yield
         return
+    # Not FSDP2 shards (DTensor): FSDP refills their gathered weights itself, unchecked against the key.
     layers = [m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.device.type == "cpu"
-              and m.weight.dtype == torch.float32 and "forward" not in m.__dict__]  # (nested: already done)
+              and m.weight.dtype == torch.float32 and not isinstance(m.weight, DTensor)
+              and "forward" not in m.__dict__]  # (nested: already done)
     for layer in layers:
         layer.forward = _forward.__get__(layer)
     try:
