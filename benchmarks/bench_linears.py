@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -29,6 +30,16 @@ def smollm2_linears() -> torch.nn.Sequential:
               (HIDDEN, INTERMEDIATE), (HIDDEN, INTERMEDIATE), (INTERMEDIATE, HIDDEN)]
     layers = [torch.nn.Linear(i, o, bias=False) for _ in range(BLOCKS) for i, o in shapes]
     return torch.nn.Sequential(*layers, torch.nn.Linear(HIDDEN, VOCAB, bias=False))
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.machine()
 
 
 def one_pass(layers: torch.nn.Sequential, inputs: dict[int, torch.Tensor]) -> None:
@@ -58,7 +69,7 @@ def main() -> None:
     rows = [int(r) for r in args.rows.split(",")]
     torch.manual_seed(0)
     layers = smollm2_linears()
-    print(f"cpu={platform.processor() or platform.machine()} threads={torch.get_num_threads()} "
+    print(f"cpu={cpu_name()!r} threads={torch.get_num_threads()} "
           f"on by default here: {pays_on_this_cpu()}")
     print(f"{'rows':>6}{'stock ms':>11}{'packed ms':>11}{'speed-up':>10}")
     ratios = {}
