@@ -3,10 +3,10 @@ prefill, scoring).
 
 Why: torch's CPU `nn.Linear` calls MKL's SGEMM, which is slow on AMD CPUs for the shapes decoding makes.
 On a 2-core AMD EPYC (family 26, AVX-512) all of SmolLM2-135M's linears for a decode step of 8 rows took
-41 ms through MKL and 12 ms through oneDNN with the weights packed in its blocked layout; a 2048-row
-prefill-sized product 20 ms against 9 ms. With that CPU restricted to AVX2 kernels the decode step's linears
-took 33 ms against 18 ms. One quickstart RL step's rollouts went from 37.8 s to 25.7 s, the decode step at
-8 rows from 102 ms to 56 ms (`benchmarks/bench_engine.py` has the whole-workload numbers).
+50 ms through MKL and 20 ms through oneDNN with the weights packed in its blocked layout, for 512 rows 790
+against 357 ms; with that CPU restricted to AVX2 kernels 51 against 27 ms and 814 against 622 ms
+(`benchmarks/bench_linears.py`). One quickstart RL step's rollouts went from 44.2 s to 22.1 s
+(`benchmarks/bench_engine.py`), the decode step at 8 rows from 102 ms to 56 ms.
 
 Packing costs about one copy of the weights, so a packed weight is kept with its layer and reused until
 the weight changes: it is keyed by the tensor's storage and version counter, which every in-place update
