@@ -142,6 +142,8 @@ def main() -> None:
                          "this interpreter if it has vllm, else .venv-vllm/bin/python if present, else none)")
     ap.add_argument("--child", choices=("old", "new", "vllm"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.vllm_python and not (os.path.isfile(args.vllm_python) and os.access(args.vllm_python, os.X_OK)):
+        ap.error(f"--vllm-python {args.vllm_python}: not an executable file")
     if args.child:
         run_child(args)
         return
