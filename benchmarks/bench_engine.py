@@ -118,7 +118,7 @@ def run_child(args) -> None:
     rows = [t for g in groups for t in g.rows]
     print(json.dumps({
         "wall": wall, "cpu": cpu, "metrics": metrics, "threads": torch.get_num_threads(),
-        "packed_linears": packed_linears.available() and packed_linears.pays_on_this_cpu(),
+        "packed_linears": packed_linears.used_by_default(),
         "generated": sum(sum(t.generated) for t in rows), "rows": len(rows),
         "tool_calls": sum(len(t.tool_log) for t in rows),
         "digests": [hashlib.sha1(json.dumps(t.token_ids).encode()).hexdigest() for t in rows],

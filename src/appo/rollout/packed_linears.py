@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch.distributed.tensor import DTensor
 
-# layer -> ((weight storage, weight version), packed weight)
+# layer -> ((weight storage, data pointer, version), packed weight)
 _packed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -89,6 +89,11 @@ def pays_on_this_cpu() -> bool:
         return False
 
 
+def used_by_default() -> bool:
+    """Whether `packed_linears` packs when not told: oneDNN `available` and a CPU it `pays_on`."""
+    return available() and pays_on_this_cpu()
+
+
 def forget_packed() -> None:
     """Drop every packed weight (after parameters' `.data` was reassigned, which no key can see)."""
     _packed.clear()
@@ -97,11 +102,9 @@ def forget_packed() -> None:
 @contextlib.contextmanager
 def packed_linears(model: torch.nn.Module, enabled: bool | None = None) -> Iterator[None]:
     """Within the block, every plain float32 `nn.Linear` of `model` on CPU computes its no-grad forwards with
-    oneDNN from its packed weight, if `enabled` (default: where `available` and `pays_on_this_cpu`). The
+    oneDNN from its packed weight, if `enabled` (default: `used_by_default()`). The
     module is unchanged after it; the packed weights stay cached for the next block."""
-    if enabled is None:
-        enabled = available() and pays_on_this_cpu()
-    if not enabled:
+    if not (used_by_default() if enabled is None else enabled):
         yield
         return
     # Not FSDP2 shards (DTensor): FSDP refills their gathered weights itself, unchecked against the key.

@@ -227,7 +227,8 @@ class Learner:
         was_training = self.model.training
         self.model.eval()
         try:
-            with packed_linears(self.model), packed_linears(self.ref_model or self.model):
+            reference_model = self.ref_model if self.ref_model is not None else self.model
+            with packed_linears(self.model), packed_linears(reference_model):
                 for idx in self._micro(prompt_ids, response_ids, size):
                     p, r = [prompt_ids[i] for i in idx], [response_ids[i] for i in idx]
                     if reference and self.ref_model is not None:
