@@ -131,6 +131,8 @@ class Pipeline:
             self._save_state(state)
 
         trainer = Trainer(cfg, model, tokenizer, train, val, start_path=state["start_path"], progress=self.progress)
+        if state["rl_done"] and latest is not None:
+            self._extend_finished_rl(state, int(latest.name.removeprefix("step_")), trainer.total_steps)
         try:
             if not state["rl_done"]:
                 with self._timed(state, "rl"):
@@ -153,6 +155,19 @@ class Pipeline:
               f"[appo] metrics: {self.out / 'metrics.jsonl'}; rollouts: {self.out / 'rollouts'}; "
               f"evaluations: {self.out / 'eval'}", flush=True)
         return state
+
+    def _extend_finished_rl(self, state: dict, reached: int, total: int) -> None:
+        """A finished run resumed with a larger total trains on to it (its after-RL evaluation is redone);
+        with the same or a smaller one it says why nothing is trained."""
+        log = logging.getLogger(__name__)
+        if reached < total:
+            log.info("--resume: continuing the finished run from step %d to step %d (the configured total; "
+                     "the LR schedule now decays to it)", reached, total)
+            state["rl_done"] = False
+            state["evals"].pop("rl", None)
+        else:
+            log.info("--resume: RL already reached step %d of %d; raise trainer.total_steps to train further",
+                     reached, total)
 
     def _eval(self, model, tokenizer, val, name: str) -> dict:
         """Evaluate the (unsharded) model; under torchrun rank 0 alone, the others wait at a barrier."""
