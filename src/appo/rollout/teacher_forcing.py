@@ -75,7 +75,7 @@ def common_prefix_length(seqs: list[list[int]]) -> int:
 def shared_prefix_rows(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> SharedPrefixRows:
     """Rows grouped by prompt; a group's prefix is the longest start its rows' whole sequences share (at
     least the prompt, unless no row of the group has a response). A row that is all prefix (a group of
-    one) has an empty suffix."""
+    one) has a suffix of one padding column."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, p in enumerate(prompt_ids):
         groups.setdefault(tuple(p), []).append(i)
@@ -91,7 +91,9 @@ def shared_prefix_rows(prompt_ids: list[list[int]], response_ids: list[list[int]
             prefix_len[i] = c
     rows, n_groups = len(seqs), len(groups)
     width_c = max(1, max(prefix_len.values()))
-    width_s = max(len(inputs[i]) - prefix_len[i] for i in range(rows))
+    # At least one suffix column (padding when every row is all prefix): under FSDP2 each decoder pass
+    # all-gathers the weights, so every rank must run both passes whatever its rows hold.
+    width_s = max(1, max(len(inputs[i]) - prefix_len[i] for i in range(rows)))
     resp_len = max(1, max(len(r) for r in response_ids))
     prefix_ids = torch.full((n_groups, width_c), pad_id, dtype=torch.long)
     prefix_attn = torch.zeros((n_groups, width_c), dtype=torch.long)
@@ -159,8 +161,6 @@ class ResponseLogits(torch.nn.Module):
                                "checkpointing drops; score these rows unshared")
         first = decoder(input_ids=prefix_ids, attention_mask=prefix_attn, use_cache=True)
         prefix_hidden = first.last_hidden_state.index_select(0, group)
-        if ids.shape[1] == 0:
-            return prefix_hidden
         cache = first.past_key_values
         cache.reorder_cache(group)  # each row reads its group's keys and values (a differentiable gather)
         rest = decoder(input_ids=ids, attention_mask=attn, position_ids=position_ids, past_key_values=cache,
