@@ -267,6 +267,16 @@ class ToolsConfig:
 
 
 @dataclass
+class RewardConfig:
+    fn: str | None = opt(None, "The reward: a registered name (auto, deep_research, math_verify, qa_f1, qa_em, "
+                               "quickstart), 'env' (the environment's own reward) or 'package.module:function' "
+                               "(docs/your-data-and-rewards.md).")
+    weight: float = opt(1.0, "Its weight: a row's reward is the weighted sum of the rewards that apply to it "
+                             "(a function returns None where it does not).")
+    name: str | None = opt(None, "Its name in the metrics (reward/<name>); null: the function's own name.")
+
+
+@dataclass
 class AlgorithmConfig:
     name: str = opt("appo", "The algorithm: 'grpo', 'arpo' or 'appo'. It implies rollout.strategy (the same "
                             "name), algorithm.adv_estimator (appo for appo, else grpo) and "
@@ -285,8 +295,14 @@ class AlgorithmConfig:
                                               "masked like the reference (docs/reference-differences.md#b6). null "
                                               "follows algorithm.name (true for appo). GRPO advantages train "
                                               "every row.")
-    reward_fn: str = opt("auto", "'auto' picks by data_source/ability; or a registered name; or "
-                                 "'module:function'.")
+    reward_fn: str = opt("auto", "One reward function (the shorthand of a one-entry algorithm.rewards): 'auto' "
+                                 "picks by data_source/ability; or a registered name; or 'module:function'.")
+    rewards: list[RewardConfig] = opt(help="Weighted reward functions, [{fn: ..., weight: ..., name: ...}, ...]; "
+                                           "each one's mean is logged as reward/<name>. Empty: "
+                                           "algorithm.reward_fn alone.", factory=list)
+    reward_timeout: float | None = opt(60.0, "Seconds one reward call may take; a call still running then stops "
+                                             "the run naming the function and the row (a hung judge, an "
+                                             "endless loop). null: no deadline.", low=0)
     math_reward: str = opt("math_verify", "Reward for ability=='math' rows under 'auto': math-verify "
                                           "equivalence or the reference's token F1.",
                            choices=("math_verify", "f1"))
@@ -509,6 +525,13 @@ def _is_dataclass_type(tp: Any) -> bool:
 
 
 def _check_type(value: Any, tp: Any, path: str) -> Any:
+    if _is_dataclass_type(tp):  # an item of a list of groups (algorithm.rewards)
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}, "
+                              f"got {value!r}")
+        return build(tp, value, path + ".")
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -785,6 +808,14 @@ def _cross_checks(cfg: Config) -> None:
     for name in cfg.tools.enabled:
         if name not in ("python", "search"):
             raise ConfigError(f"tools.enabled: unknown tool '{name}'; choose from: python, search")
+    a = cfg.algorithm
+    if a.rewards and a.reward_fn != "auto":
+        raise ConfigError(f"algorithm.reward_fn={a.reward_fn!r} and algorithm.rewards are both set; put the "
+                          "function into algorithm.rewards (reward_fn is the one-function shorthand)")
+    for i, reward in enumerate(a.rewards):
+        if not reward.fn:
+            raise ConfigError(f"algorithm.rewards[{i}]: 'fn' is required (a registered name, 'env' or "
+                              "'package.module:function')")
     for name in cfg.trainer.eval_stages:
         if name not in ("base", "sft", "rl"):
             raise ConfigError(f"trainer.eval_stages: unknown stage '{name}'; choose from: base, sft, rl")

@@ -1,30 +1,25 @@
-"""Picking the reward of each row: `get_reward_fn(algorithm_cfg)` returns `fn(response, prompt) -> float`.
+"""The named rewards and the resolution of reward specs: `build_rewards(algorithm_cfg)` -> a `RewardSet`.
 
-`algorithm.reward_fn` is one of:
-- `auto` (default), per row:
+A spec (in `algorithm.rewards[i].fn`, or the one-function shorthand `algorithm.reward_fn`) is one of:
+- `auto` (the default), per row:
     * built-in tasks (`data_source` starting with "appo/")      -> `quickstart`
     * math rows (`ability == "math"`, or a known math source)   -> `math_verify`, or `deep_research` when
       `algorithm.math_reward=f1` (what the published runs used)
     * everything else (QA, deep search)                         -> `deep_research`
 - a registered name: deep_research, math_verify, qa_f1, qa_em, quickstart (see `REWARDS`);
-- `package.module:function`, called as `function(response, prompt)`; a function with a `solution_str`
-  parameter is called verl-style as `function(data_source=, solution_str=, ground_truth=, extra_info=)`.
-  It returns a number, or a dict with a "score" entry.
-
-A reward function that raises, or returns something that is not a finite number, stops the run with a
-`RewardError` naming the function and the row: scoring it as -1 instead would silently train the policy
-against a bug in the reward.
+- `env`: the environment's own reward of the row;
+- `package.module:function` (found on sys.path or in the working directory); how it is called, and what
+  it may return, is in `appo.rewards.reward_set`.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
-import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from appo.config import RewardConfig
+from appo.plugins import is_spec, load_object
 from appo.prompts import Prompt, is_math
 from appo.rewards.deep_research import (
     deep_research_score,
@@ -35,15 +30,12 @@ from appo.rewards.deep_research import (
 )
 from appo.rewards.math import as_number, math_equal, numbers_equal
 from appo.rewards.qa import exact_match, token_f1
+from appo.rewards.reward_set import ENV_REWARD, Reward, RewardError, RewardSet
 
 RewardFn = Callable[[str, Prompt], float]
 
 BUILTIN_TASK_PREFIX = "appo/"
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-class RewardError(RuntimeError):
-    """A reward function failed on a row; the message names the function and the row."""
 
 
 def deep_research_reward(response: str, prompt: Prompt) -> float:
@@ -123,70 +115,43 @@ def _auto(math_reward: str) -> RewardFn:
     return auto_reward
 
 
-def _import_user_fn(spec: str) -> Callable[..., Any]:
-    module_name, _, func_name = spec.partition(":")
-    if not module_name or not func_name:
-        raise RewardError(
-            f"algorithm.reward_fn='{spec}' must be 'auto', a registered name "
-            f"({', '.join(sorted(REWARDS))}) or 'package.module:function'"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise RewardError(f"algorithm.reward_fn='{spec}': cannot import module '{module_name}' ({e})") from e
-    fn = getattr(module, func_name, None)
+def _resolve(spec: str, math_reward: str, key: str) -> tuple[str, Callable[..., Any] | None]:
+    """(metric name, function) of one reward spec; the function is None for the environment's reward."""
+    if spec == ENV_REWARD:
+        return ENV_REWARD, None
+    if spec == "auto":
+        return "auto", _auto(math_reward)
+    if spec in REWARDS:
+        return spec, REWARDS[spec]
+    if not is_spec(spec):
+        raise RewardError(f"unknown {key} '{spec}'; choose 'auto', '{ENV_REWARD}' (the environment's reward), one "
+                          f"of {', '.join(sorted(REWARDS))}, or 'package.module:function'")
+    fn = load_object(spec, key)
     if not callable(fn):
-        public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        raise RewardError(
-            f"algorithm.reward_fn='{spec}': module '{module_name}' has no function '{func_name}'; "
-            f"its functions: {', '.join(public) or '(none)'}"
-        )
-    if "solution_str" in inspect.signature(fn).parameters:
-
-        def verl_style(response: str, prompt: Prompt) -> Any:
-            return fn(
-                data_source=prompt.data_source,
-                solution_str=response,
-                ground_truth=prompt.ground_truth,
-                extra_info=dict(prompt.extra, index=prompt.index),
-            )
-
-        return verl_style
-    return fn
+        raise RewardError(f"{key}='{spec}' is a {type(fn).__name__}, not a function")
+    return spec.rpartition(":")[2].rpartition(".")[2], fn
 
 
-def _checked(name: str, fn: Callable[..., Any]) -> RewardFn:
-    def reward(response: str, prompt: Prompt) -> float:
-        try:
-            value = fn(response, prompt)
-        except Exception as e:
-            raise RewardError(
-                f"reward function '{name}' raised {type(e).__name__}: {e} "
-                f"(row index={prompt.index}, data_source={prompt.data_source!r})"
-            ) from e
-        if isinstance(value, dict):
-            value = value.get("score")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise RewardError(
-                f"reward function '{name}' returned {value!r}, not a finite number "
-                f"(row index={prompt.index}, data_source={prompt.data_source!r})"
-            )
-        return float(value)
-
-    reward.__name__ = f"reward[{name}]"
-    return reward
+def build_rewards(algorithm_cfg, extra: Sequence[Any] = ()) -> RewardSet:
+    """The rewards of a run: `algorithm.rewards` (or the one `algorithm.reward_fn`), then `extra` (from
+    Python: functions, `(function, weight)` pairs or `Reward`s). Imports every function now, so a bad spec
+    stops the run at start-up."""
+    entries = []
+    specs = list(algorithm_cfg.rewards) or ([] if extra and algorithm_cfg.reward_fn == "auto"
+                                              else [RewardConfig(fn=algorithm_cfg.reward_fn)])
+    for i, spec in enumerate(specs):
+        key = f"algorithm.rewards[{i}].fn" if algorithm_cfg.rewards else "algorithm.reward_fn"
+        name, fn = _resolve(spec.fn, algorithm_cfg.math_reward, key)
+        entries.append(Reward(spec.name or name, fn, spec.weight, source=spec.fn))
+    for item in extra:
+        if isinstance(item, Reward):
+            entries.append(item)
+            continue
+        fn, weight = item if isinstance(item, tuple) else (item, 1.0)
+        entries.append(Reward(getattr(fn, "__name__", type(fn).__name__), fn, weight))
+    return RewardSet(entries, algorithm_cfg.reward_timeout)
 
 
-def get_reward_fn(algorithm_cfg) -> RewardFn:
-    """The reward `fn(response, prompt) -> float` selected by `algorithm.reward_fn` (and `math_reward`)."""
-    name = algorithm_cfg.reward_fn
-    if name == "auto":
-        return _checked(f"auto(math={algorithm_cfg.math_reward})", _auto(algorithm_cfg.math_reward))
-    if name in REWARDS:
-        return _checked(name, REWARDS[name])
-    if ":" not in name:
-        raise RewardError(
-            f"unknown algorithm.reward_fn '{name}'; choose 'auto', one of "
-            f"{', '.join(sorted(REWARDS))}, or 'package.module:function'"
-        )
-    return _checked(name, _import_user_fn(name))
+def get_reward_fn(algorithm_cfg) -> RewardSet:
+    """The run's rewards as one callable, `fn(response, prompt) -> float` (see `build_rewards`)."""
+    return build_rewards(algorithm_cfg)

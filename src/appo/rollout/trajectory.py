@@ -31,6 +31,7 @@ class Trajectory:
     split_pos: int | None = None                           # branch: last response position copied from the parent
     branch_score: float | None = None
     reward: float | None = None
+    env_reward: float | None = None                        # the environment's own reward (algorithm.rewards: env)
     meta: dict = field(default_factory=dict)
     top_logprobs: list[dict[int, float]] | None = None     # optional, aligned like logprobs ({} if not sampled)
 

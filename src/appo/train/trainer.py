@@ -35,7 +35,7 @@ from appo.core.branching import mean_reward_scale_m
 from appo.eval.evaluate import evaluate
 from appo.models import load_model, merged_state_dict, resolve_device
 from appo.precision import resolve_autocast
-from appo.rewards import get_reward_fn
+from appo.rewards import RewardSet, build_rewards
 from appo.rollout.appo import init_scorer
 from appo.rollout.engines import make_engine
 from appo.rollout.sampling import sample_groups
@@ -79,11 +79,15 @@ def _rows(values: torch.Tensor, trajs: list[Trajectory]) -> list[list[float]]:
     return [values[i, : len(t)].tolist() for i, t in enumerate(trajs)]
 
 
-def score_groups(groups: list[RolloutGroup], reward_fn, tokenizer, text: str = "generated") -> None:
-    """Set `reward` on every row (initial and branch) from its decoded response (`algorithm.reward_text`)."""
-    for group in groups:
-        for traj in group.rows:
-            traj.reward = reward_fn(traj.reward_text(tokenizer, text), group.prompt)
+def score_groups(groups: list[RolloutGroup], rewards: RewardSet, tokenizer, text: str = "generated"
+                 ) -> dict[str, float]:
+    """Set `reward` on every row (initial and branch) from its decoded response (`algorithm.reward_text`);
+    returns each reward function's mean (reward/<name>, when there are several)."""
+    rows = [(traj, group.prompt) for group in groups for traj in group.rows]
+    totals = rewards.score([(t.reward_text(tokenizer, text), p) for t, p in rows], [t.env_reward for t, _ in rows])
+    for (traj, _), total in zip(rows, totals, strict=True):
+        traj.reward = total
+    return rewards.metrics()
 
 
 def flatten(groups: list[RolloutGroup]) -> tuple[list[Trajectory], list[int], list[tuple[int, int, int]]]:
@@ -246,7 +250,10 @@ class Trainer:
     """Holds the learner, engine, tools, reward and data for an RL run; `fit()` runs it (resumable)."""
 
     def __init__(self, cfg: Config, model, tokenizer, train_prompts: list, val_prompts: list | None = None,
-                 start_path: str | None = None, progress: bool = True):
+                 start_path: str | None = None, progress: bool = True, *, tools=None,
+                 rewards: RewardSet | None = None, engine=None):
+        """`tools` (a ToolRegistry), `rewards` (a RewardSet, see `appo.rewards.build_rewards`) and `engine`
+        replace the ones the config would build; the trainer closes the tools either way."""
         self.cfg, self.tokenizer = cfg, tokenizer
         self.train_prompts, self.val_prompts = train_prompts, val_prompts or []
         self.out = Path(cfg.trainer.output_dir)
@@ -266,14 +273,14 @@ class Trainer:
         self.learner = Learner(model, cfg.actor, cfg.model, pad_id=tokenizer.pad_token_id, device=self.device,
                                total_optimizer_steps=self.total_steps * optimizer_steps_per_rl_step(cfg),
                                ref_model=ref, temperature=cfg.rollout.temperature or 1.0)
-        self.engine = make_engine(cfg.rollout, replica if replica is not None else self.learner.model, tokenizer,
-                                  own_copy=replica is not None)
+        self.engine = engine if engine is not None else make_engine(
+            cfg.rollout, replica if replica is not None else self.learner.model, tokenizer, own_copy=replica is not None)
         if self.world > 1 and cfg.rollout.engine == "vllm":
             # vLLM started from the checkpoint path; the sharded module's own weights (after an SFT in this
             # process) reach it only gathered, a collective every rank makes here. Untested here (no GPUs).
             self.engine.load_weights(self._full_weights)
-        self.tools = build_tools(cfg.tools)
-        self.reward_fn = get_reward_fn(cfg.algorithm)
+        self.tools = tools if tools is not None else build_tools(cfg.tools)
+        self.reward_fn = rewards if rewards is not None else build_rewards(cfg.algorithm)
         self.rescorer = (InitRescorer(self.learner, cfg.rollout.appo.fv_source)
                          if cfg.rollout.strategy == "appo" else None)
         self.step = 0
@@ -296,7 +303,7 @@ class Trainer:
                                                score_inits=self.rescorer, first_group=first)
         # 2. rewards for every row, branch rows included (they feed the initial rows' advantages)
         with timer("reward"):
-            score_groups(groups, self.reward_fn, self.tokenizer, self.cfg.algorithm.reward_text)
+            reward_metrics = score_groups(groups, self.reward_fn, self.tokenizer, self.cfg.algorithm.reward_text)
         # 3. advantages over all rows; then keep the rows that carry loss (APPO drops its branch rows:
         #    docs/reference-differences.md#b6)
         rows, group_ids, splits = flatten(groups)
@@ -329,7 +336,7 @@ class Trainer:
         with timer("sync"):
             self.engine.load_weights(self._full_weights)
         # 7. metrics and rollout dump
-        metrics = {"epoch": epoch, **rollout_metrics(rows), **update_metrics, **roll_stats,
+        metrics = {"epoch": epoch, **rollout_metrics(rows), **reward_metrics, **update_metrics, **roll_stats,
                    "rollout/update_rows": len(keep)}
         tool_s = roll_stats.get("rollout/tool_seconds", 0.0)
         fv_s = roll_stats.get("rollout/fv_seconds", 0.0)

@@ -5,6 +5,7 @@ import textwrap
 import pytest
 
 from appo.config import load_config
+from appo.errors import UserError
 from appo.prompts import Prompt
 from appo.rewards import REWARDS, RewardError, get_reward_fn, is_math
 
@@ -107,9 +108,9 @@ def test_user_function_errors_name_function_and_row(user_module):
 
 
 def test_bad_specs_explain_the_choices(user_module):
-    with pytest.raises(RewardError, match="has no function 'missing'.*length_reward"):
+    with pytest.raises(UserError, match="algorithm.reward_fn='my_rewards:missing'.*has no 'missing'.*length_reward"):
         get_reward_fn(algo(f"reward_fn={user_module}:missing"))
-    with pytest.raises(RewardError, match="cannot import module 'no_such_module_xyz'"):
+    with pytest.raises(UserError, match="cannot import module 'no_such_module_xyz'"):
         get_reward_fn(algo("reward_fn=no_such_module_xyz:f"))
     with pytest.raises(RewardError, match="unknown algorithm.reward_fn 'f2'.*deep_research"):
         get_reward_fn(algo("reward_fn=f2"))
