@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import re
 import types
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from appo import verl_keys
 from appo.errors import UserError
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -163,6 +165,9 @@ class RolloutConfig:
                                "path; same samples up to float rounding).")
     seed: int = opt(0, "Base seed of sampling; each step and row derives its own.")
     gpu_memory_utilization: float = opt(0.5, "vLLM: fraction of GPU memory for weights + KV cache.", low=0, high=1)
+    tensor_parallel_size: int = opt(1, "vLLM: GPUs one engine spreads its weights over (tensor parallelism). "
+                                       "Under torchrun each group of this many ranks shares one engine; 1 gives "
+                                       "every rank its own. Needs rollout.engine=vllm when above 1.", low=1)
     appo: AppoBranchConfig = opt(help="APPO branching settings.", factory=AppoBranchConfig)
     arpo: ArpoConfig = opt(help="ARPO branching settings.", factory=ArpoConfig)
 
@@ -328,6 +333,19 @@ class FutureKLConfig:
 
 
 @dataclass
+class FsdpConfig:
+    param_offload: bool = opt(False, "FSDP2 CPU offload of the policy's parameters and gradients: shards live in "
+                                     "CPU memory and move to the GPU for each forward/backward; the optimizer "
+                                     "then steps on the CPU. Saves GPU memory, costs PCIe traffic. Under torchrun "
+                                     "only (one process keeps the model on its device).")
+    optimizer_offload: bool = opt(False, "Keep AdamW's moments in CPU memory between optimizer steps (moved to "
+                                         "the parameters' device for the step, back after). Implied by "
+                                         "param_offload, where the step already runs on the CPU.")
+    ref_param_offload: bool = opt(False, "FSDP2 CPU offload of the frozen KL reference's parameters (the "
+                                         "reference's ref.fsdp_config.param_offload). Under torchrun only.")
+
+
+@dataclass
 class ActorConfig:
     lr: float = opt(1e-6, "Peak learning rate (AdamW).", low=0)
     weight_decay: float = opt(0.01, "AdamW weight decay.", low=0)
@@ -358,6 +376,28 @@ class ActorConfig:
     kl_loss_type: str = opt("low_var_kl", "KL estimator.", choices=("kl", "abs", "mse", "low_var_kl"))
     entropy_coeff: float = opt(0.0, "Entropy bonus weight.")
     future_kl: FutureKLConfig = opt(help="future_kl loss settings.", factory=FutureKLConfig)
+    ppo_mini_batch_size: int | None = opt(None, "Prompts per optimizer step, as the seed counts it (verl multiplies "
+                                                "it by the rows per prompt): when set, mini_batch_size becomes this "
+                                                "times the update's rows per prompt (rollout.initial_rollouts when "
+                                                "APPO drops its branch rows, else rollout.n), so an RL step takes "
+                                                "data.batch_size / this optimizer steps. null: mini_batch_size "
+                                                "rules.", low=1)
+    use_dynamic_bsz: bool = opt(False, "Cut micro-batches by tokens instead of rows: each forward/backward of the "
+                                       "update holds at most ppo_max_token_len_per_gpu tokens and each no-grad "
+                                       "scoring forward at most log_prob_max_token_len_per_gpu, counted as the "
+                                       "forward computes them (padding included; a shared prompt once per "
+                                       "micro-batch). micro_batch_size is then unused. The gradient is the "
+                                       "row-based path's (the loss is normalised by the mini-batch).")
+    ppo_max_token_len_per_gpu: int = opt(16384, "use_dynamic_bsz: tokens per update micro-batch on each process; "
+                                                "at least data.max_prompt_length + rollout.max_response_length, so "
+                                                "that every row fits.", low=1)
+    log_prob_max_token_len_per_gpu: int = opt(32768, "use_dynamic_bsz: tokens per no-grad scoring micro-batch "
+                                                     "(old, previous-policy and reference log-probs) on each "
+                                                     "process.", low=1)
+    ref_log_prob_max_token_len_per_gpu: int | None = opt(None, "use_dynamic_bsz: tokens per reference scoring "
+                                                               "micro-batch; null: log_prob_max_token_len_per_gpu.",
+                                                         low=1)
+    fsdp: FsdpConfig = opt(help="FSDP2 offload (under torchrun).", factory=FsdpConfig)
 
 
 @dataclass
@@ -435,6 +475,19 @@ class TrainerConfig:
     device: str = opt("auto", "'auto' picks cuda when available.", choices=("auto", "cpu", "cuda"))
     seed: int = opt(0, "Seed of model init, dropout and data order.")
     dump_rollouts: bool = opt(True, "Write each step's rollouts to output_dir/rollouts/step_N.jsonl.")
+    rollout_data_dir: str | None = opt(None, "Where dump_rollouts writes step_N.jsonl; null: output_dir/rollouts.")
+    val_before_train: bool = opt(False, "Validate on the held-out prompts before the first RL step (logged as "
+                                        "step 0's val/ metrics), as the seed's trainer.val_before_train.")
+    project_name: str | None = opt(None, "Project name for wandb (null: $WANDB_PROJECT, else 'appo').")
+    n_gpus_per_node: int = opt(1, "Processes per node that `appo train` starts itself through torchrun's elastic "
+                                  "launcher (one per GPU; with trainer.device=cpu, gloo processes). 1 with "
+                                  "nnodes=1: one process, no launcher. Ignored inside a torchrun you started "
+                                  "by hand.", low=1)
+    nnodes: int = opt(1, "Nodes of the run; start `appo train` on each with the same rendezvous settings.", low=1)
+    node_rank: int | None = opt(None, "This node's rank (0 .. nnodes-1); null: $NODE_RANK, else 0.", low=0)
+    master_addr: str | None = opt(None, "Rendezvous host (node 0's address); null: $MASTER_ADDR, else 127.0.0.1.")
+    master_port: int | None = opt(None, "Rendezvous port; null: $MASTER_PORT, else 29500 (a free port when "
+                                        "nnodes=1).", low=1, high=65535)
 
 
 @dataclass
@@ -511,6 +564,21 @@ def _alias_value(key: str, value: Any) -> tuple[str, Any] | None:
             raise ConfigError(f"{key}={value!r} is not supported ({why}); the only accepted value is {want!r}")
         return None
     return (ALIASES[key], value) if key in ALIASES else (key, value)
+
+
+_noted: set[str] = set()
+
+
+def translate_override(key: str, value: Any) -> tuple[list[tuple[str, Any]], str | None]:
+    """Our (key, value) settings for one key, the launch scripts' verl keys included (`appo.verl_keys`), and
+    for a verl knob that means nothing here the line saying what appo does instead."""
+    if key not in ALIASES and key not in FIXED_ALIASES and verl_keys.is_verl_key(key):
+        try:
+            return verl_keys.translate(key, value)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    mapped = _alias_value(key, value)
+    return ([] if mapped is None else [mapped]), None
 
 
 # ------------------------------------------------------------------------------ building and checks
@@ -656,8 +724,11 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 def _merge_dotted(base: dict, flat: dict[str, Any]) -> None:
     for key, value in flat.items():
-        mapped = _alias_value(key, value)
-        if mapped is not None:
+        pairs, note = translate_override(key, value)
+        if note and key not in _noted:  # one start-up line per ignored verl knob
+            _noted.add(key)
+            logging.getLogger("appo.config").warning(note)
+        for mapped in pairs:
             _set_dotted(base, *mapped)
 
 
@@ -773,12 +844,14 @@ def _load_yaml(name_or_path: str, seen: tuple = ()) -> dict:
 
 def load_config(preset: str | None = "quickstart", overrides: list[str] | tuple = ()) -> Config:
     """Resolve a preset (name or YAML path), then dotted overrides, into a validated Config."""
+    _noted.clear()  # each load says once what it ignores
     data = _load_yaml(preset) if preset else {}
     for text in overrides:
         key, value = parse_override(text)
         _merge_dotted(data, {key: value})
     cfg = build(Config, data)
     _resolve_algorithm(cfg)
+    _resolve_scale(cfg)
     _cross_checks(cfg)
     return cfg
 
@@ -795,6 +868,25 @@ def _resolve_algorithm(cfg: Config) -> None:
     elif a.drop_branch_rows and a.adv_estimator != "appo":
         raise ConfigError("algorithm.drop_branch_rows=true needs algorithm.adv_estimator=appo (GRPO advantages "
                           "train every row, branches included)")
+
+
+def _resolve_scale(cfg: Config) -> None:
+    """The seed's prompt-counted mini-batch into rows, and the checks of the token budgets and launch keys."""
+    a, r = cfg.actor, cfg.rollout
+    if a.ppo_mini_batch_size is not None:
+        drops = cfg.algorithm.adv_estimator == "appo" and cfg.algorithm.drop_branch_rows
+        a.mini_batch_size = a.ppo_mini_batch_size * (r.initial_rollouts if drops else r.n)
+    if a.use_dynamic_bsz:
+        longest = cfg.data.max_prompt_length + r.max_response_length
+        if a.ppo_max_token_len_per_gpu < longest:
+            raise ConfigError(f"actor.ppo_max_token_len_per_gpu={a.ppo_max_token_len_per_gpu} must hold the longest "
+                              f"row: at least data.max_prompt_length + rollout.max_response_length = {longest}")
+    if r.tensor_parallel_size > 1 and r.engine != "vllm":
+        raise ConfigError(f"rollout.tensor_parallel_size={r.tensor_parallel_size} needs rollout.engine=vllm (the hf "
+                          "engine runs on one device)")
+    if cfg.trainer.node_rank is not None and cfg.trainer.node_rank >= cfg.trainer.nnodes:
+        raise ConfigError(f"trainer.node_rank={cfg.trainer.node_rank} must be below trainer.nnodes="
+                          f"{cfg.trainer.nnodes}")
 
 
 def _cross_checks(cfg: Config) -> None:

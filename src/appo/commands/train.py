@@ -35,7 +35,7 @@ from appo.train import checkpoint as ckpt
 from appo.train import distributed
 from appo.train.report import write_report
 from appo.train.sft import train_sft
-from appo.train.trainer import Trainer
+from appo.train.trainer import Trainer, rollout_dir
 
 
 class Pipeline:
@@ -73,7 +73,8 @@ class Pipeline:
     def _report(self, state: dict, status: str) -> Path | None:
         if not distributed.is_main():
             return None
-        return write_report(self.out, _eval_table(state["evals"]), tokenizer=self.tokenizer, status=status)
+        return write_report(self.out, _eval_table(state["evals"]), tokenizer=self.tokenizer, status=status,
+                            rollouts_dir=rollout_dir(self.cfg))
 
     def run(self, resume: bool = False) -> dict:
         """The stages; whatever stops them (an error, Ctrl-C, SIGTERM) still leaves report.md of what ran."""
@@ -152,7 +153,7 @@ class Pipeline:
         stages = ", ".join(f"{k} {_minutes(v)}" for k, v in state.get("seconds", {}).items())
         print(f"[appo] time by stage: {stages}; total {_minutes(sum(state.get('seconds', {}).values()))}", flush=True)
         print(f"[appo] done. report: {report}\n[appo] model (Hugging Face dir): {final / 'hf' if final else '-'}\n"
-              f"[appo] metrics: {self.out / 'metrics.jsonl'}; rollouts: {self.out / 'rollouts'}; "
+              f"[appo] metrics: {self.out / 'metrics.jsonl'}; rollouts: {rollout_dir(self.cfg)}; "
               f"evaluations: {self.out / 'eval'}", flush=True)
         return state
 

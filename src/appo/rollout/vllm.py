@@ -38,7 +38,7 @@ class VLLMEngine:
 
     def __init__(self, model_path: str, tokenizer, *, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.5,
                  max_model_len: int | None = None, seed: int = 0, entropy_topk: int = 20,
-                 enforce_eager: bool = False):
+                 enforce_eager: bool = False, tensor_parallel_size: int = 1):
         try:
             from vllm import LLM
         except ImportError as e:
@@ -58,7 +58,7 @@ class VLLMEngine:
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        enable_prefix_caching=True, enforce_eager=enforce_eager, max_logprobs=max(entropy_topk, 20),
-                       logprobs_mode="processed_logprobs", **launcher)
+                       logprobs_mode="processed_logprobs", tensor_parallel_size=tensor_parallel_size, **launcher)
 
     @classmethod
     def from_config(cls, rollout_cfg, model, tokenizer) -> VLLMEngine:
@@ -71,7 +71,8 @@ class VLLMEngine:
         # on GPUs compilation and CUDA graphs pay off.
         eager = not torch.cuda.is_available()
         engine = cls(path, tokenizer, dtype=dtype, gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
-                     seed=rollout_cfg.seed, entropy_topk=rollout_cfg.appo.entropy_topk, enforce_eager=eager)
+                     seed=rollout_cfg.seed, entropy_topk=rollout_cfg.appo.entropy_topk, enforce_eager=eager,
+                     tensor_parallel_size=rollout_cfg.tensor_parallel_size)
         if not any(isinstance(p, DTensor) for p in model.parameters()):  # sharded: the trainer pushes them
             engine.load_weights(lambda: merged_state_dict(model))
         return engine

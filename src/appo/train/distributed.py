@@ -75,6 +75,10 @@ def check_config(cfg, world: int) -> None:
     if cfg.actor.mini_batch_size % world:
         raise ValueError(f"actor.mini_batch_size={cfg.actor.mini_batch_size} must be divisible by the number of "
                          f"processes ({world}): each rank trains on mini_batch_size / {world} rows per optimizer step")
+    if cfg.rollout.tensor_parallel_size > 1:
+        raise ValueError(f"rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size} runs in one process (vLLM "
+                         "starts its own workers on that many GPUs); under torchrun every rank samples its own "
+                         "prompts with its own engine: set rollout.tensor_parallel_size=1")
     if cfg.model.lora.rank > 0:
         raise ValueError("LoRA (model.lora.rank > 0) runs in one process for now; set model.lora.rank=0 for a "
                          "sharded full fine-tune")

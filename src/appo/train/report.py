@@ -5,6 +5,7 @@ that is interrupted still leaves a report of what it did."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from appo.train.tracking import read_metrics
@@ -60,11 +61,12 @@ def plot_curves(history: list[dict], out_dir: Path) -> list[Path]:
     return written
 
 
-def rollout_views(out_dir: Path, tokenizer) -> list[Path]:
-    """`rollouts/step_N.html` for every dumped `step_N.jsonl` (rendered once; a newer dump re-renders)."""
+def rollout_views(out_dir: Path, tokenizer, folder: Path | None = None) -> list[Path]:
+    """`rollouts/step_N.html` for every dumped `step_N.jsonl` (rendered once; a newer dump re-renders);
+    `folder`: where the dumps are when not under out_dir (trainer.rollout_data_dir)."""
     from appo.rollout.html import render_dump
 
-    folder = out_dir / "rollouts"
+    folder = folder or out_dir / "rollouts"
     dumps = sorted(folder.glob("step_*.jsonl"), key=lambda p: int(p.stem.split("_")[1])) if folder.is_dir() else []
     views = []
     for dump in dumps:
@@ -82,7 +84,8 @@ def rollout_views(out_dir: Path, tokenizer) -> list[Path]:
 
 
 def write_report(output_dir: str | Path, evals: dict[str, dict] | None = None,
-                 notes: list[str] | None = None, tokenizer=None, status: str | None = None) -> Path:
+                 notes: list[str] | None = None, tokenizer=None, status: str | None = None,
+                 rollouts_dir: str | Path | None = None) -> Path:
     """Write output_dir/report.md from metrics.jsonl, the named evaluation summaries (metric -> value) and
     the rollout dumps (rendered to HTML when a tokenizer is given). `status` says how far the run got."""
     out = Path(output_dir)
@@ -112,12 +115,12 @@ def write_report(output_dir: str | Path, evals: dict[str, dict] | None = None,
             lines += ["Seconds per step (mean): " + ", ".join(
                 f"{k[5:]} {sum(r.get(k) or 0 for r in history) / len(history):.2f}" for k in times), ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
-    views = rollout_views(out, tokenizer)
+    views = rollout_views(out, tokenizer, Path(rollouts_dir) if rollouts_dir else None)
     if views:
         lines += ["", "## Rollouts", "",
                   "One page per dumped RL step: rollout trees with branch points and scores, tool results, and "
                   "tokens shaded by entropy or by the advantage they were trained with.", "",
-                  " · ".join(f"[step {p.stem[5:]}]({p.relative_to(out).as_posix()})" for p in views)]
+                  " · ".join(f"[step {p.stem[5:]}]({Path(os.path.relpath(p, out)).as_posix()})" for p in views)]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     path = out / "report.md"

@@ -19,7 +19,7 @@ class Tracker:
     """Fan metrics out to the enabled loggers; `resume_step` truncates history written after a checkpoint."""
 
     def __init__(self, output_dir: str | Path, loggers: list[str], experiment_name: str = "appo",
-                 config: dict | None = None, resume_step: int | None = None):
+                 config: dict | None = None, resume_step: int | None = None, project: str | None = None):
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.loggers = list(loggers)
@@ -44,7 +44,7 @@ class Tracker:
                 raise RuntimeError("trainer.loggers includes 'wandb' but wandb is not installed: "
                                    "pip install 'appo[wandb]' (or drop wandb from trainer.loggers)") from e
             # The API key comes from WANDB_API_KEY or `wandb login`, never from our config.
-            self._wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "appo"), name=experiment_name,
+            self._wandb = wandb.init(project=project or os.environ.get("WANDB_PROJECT", "appo"), name=experiment_name,
                                      config=config or {}, dir=str(self.dir), resume="allow")
 
     def log(self, metrics: dict[str, Any], step: int) -> None:

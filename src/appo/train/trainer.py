@@ -225,6 +225,11 @@ class InitRescorer:
         return out
 
 
+def rollout_dir(cfg: Config) -> Path:
+    """Where each step's rollouts are written (trainer.rollout_data_dir, else output_dir/rollouts)."""
+    return Path(cfg.trainer.rollout_data_dir or Path(cfg.trainer.output_dir) / "rollouts")
+
+
 def drops_branches(cfg: Config) -> bool:
     return cfg.algorithm.adv_estimator == "appo" and cfg.algorithm.drop_branch_rows
 
@@ -370,7 +375,7 @@ class Trainer:
             records = [r for part in distributed.gather_objects(records) for r in part]
         if not distributed.is_main():
             return
-        folder = self.out / "rollouts"
+        folder = rollout_dir(self.cfg)
         folder.mkdir(parents=True, exist_ok=True)
         with (folder / f"step_{step}.jsonl").open("w") as f:
             for record in records:
@@ -421,7 +426,12 @@ class Trainer:
             self.restore(resume_from)
             log.info("resuming after step %d from %s", self.step, resume_from)
         tracker = Tracker(self.out, cfg.trainer.loggers, cfg.trainer.experiment_name, to_dict(cfg),
-                          resume_step=self.step if resume_from is not None else None) if distributed.is_main() else None
+                          resume_step=self.step if resume_from is not None else None,
+                          project=cfg.trainer.project_name) if distributed.is_main() else None
+        if cfg.trainer.val_before_train and self.step == 0 and self.val_prompts:
+            before = {f"val/{k}": v for k, v in self.validate("step_0").items() if isinstance(v, (int, float))}
+            if tracker is not None:
+                tracker.log(before, 0)
         deadline = time.time() + cfg.trainer.max_minutes * 60 if cfg.trainer.max_minutes else None
         last: dict = {}
         bar = tqdm(total=self.total_steps, initial=self.step, desc="rl", unit="step", disable=not self.progress,
