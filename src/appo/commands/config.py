@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import yaml
 
 from appo.commands.common import split_preset
-from pathlib import Path
-
-from appo.config import ConfigError, describe, load_config, parse_override, preset_names, to_dict, translate_override
+from appo.config import (
+    ConfigError,
+    describe,
+    load_config,
+    parse_override,
+    preset_names,
+    to_dict,
+    translate_override,
+)
 from appo.verl_launch import LaunchScriptError, read_launch_script
 
 ARPO_KEYS = ("actor_rollout_ref.rollout.beam_size", "actor_rollout_ref.rollout.branch_probability")
