@@ -209,6 +209,11 @@ class BrowserConfig:
     url_cache: str | None = opt(None, "SQLite cache of extracted page text by URL (failures are not "
                                       "cached); null disables.")
     user_agent: str = opt("Mozilla/5.0 (compatible; appo-browser/0.1)", "User-Agent sent with page requests.")
+    allow_private: list[str] = opt(help="Hosts, IP addresses or CIDR networks the browser may fetch although "
+                                        "they are internal (loopback, private, link-local, ...), e.g. "
+                                        "['pages.lan', '10.1.0.0/16'] for your own page server. Every other "
+                                        "internal address is refused, also after a redirect (SSRF).",
+                                   factory=list)
     url_env: str = opt("APPO_BROWSER_URL", "Environment variable holding the summariser's OpenAI-compatible "
                                            "base URL (e.g. http://localhost:8000/v1).")
     key_env: str = opt("APPO_BROWSER_API_KEY", "Environment variable holding the summariser's API key "

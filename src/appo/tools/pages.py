@@ -11,9 +11,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from appo.config import BrowserConfig
+from appo.config import BrowserConfig, ConfigError
 from appo.tools.search_cache import SqliteCache
-from appo.tools.web_fetch import FetchError, HttpResponse, http_get
+from appo.tools.web_fetch import AddressPolicy, FetchError, HttpResponse, http_get
 
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
 _TEXT_TYPES = ("text/plain", "text/markdown")
@@ -97,6 +97,10 @@ class PageReader:
     def __init__(self, cfg: BrowserConfig, cache: SqliteCache | None = None):
         check_extractors()
         _quiet_libraries()
+        try:
+            self.policy = AddressPolicy(cfg.allow_private)
+        except ValueError as e:
+            raise ConfigError(f"tools.search.browser.allow_private: {e}") from None
         self.cfg = cfg
         self.cache = cache
         self.headers = {"User-Agent": cfg.user_agent, "Accept": "text/html,application/xhtml+xml,"
@@ -114,7 +118,8 @@ class PageReader:
         if timeout <= 0:
             return Page(url, error="no time left in the call")
         try:
-            resp = http_get(url, timeout=timeout, max_bytes=self.cfg.max_page_bytes, headers=self.headers)
+            resp = http_get(url, timeout=timeout, max_bytes=self.cfg.max_page_bytes, headers=self.headers,
+                            policy=self.policy)
             kind, text = response_text(resp, self.cfg.max_page_bytes, self.cfg.page_max_chars)
         except (FetchError, PageError) as e:
             return Page(url, error=str(e))

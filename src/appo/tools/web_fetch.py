@@ -9,6 +9,13 @@ that never follows redirects.
 - Redirects (at most 5, http and https only) are followed by hand, each with a fresh request that carries
   only the fixed headers. Credentials written into the URL (`user:password@`) go as Basic auth to their own
   origin only, never to a host a redirect names; no cookies are kept.
+- Addresses (`AddressPolicy`): the URLs come from search results, which the policy being trained can steer,
+  so only public addresses are fetched. Each connection resolves its host once, refuses it when any address
+  it resolves to is loopback, private, link-local, shared (CGNAT), multicast, reserved or unspecified (an
+  IPv4-mapped IPv6 address is judged as the IPv4 address it maps), and connects to exactly the addresses it
+  checked: a second DNS answer (rebinding) cannot switch it, and every redirect hop goes through the same
+  check. Odd spellings (`0x7f000001`, `127.1`, `[::1]`, `user:pw@host`) are caught because the check sees
+  the resolved address, not the text. The user's own page servers are let through by name or network.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import ipaddress
+import re
 import socket
 import threading
 import time
@@ -30,6 +39,87 @@ _CHUNK = 64 * 1024
 
 class FetchError(Exception):
     """Why a page could not be fetched, in a few words (no credentials in it)."""
+
+
+class AddressRefused(FetchError):
+    """The URL's host is, or resolves to, an address the policy does not allow."""
+
+
+# Name lookup and connecting, as module attributes so that tests can resolve invented names without DNS and
+# prove that a refused address is never connected to.
+_getaddrinfo = socket.getaddrinfo
+
+
+def _connect(address: tuple, timeout: float) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$")
+
+
+def _internal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_multicast or not ip.is_global
+
+
+class AddressPolicy:
+    """Which hosts may be connected to: every public address, plus the `allow` entries (host names, IP
+    addresses or CIDR networks) even when they are internal. Raises ValueError naming a bad entry."""
+
+    def __init__(self, allow: list[str] | tuple[str, ...] = ()):
+        self.names: set[str] = set()
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in allow:
+            text = str(entry).strip().lower()
+            try:
+                self.networks.append(ipaddress.ip_network(text.strip("[]"), strict=False))
+                continue
+            except ValueError:
+                pass
+            if not _HOSTNAME.match(text.rstrip(".")):
+                raise ValueError(f"'{entry}' is neither a host name, an IP address nor a network like 10.0.0.0/8")
+            self.names.add(text.rstrip("."))
+
+    def addresses(self, host: str, port: int) -> list[tuple]:
+        """The socket addresses to connect to for `host`; raises AddressRefused (or OSError when the name
+        does not resolve)."""
+        infos = _getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        named = host.lower().rstrip(".") in self.names
+        allowed = []
+        for family, _, _, _, address in infos:
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            ip = ipaddress.ip_address(address[0].split("%")[0])
+            if _internal(ip) and not named and not any(ip in net for net in self.networks):
+                raise AddressRefused(f"refused: {host} is an internal address ({ip}); only public addresses are "
+                                     "fetched unless tools.search.browser.allow_private lists the host")
+            allowed.append(address)
+        if not allowed:
+            raise FetchError(f"connection failed: {host} has no IP address")
+        return allowed
+
+    def create_connection(self, host_port: tuple[str, int], timeout: float, source_address=None) -> socket.socket:
+        """http.client's connection factory: connect to the checked addresses themselves, never to the name."""
+        host, port = host_port
+        error: OSError | None = None
+        for address in self.addresses(host, port):
+            try:
+                return _connect(address, timeout)
+            except OSError as e:
+                error = e
+        raise error
+
+
+PUBLIC_ONLY = AddressPolicy()
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -102,8 +192,9 @@ class _Watchdog:
         self._timer.cancel()
 
 
-def http_get(url: str, *, timeout: float, max_bytes: int, headers: dict[str, str]) -> HttpResponse:
-    """GET `url` within `timeout` seconds in all; raises FetchError."""
+def http_get(url: str, *, timeout: float, max_bytes: int, headers: dict[str, str],
+             policy: AddressPolicy = PUBLIC_ONLY) -> HttpResponse:
+    """GET `url` within `timeout` seconds in all, from the addresses `policy` allows; raises FetchError."""
     deadline = time.monotonic() + timeout
     first = urllib.parse.urlsplit(url)
     origin, auth = _origin(first), _basic_auth(first)
@@ -118,7 +209,11 @@ def http_get(url: str, *, timeout: float, max_bytes: int, headers: dict[str, str
         if left <= 0:
             raise FetchError(f"no complete answer within {timeout:g}s")
         cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = cls(parts.hostname, parts.port, timeout=left)
+        try:
+            conn = cls(parts.hostname, parts.port, timeout=left)  # .port raises ValueError when out of range
+        except (http.client.InvalidURL, ValueError):  # a port that is not a number
+            raise FetchError("not a valid URL (bad port)") from None
+        conn._create_connection = policy.create_connection
         watchdog = _Watchdog(left)
         try:
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

@@ -4,10 +4,15 @@ state that makes `--resume` continue exactly (optimizer, scheduler, RNG streams,
 Layout: `<output_dir>/checkpoints/step_<N>/{hf/, trainer_state.pt}` (hf/ holds `appo_prompt.json`, the
 training system prompt, beside the weights) and `<output_dir>/checkpoints/latest`
 (the name of the newest complete checkpoint, written last, so a kill mid-save never points at a torn one).
+
+`trainer_state.pt` holds only tensors and plain containers (dict, list, tuple, str, int, float, bool, None)
+and is read with `torch.load(weights_only=True)`, which builds nothing else: a tampered file cannot run code
+on `--resume`. numpy's RNG state is therefore stored as a tensor, not as the ndarray numpy returns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
@@ -21,6 +26,14 @@ import torch
 from appo.data.templates import common_system_prompt, with_default_system, write_prompt_format
 from appo.errors import UserError
 from appo.models import merged_state_dict
+
+
+# Recorded in every trainer state written since the state stopped needing the full unpickler.
+STATE_FORMAT = 2
+
+
+class CheckpointError(UserError):
+    """A checkpoint that `--resume` cannot continue from, or cannot be saved; the message names the file."""
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
@@ -56,7 +69,10 @@ def save_hf(model, tokenizer, out_dir: str | Path, state_dict: dict[str, torch.T
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -64,7 +80,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -76,33 +93,41 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, trainer
     """Write step_<step>/ (HF dir + trainer_state.pt) atomically and point `latest` at it; `state_dict`
     and `trained_on` as in `save_hf`."""
     root = checkpoint_root(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step}"
     tmp = root / f".step_{step}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_hf(model, tokenizer, tmp / "hf", state_dict, trained_on)
-    state = dict(trainer_state, step=step, rng=rng_state())
-    if hasattr(model, "peft_config"):
-        from peft import get_peft_model_state_dict
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        save_hf(model, tokenizer, tmp / "hf", state_dict, trained_on)
+        state = dict(trainer_state, step=step, rng=rng_state(), format=STATE_FORMAT)
+        if hasattr(model, "peft_config"):
+            from peft import get_peft_model_state_dict
 
-        state["adapter"] = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(model).items()}
-    torch.save(state, tmp / "trainer_state.pt")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    pointer = root / "latest.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, root / "latest")
+            state["adapter"] = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(model).items()}
+        _write_state(state, tmp / "trainer_state.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        pointer = root / "latest.tmp"
+        pointer.write_text(final.name)
+        os.replace(pointer, root / "latest")
+    except OSError as e:
+        # Disk full (or unwritable) mid-save: nothing written so far replaced anything, so say what is intact.
+        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (root / "latest.tmp").unlink(missing_ok=True)
+        kept = latest_checkpoint(output_dir)
+        intact = (f"the last complete checkpoint, {kept.name}, and the `latest` pointer are unchanged" if kept
+                  else "no earlier checkpoint exists")
+        reason = e.strerror or type(e).__name__
+        raise CheckpointError(f"{root}: cannot save checkpoint step_{step} ({reason}); the partial copy was "
+                              f"removed and {intact}") from None
     if keep_last:
         steps = sorted((int(p.name.split("_")[1]) for p in root.glob("step_*")), reverse=True)
         for old in steps[keep_last:]:
             shutil.rmtree(root / f"step_{old}", ignore_errors=True)
     return final
-
-
-class CheckpointError(UserError):
-    """A checkpoint that `--resume` cannot continue from; the message names the file."""
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -133,10 +158,50 @@ def resume_checkpoint(output_dir: str | Path) -> Path | None:
     return path
 
 
+def _write_state(state: dict[str, Any], path: Path) -> None:
+    torch.save(state, path)
+
+
+# The keys every trainer state has, with their types; the rest (learner, adapter, history) is checked by
+# whoever uses it.
+_REQUIRED = {"step": int, "learner": dict, "rng": dict}
+_RNG_KEYS = ("python", "numpy", "torch")
+
+
 def load_trainer_state(ckpt_dir: str | Path) -> dict[str, Any]:
+    """The trainer state, loaded without running code; CheckpointError (one line naming the file) when it
+    is torn, tampered with, written by an appo before STATE_FORMAT, or not a trainer state at all."""
     path = Path(ckpt_dir) / "trainer_state.pt"
     try:
-        # Our own file: it holds optimizer tensors and RNG tuples, which need the full unpickler.
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise CheckpointError(f"{path}: cannot load the trainer state ({type(e).__name__}: {e})") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only refuses any other type before building it: a pickle payload never runs here.
+        raise CheckpointError(
+            f"{path}: holds objects other than tensors and plain values, so it was not loaded (loading it "
+            f"could run code): a checkpoint written by an older appo, or a tampered file. Resume is not "
+            f"possible from it; start a new run from its weights with model.path={Path(ckpt_dir) / 'hf'}"
+        ) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"{path}: cannot load the trainer state ({type(e).__name__}: {detail})") from None
+    problem = _structure_problem(state)
+    if problem:
+        raise CheckpointError(f"{path}: not a trainer state appo wrote ({problem}); restore the file or "
+                              f"start a new run from its weights with model.path={Path(ckpt_dir) / 'hf'}")
+    return state
+
+
+def _structure_problem(state: Any) -> str | None:
+    if not isinstance(state, dict):
+        return f"a {type(state).__name__}, not a dict"
+    for key, kind in _REQUIRED.items():
+        if key not in state:
+            return f"no '{key}' entry"
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            return f"'{key}' is a {type(state[key]).__name__}, not a {kind.__name__}"
+    missing = [k for k in _RNG_KEYS if k not in state["rng"]]
+    if missing:
+        return f"'rng' lacks {', '.join(missing)}"
+    if not isinstance(state["rng"]["numpy"], dict):
+        return "'rng' holds numpy's state in the format of an older appo"
+    return None

@@ -410,12 +410,16 @@ class Trainer:
 
     def restore(self, ckpt_dir: Path) -> None:
         state = ckpt.load_trainer_state(ckpt_dir)
-        if self.learner.is_lora and "adapter" in state:
-            from peft import set_peft_model_state_dict
+        try:
+            if self.learner.is_lora and "adapter" in state:
+                from peft import set_peft_model_state_dict
 
-            set_peft_model_state_dict(self.learner.model, state["adapter"])
-        self.learner.load_state_dict(state["learner"])
-        ckpt.set_rng_state(state["rng"])
+                set_peft_model_state_dict(self.learner.model, state["adapter"])
+            self.learner.load_state_dict(state["learner"])
+            ckpt.set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise ckpt.CheckpointError(f"{Path(ckpt_dir) / 'trainer_state.pt'}: does not fit this run "
+                                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         self.step = state["step"]
 
     def fit(self, resume: bool = False) -> dict:

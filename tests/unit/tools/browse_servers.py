@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import threading
 import time
 import zlib
@@ -26,6 +27,9 @@ MOVED = """<html><head><title>Moved page</title></head><body><article>
 <p>The Statue of Liberty was a gift from the people of France to the United States in 1886.</p>
 <p>Its copper skin was designed by Frederic Bartholdi and its frame by Gustave Eiffel.</p>
 </article></body></html>"""
+
+# The page servers run on loopback, which the browser refuses unless allowed (tools.search.browser.allow_private).
+LOOPBACK_PAGES = ["127.0.0.0/8"]
 
 PDF_LINES = ["Annual report of the Paris tower society.", "The tower received 6.3 million visitors in 2023."]
 
@@ -53,12 +57,17 @@ def make_pdf(lines: list[str]) -> bytes:
     return bytes(out)
 
 
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class _Server:
-    def __init__(self, host: str, handler):
-        self.httpd = ThreadingHTTPServer((host, 0), handler)
+    def __init__(self, host: str, handler, port: int = 0):
+        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
+        self.httpd = server_class((host, port), handler)
         self.httpd.daemon_threads = True
         self.host, self.port = host, self.httpd.server_address[1]
-        self.base = f"http://{host}:{self.port}"
+        self.base = f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.stop = threading.Event()   # ends slow/hanging handlers when the test is done
 
@@ -77,7 +86,7 @@ class PageServer(_Server):
     /huge.html (an article followed by an endless body), /redirect (302 to `redirect_to`, with a cookie),
     /moved.html, /image.png; anything else is a 404. `requests` holds (path, headers) per request."""
 
-    def __init__(self, host: str = "127.0.0.1"):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self.requests: list[tuple[str, dict]] = []
         self.redirect_to = ""
         self.pdf = make_pdf(PDF_LINES)
@@ -97,7 +106,7 @@ class PageServer(_Server):
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up: what
                     route(self)                                                    # the deadline tests want
 
-        super().__init__(host, Handler)
+        super().__init__(host, Handler, port)
 
     def url(self, path: str) -> str:
         return self.base + path

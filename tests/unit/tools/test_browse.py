@@ -21,7 +21,7 @@ from appo.tools.browse import (
 from appo.tools.registry import build_tools
 from appo.tools.search_backends import build_index
 
-from .browse_servers import PageServer, SummariserServer
+from .browse_servers import LOOPBACK_PAGES, PageServer, SummariserServer
 
 QUERY = "eiffel tower height"
 REASONING = "<think>I need the height of the tower.</think><search>eiffel tower height</search>"
@@ -50,7 +50,8 @@ def web(provider, monkeypatch):
 def _tools(provider, summariser, monkeypatch, call_timeout=20.0, result_max_chars=2000, **browser):
     monkeypatch.setenv("APPO_BROWSER_URL", summariser.url)
     monkeypatch.setenv("APPO_BROWSER_API_KEY", "sk-browse-789")
-    cfg = BrowserConfig(**{"page_timeout": 1.0, "max_page_bytes": 100_000, "timeout": 5.0, **browser})
+    cfg = BrowserConfig(**{"page_timeout": 1.0, "max_page_bytes": 100_000, "timeout": 5.0,
+                           "allow_private": LOOPBACK_PAGES, **browser})
     return build_tools(ToolsConfig(enabled=["search"], timeout=call_timeout, result_max_chars=result_max_chars,
                                    search=SearchToolConfig(backend="serper", url=f"{provider.url}/search",
                                                            browse=True, browser=cfg)))
@@ -172,7 +173,8 @@ def test_caches_skip_search_and_fetch_on_a_repeat(web, monkeypatch, tmp_path):
         monkeypatch.setenv("APPO_BROWSER_URL", llm.url)
         cfg = ToolsConfig(enabled=["search"], timeout=20.0, search=SearchToolConfig(
             backend="serper", url=f"{provider.url}/search", browse=True, sqlite_cache=str(tmp_path / "s.sqlite"),
-            browser=BrowserConfig(page_timeout=1.0, max_page_bytes=100_000, url_cache=str(tmp_path / "u.sqlite"))))
+            browser=BrowserConfig(page_timeout=1.0, max_page_bytes=100_000, url_cache=str(tmp_path / "u.sqlite"),
+                                  allow_private=LOOPBACK_PAGES)))
         with build_tools(cfg) as runner:
             first, _ = _call(runner)
             fetched = len(a.requests)
@@ -191,7 +193,8 @@ def test_local_documents_are_their_own_pages_and_urls_are_fetched(tmp_path, monk
         build_index(docs, tmp_path / "index")
         monkeypatch.setenv("APPO_BROWSER_URL", llm.url)
         cfg = ToolsConfig(enabled=["search"], search=SearchToolConfig(
-            backend="local", index_dir=str(tmp_path / "index"), browse=True))
+            backend="local", index_dir=str(tmp_path / "index"), browse=True,
+            browser=BrowserConfig(allow_private=LOOPBACK_PAGES)))
         with build_tools(cfg) as runner:
             result, _ = _call(runner)
     assert result.ok and [p for p, _ in a.requests] == ["/article.html"]

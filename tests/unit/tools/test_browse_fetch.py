@@ -15,7 +15,7 @@ from appo.tools.passages import select_passage, sentence_spans, word_f1, words
 from appo.tools.registry import build_search_tool
 from appo.tools.search_cache import SqliteCache
 
-from .browse_servers import PageServer
+from .browse_servers import LOOPBACK_PAGES, PageServer
 
 
 @pytest.fixture()
@@ -26,7 +26,7 @@ def pages():
 
 
 def _reader(cache=None, **cfg) -> PageReader:
-    return PageReader(BrowserConfig(**{"page_timeout": 5.0, **cfg}), cache)
+    return PageReader(BrowserConfig(**{"page_timeout": 5.0, "allow_private": LOOPBACK_PAGES, **cfg}), cache)
 
 
 def _read(reader, url):
