@@ -745,7 +745,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"override '{text}': cannot parse value ({e})") from e
+        raise ConfigError(f"override '{text[:200]}': cannot parse value ({e})") from None
+    except (RecursionError, ValueError) as e:
+        raise ConfigError(f"override '{key}': {_unreadable_value(e)}") from None
     return key, value
 
 
@@ -812,6 +814,16 @@ def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
             loader.dispose()
     except yaml.YAMLError as e:
         raise ConfigError(_yaml_where(path, text, e)) from None
+    except (RecursionError, ValueError) as e:
+        raise ConfigError(f"{path}: {_unreadable_value(e)}") from None
+
+
+def _unreadable_value(e: RecursionError | ValueError) -> str:
+    """What YAML that parses may still fail on: nesting deeper than the parser recurses, or int() refusing
+    a number of more than 4,300 digits."""
+    if isinstance(e, RecursionError):
+        return "YAML nested too deeply to read"
+    return f"a value that cannot be read ({str(e).split(';')[0]})"
 
 
 def _line_of(node: yaml.Node | None, key: str) -> str:

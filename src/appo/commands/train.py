@@ -28,7 +28,9 @@ import torch
 from appo.commands.common import setup_logging, with_task_index
 from appo.config import Config, ConfigError, load_config, preset_names
 from appo.data.prompt_sets import load_prompt_sets, prepare_task
+from appo.errors import UserError
 from appo.eval.evaluate import evaluate
+from appo.json_input import read_json_object
 from appo.models import load_model, load_tokenizer, resolve_device
 from appo.precision import resolve_autocast
 from appo.train import checkpoint as ckpt
@@ -49,7 +51,7 @@ class Pipeline:
 
     def _load_state(self, resume: bool) -> dict:
         if resume and self.state_path.exists():
-            return json.loads(self.state_path.read_text())
+            return _checked_state(self.state_path)
         return {"evals": {}, "start_path": None, "rl_done": False, "seconds": {}}
 
     def _save_state(self, state: dict) -> None:
@@ -178,6 +180,23 @@ class Pipeline:
                                progress=self.progress)
         distributed.barrier()
         return {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+# pipeline.json's keys and the types --resume relies on
+STATE_TYPES = {"evals": dict, "start_path": (str, type(None)), "rl_done": bool, "seconds": dict}
+
+
+def _checked_state(path: Path) -> dict:
+    """pipeline.json as `--resume` needs it; any other content is an error naming the file (left as it is)."""
+    state = read_json_object(path)
+    for key, types in STATE_TYPES.items():
+        if key == "seconds":
+            state.setdefault(key, {})
+        if not isinstance(state.get(key), types):
+            raise UserError(f"{path}: '{key}' is {'missing' if key not in state else repr(state[key])[:60]}; "
+                            "this is not a pipeline.json that `appo train` wrote (move it away to start the run "
+                            "over, or restore it)")
+    return state
 
 
 def _minutes(seconds: float) -> str:

@@ -11,7 +11,6 @@ Two row layouts are read, whatever the file format:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 
 from appo.data.templates import REFERENCE_SYSTEM_PROMPT, fix_backspace, resolve_system_prompt
 from appo.errors import UserError
+from appo.json_input import parse_json
 from appo.prompts import MATH_SOURCES, Prompt, as_gold_list
 
 _QUESTION_KEYS = ("question", "Question", "problem")
@@ -80,10 +80,7 @@ def _read_jsonl(path: Path) -> list[dict]:
                                 f"{raw[e.start:e.start + 1]!r})") from None
             if not line.strip():
                 continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {line_no} is not valid JSON ({e})") from None
+            rows.append(parse_json(line, f"{path}: line {line_no}", DataError))
     return rows
 
 
@@ -93,10 +90,7 @@ def _read_json(path: Path) -> list[dict]:
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 (byte offset {e.start})") from None
     if text.lstrip().startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON ({e})") from None
+        return parse_json(text, str(path), DataError)
     return _read_jsonl(path)  # JSON lines under a .json name (e.g. HLE's top.json)
 
 

@@ -30,6 +30,7 @@ from appo.eval.judge import JudgeClient, decide
 from appo.eval.report import write_report
 from appo.eval.scoring import answer_key, score_sample
 from appo.eval.store import SampleStore
+from appo.json_input import read_json_object
 from appo.rewards import get_reward_fn
 from appo.rollout.engines import make_engine
 from appo.rollout.tool_loop import LoopStart, RolloutLoopSettings, run_tool_loop, tool_call_limits
@@ -128,7 +129,7 @@ def check_resume(out_dir: Path, cfg: Config, protocol: str | None = None) -> Non
     path = out_dir / "run.json"
     want = fingerprint(cfg, protocol)
     if path.exists():
-        have = json.loads(path.read_text())
+        have = read_json_object(path, ConfigError)
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
         if diff:
             raise ConfigError(f"{out_dir} holds samples made with different settings ({', '.join(diff)}: "

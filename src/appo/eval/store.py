@@ -47,7 +47,7 @@ class SampleStore:
             try:
                 rec = json.loads(line)
                 self.records[sample_key(rec)] = rec
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, RecursionError):  # ValueError: bad JSON, a 4,301-digit int
                 bad += 1
         if bad:
             log.warning("%s: skipped %d unreadable lines", self.path, bad)

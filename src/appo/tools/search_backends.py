@@ -29,6 +29,8 @@ import urllib.request
 from pathlib import Path
 
 from appo.config import SearchToolConfig
+from appo.errors import UserError
+from appo.json_input import parse_json
 from appo.tools.search import SearchBackend, SearchError, SearchHit, TransientSearchError, parse_results
 
 BRIGHTDATA_URL = "https://api.brightdata.com/request"
@@ -366,15 +368,15 @@ def _doc_snippet(doc: dict) -> str:
 def read_corpus(path: str | os.PathLike) -> list[dict]:
     """JSONL of {id, title, text} and an optional url; `id` defaults to the line number, `title` to empty."""
     docs = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            row = parse_json(line, f"{path}:{line_no}")
             try:
-                row = json.loads(line)
                 text = row["text"] if "text" in row else row["contents"]
-            except (ValueError, KeyError, TypeError):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object with a 'text' field") from None
+            except (KeyError, TypeError):
+                raise UserError(f"{path}:{line_no}: expected a JSON object with a 'text' field") from None
             doc = {"id": str(row.get("id", line_no)), "title": str(row.get("title") or ""), "text": str(text)}
             if row.get("url"):
                 doc["url"] = str(row["url"])  # the browser fetches it (tools.search.browse)

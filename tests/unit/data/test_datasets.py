@@ -156,7 +156,7 @@ def test_load_rows_errors(tmp_path):
     with pytest.raises(DataError, match="unsupported data format '.csv'.*parquet"):
         load_rows(tmp_path / "x.csv")
     (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n{oops\n')
-    with pytest.raises(DataError, match="bad.jsonl: line 2 is not valid JSON"):
+    with pytest.raises(DataError, match="bad.jsonl: line 2: not valid JSON"):
         load_rows(tmp_path / "bad.jsonl")
     with pytest.raises(DataError, match="cannot load Hugging Face dataset 'no-such/dataset-xyz'"):
         load_rows("hf:no-such/dataset-xyz:test")
