@@ -3,7 +3,7 @@
 Each call starts a fresh bubblewrap sandbox: new user, pid, network, ipc, uts and cgroup namespaces (so no
 network, no view of host processes and a fixed host name), only the system directories bound read-only
 (the repository, /work, /root, home directories and any venv are simply absent), a size-capped private
-tmpfs as /tmp, an empty environment, and, when the host runs as root, the uid/gid of `nobody`. The
+tmpfs as /tmp and /dev/shm and nothing else writable (the root, /etc and /usr/local are read-only), an empty environment, and, when the host runs as root, the uid/gid of `nobody`. The
 in-sandbox driver is the sandbox's pid 1: it applies the resource limits, then runs model code in a child
 that cannot reach it, and enforces what per-process limits cannot (memory and files of the call as a
 whole; see sandbox_driver.py). The host enforces the wall-clock limit by killing the sandbox's process
@@ -101,7 +101,8 @@ def _system_binds(interpreter: str) -> list[str]:
     real = os.path.realpath(interpreter)
     args = ["--ro-bind", "/usr", "/usr"]
     if not real.startswith("/usr/local/"):
-        args += ["--tmpfs", "/usr/local"]  # host-installed tools and their configs stay out of sight
+        # Host-installed tools and their configs stay out of sight, behind an empty read-only tmpfs.
+        args += ["--size", "4096", "--tmpfs", "/usr/local", "--remount-ro", "/usr/local"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"):
         if os.path.islink(top):
             args += ["--symlink", os.readlink(top), top]
@@ -149,7 +150,9 @@ class Sandbox:
                             # Everything writable is a size-capped tmpfs; /dev itself is then made read-only.
                             "--size", str(limits.disk_mb << 20), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
                             "--size", str(limits.disk_mb << 20), "--tmpfs", "/tmp",
-                            "--dir", WORKDIR, "--chdir", WORKDIR]
+                            "--dir", WORKDIR, "--chdir", WORKDIR,
+                            # bwrap's root tmpfs (/, /etc, mount points) has no size cap: read-only, last.
+                            "--remount-ro", "/"]
             for key, value in {**_ENV, "HOME": WORKDIR}.items():
                 self._prefix += ["--setenv", key, value]
             self._seccomp = blocklist_program()

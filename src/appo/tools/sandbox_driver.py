@@ -279,7 +279,11 @@ def _supervise(job):
         status = _reap(child)
         if status is None:
             started = time.monotonic()
-            message = _over_limit(watch, me, baseline_files, swap)
+            try:
+                message = _over_limit(watch, me, baseline_files, swap)
+            except (OSError, MemoryError):  # its own limits lowered (prlimit, where seccomp does not stop it)
+                message = ("Error: the sandbox could no longer check this call's limits (its supervisor's "
+                           "resources were taken), so the call was stopped")
             # Reading the page maps of large processes that share memory is slow: stay under ~20% of a core.
             wait = max(watch["interval"], 4 * (time.monotonic() - started))
             if message:

@@ -6,7 +6,10 @@ is also non-dumpable, see sandbox_driver.py), memory that no process's address s
 rlimit or supervisor check sees (memfd_create and memfd_secret buffers, System V shared memory, message
 queues and semaphores, POSIX message queues), and kernel interfaces that are frequent sources of privilege
 escalation (bpf, perf_event_open, userfaultfd, io_uring, keyrings, the mount API). Blocked calls fail with
-EPERM. Only x86_64 is covered (the numbers are per architecture and only these were tested); other
+EPERM. Two calls are checked by argument: `socket`/`socketpair` only for AF_UNIX (the sandbox has no network,
+and the kernel buffers of loopback TCP/UDP sockets are memory that no process's address space shows; others
+fail with EAFNOSUPPORT), and `prlimit64` only on the calling process itself (pid 0), so that model code
+cannot change the supervisor's limits. Only x86_64 is covered (the numbers are per architecture and only these were tested); other
 machines run without the filter and say so once.
 """
 
@@ -35,28 +38,56 @@ _BLOCKED_X86_64 = {
 # Classic BPF opcodes and seccomp return values (linux/filter.h, linux/seccomp.h).
 _LD_W_ABS, _JEQ_K, _JGE_K, _RET_K = 0x20, 0x15, 0x35, 0x06
 _RET_ALLOW, _RET_KILL_PROCESS = 0x7FFF0000, 0x80000000
-_RET_EPERM = 0x00050000 | errno.EPERM
-_NR_OFFSET, _ARCH_OFFSET = 0, 4   # struct seccomp_data
+_RET_ERRNO = 0x00050000
+_NR_OFFSET, _ARCH_OFFSET, _ARG0_OFFSET = 0, 4, 16   # struct seccomp_data; arg 0's low 32 bits (little-endian)
+_SOCKET, _SOCKETPAIR, _PRLIMIT64 = 41, 53, 302
+_AF_UNIX = 1
 
 
 def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
     return struct.pack("=HBBI", code, jt, jf, k)
 
 
+def _assemble(prog: list[tuple]) -> bytes:
+    """(code, jt, jf, k) rows and ("label", name) markers -> bytes; jt/jf may name a label (jumps go
+    forward only in classic BPF, so every label must follow its jumps)."""
+    where, index = {}, 0
+    for row in prog:
+        if row[0] == "label":
+            where[row[1]] = index
+        else:
+            index += 1
+    out, index = [], 0
+    for row in prog:
+        if row[0] == "label":
+            continue
+        code, jt, jf, k = row
+        jt = where[jt] - index - 1 if isinstance(jt, str) else jt
+        jf = where[jf] - index - 1 if isinstance(jf, str) else jf
+        out.append(_insn(code, jt, jf, k))
+        index += 1
+    return b"".join(out)
+
+
 def blocklist_program() -> bytes | None:
     """The filter for this machine, or None where it has no syscall table here."""
     if platform.machine() not in ("x86_64", "AMD64"):
         return None
-    numbers = sorted(_BLOCKED_X86_64.values())
-    n = len(numbers)
-    # Layout: [0] load arch, [1] arch check, [2] load nr, [3] x32 check, [4 .. 4+n) one test per number,
-    # [4+n] allow, [5+n] EPERM, [6+n] kill. Jump offsets count from the next instruction.
-    prog = [_insn(_LD_W_ABS, 0, 0, _ARCH_OFFSET),
-            _insn(_JEQ_K, 0, n + 4, _AUDIT_ARCH_X86_64),
-            _insn(_LD_W_ABS, 0, 0, _NR_OFFSET),
-            _insn(_JGE_K, n + 1, 0, _X32_SYSCALL_BIT)]
-    for i, nr in enumerate(numbers):
-        prog.append(_insn(_JEQ_K, n - i, 0, nr))
-    prog += [_insn(_RET_K, 0, 0, _RET_ALLOW), _insn(_RET_K, 0, 0, _RET_EPERM),
-             _insn(_RET_K, 0, 0, _RET_KILL_PROCESS)]
-    return b"".join(prog)
+    prog: list[tuple] = [(_LD_W_ABS, 0, 0, _ARCH_OFFSET),
+                         (_JEQ_K, 0, "kill", _AUDIT_ARCH_X86_64),
+                         (_LD_W_ABS, 0, 0, _NR_OFFSET),
+                         (_JGE_K, "kill", 0, _X32_SYSCALL_BIT),
+                         (_JEQ_K, "socket", 0, _SOCKET),
+                         (_JEQ_K, "socket", 0, _SOCKETPAIR),
+                         (_JEQ_K, "prlimit", 0, _PRLIMIT64)]
+    prog += [(_JEQ_K, "eperm", 0, nr) for nr in sorted(_BLOCKED_X86_64.values())]
+    prog += [(_RET_K, 0, 0, _RET_ALLOW),
+             ("label", "socket"), (_LD_W_ABS, 0, 0, _ARG0_OFFSET),
+             (_JEQ_K, "allow", "eafnosupport", _AF_UNIX),
+             ("label", "prlimit"), (_LD_W_ABS, 0, 0, _ARG0_OFFSET),
+             (_JEQ_K, "allow", "eperm", 0),
+             ("label", "allow"), (_RET_K, 0, 0, _RET_ALLOW),
+             ("label", "eafnosupport"), (_RET_K, 0, 0, _RET_ERRNO | errno.EAFNOSUPPORT),
+             ("label", "eperm"), (_RET_K, 0, 0, _RET_ERRNO | errno.EPERM),
+             ("label", "kill"), (_RET_K, 0, 0, _RET_KILL_PROCESS)]
+    return _assemble(prog)

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from appo.errors import UserError
+
 CONSOLE_KEYS = ("reward/mean", "reward/accuracy", "rollout/tool_calls_mean", "rollout/response_length_mean",
                 "actor/pg_loss", "actor/grad_norm", "time/step")
 
@@ -27,11 +29,9 @@ class Tracker:
         self._tb = None
         self._wandb = None
         if "jsonl" in self.loggers:
-            if resume_step is None:
-                self.metrics_path.write_text("")
-            else:
-                kept = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= resume_step]
-                self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            kept = [] if resume_step is None else [
+                r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= resume_step]
+            _replace_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         if "tensorboard" in self.loggers:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -70,11 +70,45 @@ class Tracker:
             self._wandb.finish()
 
 
+def _replace_text(path: Path, text: str) -> None:
+    """Write a new file beside `path` and rename it over it: a kill or a full disk mid-write leaves the old
+    history whole (the rename is atomic), where rewriting in place would leave it cut short."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot rewrite the metrics history ({e.strerror or e}); "
+                        "the file is unchanged") from None
+
+
 def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a metrics.jsonl. A last line without its newline that does not parse is a write the
+    process did not finish (killed, disk full): it is dropped. Any other bad line is a UserError naming it."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+            if not isinstance(row, dict):
+                raise ValueError(f"a JSON {type(row).__name__}, not an object")
+        except (ValueError, RecursionError) as e:
+            if number == len(lines):  # no newline after it: torn by a write cut short
+                break
+            reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).splitlines()[0][:120]
+            raise UserError(f"{path}:{number}: not a metrics row ({reason}); delete or repair that line") from None
+        rows.append(row)
+    return rows
 
 
 def _plain(v: Any) -> Any:
