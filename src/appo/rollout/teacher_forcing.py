@@ -72,16 +72,13 @@ def common_prefix_length(seqs: list[list[int]]) -> int:
     return n
 
 
-def shared_prefix_rows(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> SharedPrefixRows:
-    """Rows grouped by prompt; a group's prefix is the longest start its rows' whole sequences share (at
-    least the prompt, unless no row of the group has a response). A row that is all prefix (a group of
-    one) has a suffix of one padding column."""
+def _shared_layout(prompt_ids: list[list[int]], response_ids: list[list[int]]):
+    """Groups (prompt -> rows), each row's inputs, its group's prefix length and the two padded widths."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, p in enumerate(prompt_ids):
         groups.setdefault(tuple(p), []).append(i)
-    seqs = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
     # A row's last token predicts nothing: it is never an input.
-    inputs = [s[:-1] for s in seqs]
+    inputs = [(list(p) + list(r))[:-1] for p, r in zip(prompt_ids, response_ids, strict=True)]
     prefix_len = {}
     for members in groups.values():
         # Rows with nothing to score need no hidden state: they do not shorten their group's prefix.
@@ -89,11 +86,28 @@ def shared_prefix_rows(prompt_ids: list[list[int]], response_ids: list[list[int]
         c = common_prefix_length([inputs[i] for i in scored])
         for i in members:
             prefix_len[i] = c
-    rows, n_groups = len(seqs), len(groups)
     width_c = max(1, max(prefix_len.values()))
     # At least one suffix column (padding when every row is all prefix): under FSDP2 each decoder pass
     # all-gathers the weights, so every rank must run both passes whatever its rows hold.
-    width_s = max(1, max(len(inputs[i]) - prefix_len[i] for i in range(rows)))
+    width_s = max(1, max(len(inputs[i]) - prefix_len[i] for i in range(len(inputs))))
+    return groups, inputs, prefix_len, width_c, width_s
+
+
+def forward_tokens(prompt_ids: list[list[int]], response_ids: list[list[int]], shared: bool) -> int:
+    """Token positions the decoder computes for these rows, padding included: rows x the longest row, or
+    with `shared` prefixes, groups x the longest prefix + rows x the longest remainder."""
+    if not shared:
+        return len(prompt_ids) * max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True))
+    groups, _, _, width_c, width_s = _shared_layout(prompt_ids, response_ids)
+    return len(groups) * width_c + len(prompt_ids) * width_s
+
+
+def shared_prefix_rows(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> SharedPrefixRows:
+    """Rows grouped by prompt; a group's prefix is the longest start its rows' whole sequences share (at
+    least the prompt, unless no row of the group has a response). A row that is all prefix (a group of
+    one) has a suffix of one padding column."""
+    groups, inputs, prefix_len, width_c, width_s = _shared_layout(prompt_ids, response_ids)
+    rows, n_groups = len(inputs), len(groups)
     resp_len = max(1, max(len(r) for r in response_ids))
     prefix_ids = torch.full((n_groups, width_c), pad_id, dtype=torch.long)
     prefix_attn = torch.zeros((n_groups, width_c), dtype=torch.long)

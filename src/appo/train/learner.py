@@ -3,7 +3,9 @@
 Rows are (prompt ids, response ids) pairs, scored by `appo.rollout.teacher_forcing` (the LM head runs on
 response positions only). Mini-batches are split into micro-batches for gradient accumulation, and every
 micro-batch loss is normalised by the WHOLE mini-batch's token (or sequence) count, so the accumulated
-gradient equals that of one big batch.
+gradient equals that of one big batch. Micro-batches hold `micro_batch_size` rows, or with
+`use_dynamic_bsz` as many rows as fit a token budget (the forward's padded token count), so the gradient is
+the same either way.
 
 Under torchrun (several processes) the policy and the reference are sharded with FSDP2: each decoder
 layer, then `ResponseLogits` (decoder -> picked positions -> LM head) as the root unit. Each rank trains on
@@ -26,7 +28,7 @@ from appo.config import ActorConfig, LoraConfig, ModelConfig
 from appo.core.loss import agg_loss, future_kl_loss, kl_penalty, ppo_loss
 from appo.core.runs import cheapest_runs
 from appo.rollout.packed_linears import forget_packed, packed_linears
-from appo.rollout.teacher_forcing import ResponseLogits, response_log_probs
+from appo.rollout.teacher_forcing import ResponseLogits, forward_tokens, response_log_probs
 from appo.train import distributed
 
 
@@ -146,6 +148,36 @@ def _shared_micro_batches(prompt_ids: list[list[int]], response_ids: list[list[i
     return [[order[k] for k in run] for run in cheapest_runs(n, runs_ending_at)]
 
 
+def _token_micro_batches(prompt_ids: list[list[int]], response_ids: list[list[int]], max_tokens: int,
+                         shared: bool, by_prompt: bool) -> list[list[int]]:
+    """Micro-batches of consecutive rows (ordered as `_micro_batches` orders them) whose forward computes at
+    most `max_tokens` token positions (`forward_tokens`: padding included, shared prefixes once). A row
+    longer than the budget goes alone (the config keeps budgets above the longest row)."""
+    length = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
+    order = (_prompt_order(prompt_ids, length) if by_prompt else
+             sorted(range(len(prompt_ids)), key=lambda i: -length[i]))
+    runs: list[list[int]] = []
+    for i in order:
+        grown = runs[-1] + [i] if runs else None
+        if grown and forward_tokens([prompt_ids[k] for k in grown], [response_ids[k] for k in grown],
+                                    shared) <= max_tokens:
+            runs[-1] = grown
+        else:
+            runs.append([i])
+    return runs
+
+
+def _split_to(runs: list[list[int]], count: int) -> list[list[int]]:
+    """`runs` cut further, the largest first, into `count` micro-batches (ranks under FSDP must run as many
+    forwards as each other; halves of a run fit its budget as long as their rows do)."""
+    runs = list(runs)
+    while len(runs) < count:
+        k = max(range(len(runs)), key=lambda j: len(runs[j]))
+        run = runs.pop(k)
+        runs[k:k] = [run[:len(run) // 2], run[len(run) // 2:]]
+    return runs
+
+
 class Learner:
     """Owns the policy (optionally LoRA-wrapped), its frozen reference, AdamW and the LR schedule."""
 
@@ -198,7 +230,14 @@ class Learner:
         """Whether this forward shares prompts: checkpointed layers drop the cache when they keep a graph."""
         return self.actor.share_prompts and not (self.model_cfg.gradient_checkpointing and torch.is_grad_enabled())
 
-    def _micro(self, prompt_ids, response_ids, size: int | None = None) -> list[list[int]]:
+    def _micro(self, prompt_ids, response_ids, size: int | None = None, tokens: int | None = None) -> list[list[int]]:
+        """Micro-batches of row indices: of `size` rows, or with actor.use_dynamic_bsz of at most `tokens`."""
+        if self.actor.use_dynamic_bsz and tokens:
+            shares = self._shares()
+            runs = _token_micro_batches(prompt_ids, response_ids, tokens, shared=shares, by_prompt=shares)
+            if self.world > 1:  # every rank must run as many micro-batches as the others
+                runs = _split_to(runs, int(distributed.max_all(len(runs))))
+            return runs
         size = size or self.actor.micro_batch_size
         if not self._shares():
             return _micro_batches(prompt_ids, response_ids, size)
@@ -229,7 +268,7 @@ class Learner:
         try:
             reference_model = self.ref_model if self.ref_model is not None else self.model
             with packed_linears(self.model), packed_linears(reference_model):
-                for idx in self._micro(prompt_ids, response_ids, size):
+                for idx in self._micro(prompt_ids, response_ids, size, self._scoring_tokens(reference)):
                     p, r = [prompt_ids[i] for i in idx], [response_ids[i] for i in idx]
                     if reference and self.ref_model is not None:
                         lp, ent, _ = self._forward(self.ref_model, p, r, with_entropy, autocast_dtype)
@@ -245,6 +284,12 @@ class Learner:
         finally:
             self.model.train(was_training)
         return out_lp, out_ent
+
+    def _scoring_tokens(self, reference: bool) -> int:
+        a = self.actor
+        if reference and a.ref_log_prob_max_token_len_per_gpu:
+            return a.ref_log_prob_max_token_len_per_gpu
+        return a.log_prob_max_token_len_per_gpu
 
     def snapshot(self) -> None:
         """Keep a copy of the trainable weights as they are now (before an update): the previous policy
@@ -321,7 +366,8 @@ class Learner:
                 mb = batch.select(mini_idx)
                 normaliser = self._normaliser(mb, moved=self.optimizer_steps > first_step)
                 self.optimizer.zero_grad(set_to_none=True)
-                micro = [self._micro_step(mb.select(idx), normaliser) for idx in self._micro(mb.prompt_ids, mb.response_ids)]
+                micro = [self._micro_step(mb.select(idx), normaliser)
+                         for idx in self._micro(mb.prompt_ids, mb.response_ids, tokens=a.ppo_max_token_len_per_gpu)]
                 for k in micro[0]:
                     values = [m[k] for m in micro]
                     # Loss terms are already mini-batch-normalised per micro-batch, so they add up.
@@ -354,7 +400,7 @@ class Learner:
         if a.loss_mode == "future_kl" and a.future_kl.normaliser == "kept" and moved:
             count = 0.0
             with torch.no_grad():
-                for idx in self._micro(mb.prompt_ids, mb.response_ids):
+                for idx in self._micro(mb.prompt_ids, mb.response_ids, tokens=a.log_prob_max_token_len_per_gpu):
                     micro = mb.select(idx)
                     log_prob, _, _ = self._forward(self.model, micro.prompt_ids, micro.response_ids, False)
                     width = log_prob.shape[1]
