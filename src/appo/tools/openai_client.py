@@ -3,17 +3,18 @@ page summariser).
 
 The endpoint URL and key come from environment variables named by the caller; neither ever appears in an
 error message. Redirects are not followed: an API endpoint has no business redirecting, and following one
-would carry the `Authorization` header to whatever host the redirect names.
+would carry the `Authorization` header to whatever host the redirect names. `timeout` bounds the whole
+request, connect to last byte (web_fetch's watchdog), so a server trickling its answer cannot stretch it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 
-from appo.tools.web_fetch import no_redirect_opener
+from appo.tools.web_fetch import FetchError, http_post
+
+MAX_REPLY_BYTES = 16 << 20
 
 
 class ChatError(Exception):
@@ -50,18 +51,19 @@ class ChatClient:
         headers = {"Content-Type": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
-        req = urllib.request.Request(self._url, data=json.dumps(body).encode(), headers=headers, method="POST")
         try:
-            with no_redirect_opener().open(req, timeout=timeout) as resp:
-                payload = json.loads(resp.read().decode("utf-8", errors="replace"))
+            resp = http_post(self._url, json.dumps(body).encode(), timeout=timeout, max_bytes=MAX_REPLY_BYTES,
+                             headers=headers)
+        except FetchError as e:  # its message names no URL
+            raise ChatError(str(e).replace("no complete answer", "no answer")) from None
+        if not 200 <= resp.status < 300:  # the body may echo headers; keep only the status
+            raise ChatError(f"HTTP {resp.status}")
+        if resp.truncated:
+            raise ChatError(f"malformed response: larger than {MAX_REPLY_BYTES} bytes")
+        try:
+            payload = json.loads(resp.body.decode("utf-8", errors="replace"))
             content = payload["choices"][0]["message"]["content"]
-        except urllib.error.HTTPError as e:  # the body may echo headers; keep only the status
-            raise ChatError(f"HTTP {e.code}") from None
-        except TimeoutError:
-            raise ChatError(f"no answer within {timeout:g}s") from None
-        except (urllib.error.URLError, OSError) as e:
-            raise ChatError(f"connection failed: {type(e).__name__}") from None
-        except (ValueError, KeyError, IndexError, TypeError) as e:
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError) as e:
             raise ChatError(f"malformed response: {type(e).__name__}") from None
         if not isinstance(content, str):
             raise ChatError("malformed response: reply has no text content")

@@ -1,5 +1,5 @@
-"""HTTP for the tools: a page GET under one overall deadline and a size cap, and an opener for API calls
-that never follows redirects.
+"""HTTP for the tools: a page GET (the browser) and an API POST (the summariser and LLM judge), each under one
+overall deadline and a size cap; the POST never follows redirects.
 
 `http_get` (the browser's page fetch):
 - Deadline: one wall-clock budget from connect to last byte. A watchdog shuts the socket down when it
@@ -29,7 +29,6 @@ import socket
 import threading
 import time
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 
 MAX_REDIRECTS = 5
@@ -122,20 +121,6 @@ class AddressPolicy:
 PUBLIC_ONLY = AddressPolicy()
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None  # urllib then raises HTTPError with the 3xx status
-
-
-_NO_REDIRECT_OPENER = urllib.request.build_opener(_NoRedirect)
-
-
-def no_redirect_opener() -> urllib.request.OpenerDirector:
-    """For requests that carry an API key: urllib's default redirect handling copies the request's headers,
-    `Authorization` included, to whatever host the redirect names."""
-    return _NO_REDIRECT_OPENER
-
-
 @dataclass
 class HttpResponse:
     status: int
@@ -144,6 +129,7 @@ class HttpResponse:
     body: bytes
     url: str               # after redirects
     truncated: bool        # the body was cut at max_bytes
+    location: str | None = None  # where a redirect points (http_get follows it)
 
 
 def _origin(parts: urllib.parse.SplitResult) -> tuple[str, str, int]:
@@ -200,48 +186,64 @@ def http_get(url: str, *, timeout: float, max_bytes: int, headers: dict[str, str
     origin, auth = _origin(first), _basic_auth(first)
     for _ in range(MAX_REDIRECTS + 1):
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise FetchError(f"not an http(s) URL (scheme {parts.scheme!r})")
         send = dict(headers)
         if auth and _origin(parts) == origin:
             send["Authorization"] = auth
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise FetchError(f"no complete answer within {timeout:g}s")
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        try:
-            conn = cls(parts.hostname, parts.port, timeout=left)  # .port raises ValueError when out of range
-        except (http.client.InvalidURL, ValueError):  # a port that is not a number
-            raise FetchError("not a valid URL (bad port)") from None
-        conn._create_connection = policy.create_connection
-        watchdog = _Watchdog(left)
-        try:
-            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            conn.connect()
-            watchdog.watch(conn.sock)
-            conn.request("GET", path, headers=send)
-            resp = conn.getresponse()
-            location = resp.getheader("Location")
-            if resp.status in _REDIRECT_CODES and location:
-                url = urllib.parse.urljoin(url, location)
-                continue
-            body, truncated = _read(resp, max_bytes)
-            if watchdog.fired:
-                raise FetchError(f"no complete answer within {timeout:g}s")
-            media = (resp.getheader("Content-Type") or "").split(";")
-            params = dict(p.strip().lower().partition("=")[::2] for p in media[1:] if "=" in p)
-            return HttpResponse(resp.status, media[0].strip().lower(), params.get("charset", "").strip('"'),
-                                body, url, truncated)
-        except FetchError:
-            raise
-        except (OSError, http.client.HTTPException) as e:
-            if watchdog.fired or isinstance(e, TimeoutError):
-                raise FetchError(f"no complete answer within {timeout:g}s") from None
-            raise FetchError(f"connection failed: {type(e).__name__}") from None
-        finally:
-            watchdog.cancel()
-            conn.close()
+        resp = _exchange("GET", url, None, send, deadline, timeout, max_bytes, policy)
+        if resp.location is None:
+            return resp
+        url = urllib.parse.urljoin(url, resp.location)
     raise FetchError(f"more than {MAX_REDIRECTS} redirects")
+
+
+def http_post(url: str, body: bytes, *, timeout: float, max_bytes: int, headers: dict[str, str]) -> HttpResponse:
+    """POST to an API endpoint the user configured (any address), within `timeout` seconds in all, without
+    following redirects (a 3xx is returned as it is); raises FetchError."""
+    return _exchange("POST", url, body, headers, time.monotonic() + timeout, timeout, max_bytes, None)
+
+
+def _exchange(method: str, url: str, body: bytes | None, headers: dict[str, str], deadline: float,
+              timeout: float, max_bytes: int, policy: AddressPolicy | None) -> HttpResponse:
+    """One request and its answer by the monotonic `deadline`; `location` is set on a redirect (body unread)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FetchError(f"not an http(s) URL (scheme {parts.scheme!r})")
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise FetchError(f"no complete answer within {timeout:g}s")
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    try:
+        conn = cls(parts.hostname, parts.port, timeout=left)  # .port raises ValueError when out of range
+    except (http.client.InvalidURL, ValueError):  # a port that is not a number
+        raise FetchError("not a valid URL (bad port)") from None
+    if policy is not None:
+        conn._create_connection = policy.create_connection
+    watchdog = _Watchdog(left)
+    try:
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.connect()
+        watchdog.watch(conn.sock)
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        location = resp.getheader("Location")
+        if resp.status in _REDIRECT_CODES and location and method == "GET":
+            return HttpResponse(resp.status, "", "", b"", url, False, location)
+        data, truncated = _read(resp, max_bytes)
+        if watchdog.fired:
+            raise FetchError(f"no complete answer within {timeout:g}s")
+        media = (resp.getheader("Content-Type") or "").split(";")
+        params = dict(p.strip().lower().partition("=")[::2] for p in media[1:] if "=" in p)
+        return HttpResponse(resp.status, media[0].strip().lower(), params.get("charset", "").strip('"'),
+                            data, url, truncated)
+    except FetchError:
+        raise
+    except (OSError, http.client.HTTPException) as e:
+        if watchdog.fired or isinstance(e, TimeoutError):
+            raise FetchError(f"no complete answer within {timeout:g}s") from None
+        raise FetchError(f"connection failed: {type(e).__name__}") from None
+    finally:
+        watchdog.cancel()
+        conn.close()
 
 
 def _read(resp: http.client.HTTPResponse, max_bytes: int) -> tuple[bytes, bool]:
@@ -251,6 +253,8 @@ def _read(resp: http.client.HTTPResponse, max_bytes: int) -> tuple[bytes, bool]:
     while size < max_bytes:
         chunk = resp.read1(min(_CHUNK, max_bytes - size))
         if not chunk:
+            if resp.length:  # the connection ended before the announced Content-Length
+                raise http.client.IncompleteRead(b"".join(chunks), resp.length)
             return b"".join(chunks), False
         chunks.append(chunk)
         size += len(chunk)
