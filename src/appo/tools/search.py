@@ -72,10 +72,14 @@ def backend_hits(backend: SearchBackend, query: str, k: int, timeout: float) -> 
 def format_results(snippets: list[str], max_results: int, result_length: int) -> str:
     """The reference's observation text: unique non-empty snippets, `Page i: ` numbered, each cut."""
     unique: list[str] = []
+    seen: set[str] = set()  # a list's `in` made a 60,000-snippet cache value quadratic (26 s)
     for s in snippets:
         s = s.strip()
-        if s and s not in unique:
+        if s and s not in seen:
+            seen.add(s)
             unique.append(s)
+            if len(unique) == max_results:
+                break
     if not unique:
         return NO_RESULTS
     return "\n".join(f"Page {i}: {s[:result_length]}" for i, s in enumerate(unique[:max_results], 1))
@@ -96,6 +100,14 @@ def parse_results(text: str) -> list[str]:
         else:
             snippets.append(line)
     return snippets
+
+
+def _json_or_none(raw: str):
+    """The decoded value, or None for text that is not JSON or is nested too deeply to decode."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
 
 
 def clean_query(payload: str) -> str:
@@ -151,16 +163,35 @@ class SearchTool:
             return None
         if raw is None:
             return None
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = None
+        value = _json_or_none(raw)
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return value
+        self._warn_bad_value(key, raw)
+        return None
+
+    def _warn_bad_value(self, key: str, raw: str) -> None:
         if not self._warned_bad_value:
             self._warned_bad_value = True
             log.warning("search cache %s: the value for %r is not a list of snippets (%.60r); treating it "
-                        "as a miss (logged once)", cache.path, key, raw)
+                        "as a miss (logged once)", self.cache.path if self.cache else "", key, raw)
+
+    def _cached_hits(self, key: str) -> list[SearchHit] | None:
+        """The browser's cached hits of `key`, or None; a value of another shape is a miss, as in `_cached`."""
+        cache = self.cache
+        try:
+            raw = cache.get(key) if cache is not None else None
+        except SearchCacheError as e:
+            self._drop_cache(e)
+            return None
+        if raw is None:
+            return None
+        value = _json_or_none(raw)
+        names = {f.name for f in dataclasses.fields(SearchHit)}
+        if isinstance(value, list) and all(
+                isinstance(h, dict) and "snippet" in h and set(h) <= names and all(isinstance(v, str) for v in h.values())
+                for h in value):
+            return [SearchHit(**h) for h in value]
+        self._warn_bad_value(key, raw)
         return None
 
     def _drop_cache(self, error: SearchCacheError) -> None:
@@ -176,9 +207,9 @@ class SearchTool:
         """The browser's view of a search: hits with URLs where the backend has them, through the same
         cache (its own keys) and retries; raises SearchError."""
         key = f"{self.backend.signature}|k={self.cfg.max_results}|hits|{query}"
-        cached = self.cache.get(key) if self.cache is not None else None
+        cached = self._cached_hits(key)
         if cached is not None:
-            return [SearchHit(**h) for h in json.loads(cached)], {"cache": "hit", "attempts": 0}
+            return cached, {"cache": "hit", "attempts": 0}
         hits, attempts = self._with_retries(
             lambda timeout: backend_hits(self.backend, query, self.cfg.max_results, timeout))
         if self.cache is not None:

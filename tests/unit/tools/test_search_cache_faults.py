@@ -87,7 +87,8 @@ def _tool(provider, db):
 HITS = {"result": [[{"document": {"contents": "fresh answer"}}]]}
 
 
-@pytest.mark.parametrize("value", ['{"Page 1": "forged"}', "5", "not json at all", '[1, 2]', '"a string"'])
+@pytest.mark.parametrize("value", ['{"Page 1": "forged"}', "5", "not json at all", '[1, 2]', '"a string"',
+                                   "[" * 100_000 + "]" * 100_000])   # nested 100,000 deep (issue 25)
 def test_a_cached_value_of_the_wrong_type_is_a_miss_logged_once(provider, tmp_path, caplog, value):
     db = tmp_path / "cache.sqlite"
     tool = _tool(provider, db)
@@ -120,3 +121,23 @@ def test_a_cache_broken_mid_run_is_logged_once_and_searches_go_on(provider, tmp_
     warnings = [r for r in caplog.records if str(db) in r.getMessage()]
     assert len(warnings) == 1 and "without the cache" in warnings[0].getMessage()
     assert tool.cache is None
+
+
+@pytest.mark.parametrize("value", ["[" * 100_000 + "]" * 100_000, '[{"snippet": 5, "evil": 1}]', '"x"', "[1]"])
+def test_a_bad_hits_value_is_a_miss_for_the_browser(provider, tmp_path, value):
+    tool = _tool(provider, tmp_path / "cache.sqlite")
+    tool.cache.put(f"{tool.backend.signature}|k=10|hits|q", value)
+    provider.replies = [(200, HITS)]
+    hits, meta = tool.find_hits("q")
+    assert [h.snippet for h in hits] == ["fresh answer"] and meta["cache"] == "miss"
+
+
+def test_a_cached_value_of_60000_snippets_is_formatted_in_linear_time(provider, tmp_path):
+    import time
+
+    tool = _tool(provider, tmp_path / "cache.sqlite")
+    tool.cache.put(f"{tool.backend.signature}|k=10|q", json.dumps([f"snippet {i}" for i in range(60_000)]))
+    started = time.monotonic()
+    result = tool(ToolCall("search", "q"))
+    assert result.ok and result.meta["cache"] == "hit" and result.text.count("Page ") == 10
+    assert time.monotonic() - started < 1.0  # before: 26 s of quadratic de-duplication
