@@ -150,33 +150,10 @@ class SearchTool:
         text = format_results(snippets, self.cfg.max_results, self.cfg.result_length)
         return self._result(text, True, start, {"cache": "off" if cache is None else "miss", "attempts": attempts})
 
-    def _cached(self, key: str) -> list[str] | None:
-        """The cached snippets of `key`, or None. A value that is not a JSON list of strings (another
-        program's, or an old format) is a miss, logged once, and is replaced by the fresh answer."""
-        cache = self.cache
-        if cache is None:
-            return None
-        try:
-            raw = cache.get(key)
-        except SearchCacheError as e:
-            self._drop_cache(e)
-            return None
-        if raw is None:
-            return None
-        value = _json_or_none(raw)
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return value
-        self._warn_bad_value(key, raw)
-        return None
-
-    def _warn_bad_value(self, key: str, raw: str) -> None:
-        if not self._warned_bad_value:
-            self._warned_bad_value = True
-            log.warning("search cache %s: the value for %r is not a list of snippets (%.60r); treating it "
-                        "as a miss (logged once)", self.cache.path if self.cache else "", key, raw)
-
-    def _cached_hits(self, key: str) -> list[SearchHit] | None:
-        """The browser's cached hits of `key`, or None; a value of another shape is a miss, as in `_cached`."""
+    def _cached_value(self, key: str, valid: Callable[[object], bool]):
+        """The decoded cached value of `key` when `valid` accepts it, else None. A value of another shape
+        (another program's, an old format, JSON nested too deeply to decode) is a miss, logged once, and
+        is replaced by the fresh answer."""
         cache = self.cache
         try:
             raw = cache.get(key) if cache is not None else None
@@ -186,13 +163,27 @@ class SearchTool:
         if raw is None:
             return None
         value = _json_or_none(raw)
-        names = {f.name for f in dataclasses.fields(SearchHit)}
-        if isinstance(value, list) and all(
-                isinstance(h, dict) and "snippet" in h and set(h) <= names and all(isinstance(v, str) for v in h.values())
-                for h in value):
-            return [SearchHit(**h) for h in value]
-        self._warn_bad_value(key, raw)
+        if valid(value):
+            return value
+        if not self._warned_bad_value:
+            self._warned_bad_value = True
+            log.warning("search cache %s: the value for %r is not a list of snippets (%.60r); treating it "
+                        "as a miss (logged once)", cache.path, key, raw)
         return None
+
+    def _cached(self, key: str) -> list[str] | None:
+        return self._cached_value(key, lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v))
+
+    def _cached_hits(self, key: str) -> list[SearchHit] | None:
+        names = {f.name for f in dataclasses.fields(SearchHit)}
+
+        def valid(value) -> bool:
+            return isinstance(value, list) and all(
+                isinstance(h, dict) and "snippet" in h and set(h) <= names and all(isinstance(v, str) for v in h.values())
+                for h in value)
+
+        value = self._cached_value(key, valid)
+        return None if value is None else [SearchHit(**h) for h in value]
 
     def _drop_cache(self, error: SearchCacheError) -> None:
         """A cache that fails mid-run (file damaged or removed underneath): searches go on without it."""
