@@ -8,6 +8,7 @@ import sys
 
 from appo.config import ConfigError, load_config
 from appo.tools.base import ToolCall
+from appo.tools.output import terminal_text
 
 
 def _tool_parser() -> argparse.ArgumentParser:
@@ -65,5 +66,5 @@ def main(argv: list[str]) -> int:
         call = ToolCall("search", args.query)
     with runner:
         (result,) = runner.run([call])
-    print(result.text)
+    print(terminal_text(result.text))
     return 0 if result.ok else 1

@@ -1,6 +1,18 @@
-"""Bounding tool output: what the model sees is never longer than `tools.result_max_chars`."""
+"""Bounding tool output: what the model sees is never longer than `tools.result_max_chars`; and showing it on
+a terminal without obeying the control sequences model-written code can print."""
 
 from __future__ import annotations
+
+import re
+
+# C0 controls but newline and tab, DEL, and C1 controls (0x9b alone starts a CSI on some terminals).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_text(text: str) -> str:
+    """`text` with every control character but newline and tab written as a visible `\\xNN` escape, so that
+    printing it cannot set the clipboard (OSC 52), the window title, or move the cursor over earlier lines."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _marker(shown: int, total: int, keep: str) -> str:
