@@ -82,6 +82,16 @@ def _replay(history, namespace):
 
     out, err = sys.stdout, sys.stderr
     os._exit = posix._exit = exit_cell
+    # Silence the replay below Python too: what subprocesses, os.write(1, ...) or a program an earlier cell
+    # execs write then goes nowhere instead of into this cell's result. The real descriptors are kept as
+    # close-on-exec copies and put back afterwards.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
     try:
         for cell in history:
             sys.stdout = sys.stderr = _Discard()
@@ -93,6 +103,10 @@ def _replay(history, namespace):
                 sys.stdout, sys.stderr = out, err
     finally:
         os._exit = posix._exit = real_exit
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
 
 
 def _run(job, replayed_fd=None):

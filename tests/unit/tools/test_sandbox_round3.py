@@ -109,3 +109,40 @@ def test_without_the_seccomp_filter_prlimit_on_the_supervisor_stops_the_call_cle
     r = run(tool, "import resource, time\nresource.prlimit(1, resource.RLIMIT_NOFILE, (0, 0))\ntime.sleep(1)\n"
                   "print('finished')")
     assert not r.ok and "could no longer check" in r.text and "Traceback" not in r.text, r.text
+
+
+# --- session replay ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def session():
+    return _python_tool(timeout=8.0, memory_mb=256, session=True)
+
+
+def test_replayed_cells_subprocess_output_does_not_repeat(session):
+    history = ["import subprocess\nsubprocess.run(['echo', 'from-history-subprocess'])",
+               "import os\nos.write(1, b'from-history-fd\\n')\nos.write(2, b'history-stderr\\n')",
+               "import os\nos.system('echo from-history-system')"]
+    r = run(session, "print('now')", history)
+    assert r.ok and r.text == "now", r.text
+
+
+FORGER = """
+import os
+pipes = []
+for name in os.listdir('/proc/self/fd'):
+    try:
+        if int(name) > 2 and os.readlink(f'/proc/self/fd/{name}').startswith('pipe:'):
+            pipes.append(int(name))
+    except OSError:
+        pass  # the directory listing's own descriptor
+for fd in pipes:
+    os.set_inheritable(fd, True)
+os.execv('/bin/sh', ['sh', '-c', ' '.join(f'printf 1 >&{fd};' for fd in pipes) + ' echo 4242 forged answer'])
+"""
+
+
+def test_an_earlier_cell_that_execs_a_forger_cannot_answer_for_the_later_cell(session):
+    r = run(session, "print(6 * 7)", ["x = 1", FORGER])
+    assert "forged" not in r.text, r.text
+
