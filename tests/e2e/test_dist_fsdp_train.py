@@ -26,8 +26,12 @@ def toy_reward(response: str, prompt) -> float:
     return (sum(map(ord, response)) % 5) / 4
 
 
-def _train(out: Path, model_dir, qa_file, nproc: int, *extra: str, check: bool = True):
+def _train(out: Path, model_dir, qa_file, nproc: int, *extra: str, check: bool = True, by_appo: bool = False):
+    """`appo train` in `nproc` processes: started by a hand-written torchrun line, or (`by_appo`) by appo
+    itself from trainer.n_gpus_per_node."""
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
+    if by_appo:
+        launcher, extra = [], (f"trainer.n_gpus_per_node={nproc}", *extra)
     args = [sys.executable, *launcher, "-m", "appo.cli", "train", "--config", "tiny", "--no-progress",
             f"model.path={model_dir}", f"trainer.output_dir={out}", "data.task=null", f"data.train_files=[{qa_file}]",
             "sft.enabled=false", "trainer.device=cpu", "trainer.eval_stages=[]", "data.system_prompt=quickstart",
@@ -128,3 +132,32 @@ def test_batch_size_not_divisible_by_world_size_fails_at_start(tmp_path, tiny_mo
     assert done.returncode != 0
     assert "data.batch_size=3 must be divisible by the number of processes (2)" in done.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_appo_train_starts_its_own_processes_like_the_torchrun_line(tmp_path, tiny_model_dir, qa_file):
+    """`appo train trainer.n_gpus_per_node=2 trainer.device=cpu` (torchrun's elastic launcher, gloo) runs the
+    tiny preset to the same numbers as `torchrun --standalone --nproc_per_node=2 -m appo.cli train`."""
+    extra = ["algorithm.name=appo", "trainer.save_freq=2"]
+    _train(tmp_path / "torchrun", tiny_model_dir, qa_file, 2, *extra)
+    done = _train(tmp_path / "appo", tiny_model_dir, qa_file, 2, *extra, by_appo=True)
+    assert "[appo] starting 2 process(es) on this node of 1 (torchrun elastic launcher" in done.stdout
+    m1 = read_metrics(tmp_path / "torchrun" / "metrics.jsonl")
+    m2 = read_metrics(tmp_path / "appo" / "metrics.jsonl")
+    assert [r["step"] for r in m1] == [r["step"] for r in m2] == [1, 2]
+    for a, b in zip(m1, m2, strict=True):
+        same = {k: v for k, v in a.items() if not k.startswith("time/") and not k.endswith("seconds")}
+        assert same == {k: b[k] for k in same}, a["step"]
+    for step in (1, 2):
+        assert _rows(tmp_path / "torchrun", step) == _rows(tmp_path / "appo", step)
+    import torch
+
+    w1, w2 = _weights(tmp_path / "torchrun", 2), _weights(tmp_path / "appo", 2)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    state = torch.load(tmp_path / "appo" / "checkpoints" / "step_2" / "trainer_state.pt", weights_only=True)
+    assert state["learner"]["world_size"] == 2  # two ranks really ran
+
+
+def test_appo_launch_refuses_sizes_that_do_not_divide_before_starting(tmp_path, tiny_model_dir, qa_file):
+    done = _train(tmp_path / "run", tiny_model_dir, qa_file, 2, "data.batch_size=3", check=False, by_appo=True)
+    assert done.returncode == 2 and "starting" not in done.stdout
+    assert "data.batch_size=3 must be divisible by the number of processes (2)" in done.stderr

@@ -7,8 +7,12 @@ interrupted SFT restarts). Stage results live in <output_dir>/pipeline.json.
 
 Several processes / GPUs (FSDP2 learner, data-parallel rollouts; rank 0 logs, evaluates and writes):
 
+    appo train --config deepsearch-8b trainer.n_gpus_per_node=8 trainer.device=cuda
     torchrun --nproc_per_node=8 -m appo.cli train --config deepsearch-8b trainer.device=cuda
     torchrun --nproc_per_node=8 $(which appo) train --config deepsearch-8b trainer.device=cuda
+
+Several nodes: on each, `appo train ... trainer.nnodes=2 trainer.n_gpus_per_node=8 trainer.node_rank=<R>
+trainer.master_addr=<node 0>` (or MASTER_ADDR / MASTER_PORT / NODE_RANK in the environment).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from appo.json_input import read_json_object
 from appo.models import load_model, load_tokenizer, resolve_device
 from appo.precision import resolve_autocast
 from appo.train import checkpoint as ckpt
-from appo.train import distributed
+from appo.train import distributed, launch
 from appo.train.report import write_report
 from appo.train.sft import train_sft
 from appo.train.trainer import Trainer, rollout_dir
@@ -225,11 +229,17 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         world = distributed.env_world_size()
-        if world > 1:
+        if launch.wants_launch(cfg.trainer):  # start the ranks through torchrun's launcher, each runs argv
+            distributed.check_config(cfg, cfg.trainer.n_gpus_per_node * cfg.trainer.nnodes)
+            launch.check_devices(cfg.trainer, resolve_device(cfg.trainer.device))
+            launch.launch_config(cfg.trainer)
+        elif world > 1:
             distributed.check_config(cfg, world)
     except (ConfigError, ValueError) as e:
         print(f"appo train: {e}", file=sys.stderr)
         return 2
+    if launch.wants_launch(cfg.trainer):
+        return launch.launch(cfg.trainer, argv)
     distributed.init_from_env(resolve_device(cfg.trainer.device))
     try:
         Pipeline(cfg, progress=not args.no_progress).run(resume=args.resume)

@@ -74,9 +74,9 @@ def test_reference_scoring_has_its_own_budget(tiny_model_dir, tiny_tokenizer):
 def test_micro_batches_cover_every_row_once_within_the_budget(shared):
     g = torch.Generator().manual_seed(0)
     prompts, responses = [], []
-    for group in range(6):
+    for _ in range(6):
         prompt = torch.randint(5, 50, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g).tolist()
-        for _ in range(int(torch.randint(1, 5, (1,), generator=g))):
+        for _row in range(int(torch.randint(1, 5, (1,), generator=g))):
             prompts.append(prompt)
             responses.append(torch.randint(5, 50, (int(torch.randint(0, 30, (1,), generator=g)),), generator=g).tolist())
     budget = 80
