@@ -174,6 +174,20 @@ def _sum_fields(path, names):
     return total, seen, lines
 
 
+def _held_fields(pid):
+    """(RssAnon, RssShmem, VmSwap) of a process in bytes, zeros once it has exited; O(1) for the kernel."""
+    values = [0, 0, 0]
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                for i, name in enumerate(_HELD):
+                    if line.startswith(name):
+                        values[i] = int(line.split()[1]) << 10
+    except (OSError, IndexError, ValueError):
+        pass  # the process has just exited
+    return tuple(values)
+
+
 def _resident_bytes(pids):
     """The processes' resident sets: a cheap bound on what they hold while the machine has no swap."""
     pages = 0
@@ -186,33 +200,62 @@ def _resident_bytes(pids):
     return pages * resource.getpagesize()
 
 
-def _held_bytes(pids):
-    """What each process holds. Pages that processes share count once per process, so a total over the
-    budget is checked again with PSS (_proportional_held_bytes)."""
-    held = {}
-    for pid in pids:
-        try:
-            held[pid] = _sum_fields(f"/proc/{pid}/status", _HELD)[0]
-        except (OSError, IndexError, ValueError):
-            held[pid] = 0  # the process has just exited
-    return held
+def _proportional_held(pid, plain):
+    """What the process holds with shared pages split among their sharers (PSS). Costs time in proportion
+    to the pages it maps, which model code can make large."""
+    try:
+        split, seen, lines = _sum_fields(f"/proc/{pid}/smaps_rollup", _HELD_PROPORTIONAL)
+    except PermissionError:
+        return plain  # it made itself non-dumpable: no PSS, count it all
+    except (OSError, IndexError, ValueError):
+        return 0  # it is exiting: its memory is being freed
+    if not lines:
+        return 0  # exiting as well
+    return split if seen else plain  # a kernel before 5.10, without Pss_Anon
 
 
-def _proportional_held_bytes(held):
-    total = 0
-    for pid, plain in held.items():
-        try:
-            split, seen, lines = _sum_fields(f"/proc/{pid}/smaps_rollup", _HELD_PROPORTIONAL)
-        except PermissionError:
-            split, seen, lines = plain, True, True  # it made itself non-dumpable: no PSS, count it all
-        except (OSError, IndexError, ValueError):
-            split, seen, lines = 0, True, True  # it is exiting: its memory is being freed
-        if not lines:
-            split = 0  # exiting as well
-        elif not seen:
-            split = plain  # a kernel before 5.10, without Pss_Anon
-        total += split
-    return total
+class _MemoryWatch:
+    """Whether the call's processes together hold more than `budget` bytes.
+
+    A full check splits shared pages among their sharers (PSS), which is slow when processes map many
+    pages: model code can make it take a second. So a full check is followed by a back-off (4x its
+    duration, under ~20% of a core), and in between every poll still reads each process's held fields,
+    O(1) each: a rise of any field over the lowest value seen since the full check counts as new memory
+    (frees are credited only by the next full check), and once the last total plus that growth passes the
+    budget a full check runs at once, reading the processes that grew first and stopping as soon as the
+    sum passes the budget."""
+
+    def __init__(self, budget, swap):
+        self.budget, self.swap = budget, swap
+        self.base = None   # the held total at the last full check (None: none since a cheap all-clear)
+        self.low = {}      # pid -> lowest (anon, shmem, swap) seen since then
+        self.next_full = 0.0
+
+    def over(self, pids):
+        if not self.swap and _resident_bytes(pids) <= self.budget:
+            self.base = None
+            return False
+        now = {pid: _held_fields(pid) for pid in pids}
+        growth = {}
+        for pid, fields in now.items():
+            low = self.low.get(pid, (0, 0, 0))
+            self.low[pid] = tuple(min(a, b) for a, b in zip(low, fields))
+            growth[pid] = sum(f - m for f, m in zip(fields, self.low[pid]))
+        started = time.monotonic()
+        if self.base is not None and started < self.next_full and self.base + sum(growth.values()) <= self.budget:
+            return False
+        plain = {pid: sum(fields) for pid, fields in now.items()}
+        if sum(plain.values()) > self.budget:
+            total = 0
+            for pid in sorted(plain, key=lambda p: -growth[p]):
+                total += _proportional_held(pid, plain[pid])
+                if total > self.budget:
+                    return True
+        else:
+            total = sum(plain.values())
+        self.base, self.low = total, now
+        self.next_full = time.monotonic() + 4 * (time.monotonic() - started)
+        return False
 
 
 def _files():
@@ -223,13 +266,6 @@ def _files():
     return used
 
 
-def _memory_over(budget, pids, swap):
-    if not swap and _resident_bytes(pids) <= budget:
-        return False
-    held = _held_bytes(pids)
-    return sum(held.values()) > budget and _proportional_held_bytes(held) > budget
-
-
 def _swap_enabled():
     try:
         with open("/proc/swaps", "rb") as f:
@@ -238,11 +274,11 @@ def _swap_enabled():
         return True  # unknown: take the exact path
 
 
-def _over_limit(watch, me, baseline_files, swap):
+def _over_limit(watch, me, baseline_files, memory):
     """A message naming the limit the call as a whole has passed, or None. This is the sandbox's pid
     namespace, so /proc lists the call's processes only."""
     pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
-    if _memory_over(watch["memory_mb"] << 20, pids, swap):
+    if memory.over(pids):
         return (f"MemoryError: the call's processes together held more than {watch['memory_mb']} MB "
                 "(the memory limit per call)")
     if _files() - baseline_files > watch["max_files"]:
@@ -283,23 +319,21 @@ def _supervise(job):
             os.close(replay_pipe[0])
             return replay_pipe[1]
         return None
-    me, watch, baseline_files, swap = os.getpid(), job["watch"], _files(), _swap_enabled()
+    me, watch, baseline_files = os.getpid(), job["watch"], _files()
+    memory = _MemoryWatch(watch["memory_mb"] << 20, _swap_enabled())
     if replay_pipe:
         os.close(replay_pipe[1])
         os.set_blocking(replay_pipe[0], False)
-    status, message, wait = None, None, watch["interval"]
+    status, message = None, None
     while status is None:
-        _signal.sigtimedwait({_signal.SIGCHLD}, wait)
+        _signal.sigtimedwait({_signal.SIGCHLD}, watch["interval"])
         status = _reap(child)
         if status is None:
-            started = time.monotonic()
             try:
-                message = _over_limit(watch, me, baseline_files, swap)
+                message = _over_limit(watch, me, baseline_files, memory)
             except (OSError, MemoryError):  # its own limits lowered (prlimit, where seccomp does not stop it)
                 message = ("Error: the sandbox could no longer check this call's limits (its supervisor's "
                            "resources were taken), so the call was stopped")
-            # Reading the page maps of large processes that share memory is slow: stay under ~20% of a core.
-            wait = max(watch["interval"], 4 * (time.monotonic() - started))
             if message:
                 os.kill(-1, _signal.SIGKILL)  # every process here but this one
                 while status is None:

@@ -146,3 +146,46 @@ def test_an_earlier_cell_that_execs_a_forger_cannot_answer_for_the_later_cell(se
     r = run(session, "print(6 * 7)", ["x = 1", FORGER])
     assert "forged" not in r.text, r.text
 
+
+
+# --- the supervisor's poll ----------------------------------------------------------------------------------
+
+# Seven processes map one 8 KB tmpfs file 30,000 times each: ~1.6 GB of resident pages that are ~8 KB of
+# memory, so every check needs the slow proportional (PSS) reading. Meanwhile four workers allocate 10 MB
+# each per 5 ms and write an 'x' to stderr per 10 MB held.
+STARVE = r"""
+import os, time, ctypes
+PAGE = 4096
+for a in range(4):
+    if os.fork() == 0:
+        time.sleep(2.0)
+        blocks = []
+        for j in range(45):
+            blocks.append(b'\x01' * (10 << 20))
+            os.write(2, b'x')
+            time.sleep(0.005)
+        time.sleep(30)
+        os._exit(0)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+fd = os.open('/dev/shm/block', os.O_RDWR | os.O_CREAT)
+os.ftruncate(fd, 2 * PAGE)
+for i in range(30000):
+    ctypes.memset(libc.mmap(None, 2 * PAGE, 3, 1, fd, 0), 1, 2 * PAGE)
+for k in range(6):
+    if os.fork() == 0:
+        time.sleep(30)
+        os._exit(0)
+time.sleep(8)
+print('not stopped')
+"""
+
+
+def test_slow_checks_do_not_let_memory_run_past_the_budget():
+    tool = _python_tool(timeout=14.0, memory_mb=512, max_processes=16, disk_mb=64)
+    r = run(tool, STARVE)
+    held_mb = 10 * r.text.count("x")
+    assert not r.ok and "memory limit per call" in r.text, r.text[-300:]
+    print(f"{held_mb} MB held at the kill")
+    assert held_mb <= 768, f"{held_mb} MB were allocated before the kill (budget 512 MB)"
