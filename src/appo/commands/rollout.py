@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -43,15 +44,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)  # overrides before and after flags alike
     setup_logging()
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
-        print(f"appo rollout: {e}")
+        print(f"appo rollout: {e}", file=sys.stderr)
         return 2
     if args.num_prompts < 1:
-        print("appo rollout: --num-prompts must be >= 1")
+        print("appo rollout: --num-prompts must be >= 1", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

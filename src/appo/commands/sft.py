@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--config", default="quickstart", help="Preset name or YAML file.")
     parser.add_argument("--output", default=None, help="Output HF directory (default: <trainer.output_dir>/sft).")
     parser.add_argument("overrides", nargs="*", help="Dotted overrides, e.g. sft.files=[traces.jsonl] sft.lr=5e-5.")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before and after flags alike
     setup_logging()
     try:
         cfg = load_config(args.config, args.overrides)

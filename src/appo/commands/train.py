@@ -224,7 +224,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--resume", action="store_true", help="Continue the run in trainer.output_dir.")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     parser.add_argument("overrides", nargs="*", help="Dotted overrides: rollout.n=16 actor.lr=1e-6 ...")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before and after flags alike
     setup_logging()
     try:
         cfg = load_config(args.config, args.overrides)

@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+from appo.errors import UserError
+from appo.json_input import parse_json
 from appo.rollout.trajectory import RolloutGroup, Trajectory
 
 STYLE = """
@@ -78,16 +80,44 @@ def render_dump(path: str | Path, tokenizer, title: str | None = None) -> str:
     path = Path(path)
     groups: dict[int, RolloutGroup] = {}
     fields = set(Trajectory.__dataclass_fields__) - {"top_logprobs", "meta"}
-    for line in path.read_text().splitlines():
+    for n, line in enumerate(path.read_bytes().splitlines(), 1):
         if not line.strip():
             continue
-        record = json.loads(line)
+        record = _checked_record(parse_json(line, f"{path}: line {n}"), f"{path}: line {n}")
         traj = Trajectory(**{k: v for k, v in record.items() if k in fields},
                           meta=dict(record.get("meta") or {}, advantages=record.get("advantages")))
         group = groups.setdefault(record["group"], RolloutGroup(prompt=SimpleNamespace(
             messages=None, ground_truth=record.get("ground_truth"))))
         (group.branches if traj.kind == "branch" else group.inits).append(traj)
     return render_html([groups[g] for g in sorted(groups)], tokenizer, title or f"appo rollouts · {path.stem}")
+
+
+_INT, _NUMBER, _NONE = (int,), (int, float), (type(None),)
+# The fields of a dump record that the page computes with, and their types (strings are escaped wherever shown).
+_RECORD_TYPES = {"prompt_ids": ("list", _INT), "token_ids": ("list", _INT), "generated": ("list", _INT),
+                 "logprobs": ("list", _NUMBER), "entropies": ("list", _NUMBER), "tool_log": ("list", (dict,)),
+                 "advantages": ("list or null", _NUMBER), "group": ("", _INT), "parent": ("", _INT + _NONE),
+                 "split_pos": ("", _INT + _NONE), "branch_score": ("", _NUMBER + _NONE),
+                 "reward": ("", _NUMBER + _NONE), "kind": ("", (str,)), "finish_reason": ("", (str, type(None)))}
+
+
+def _checked_record(record, where: str) -> dict:
+    """A dump record whose fields have the types the page needs; else a UserError naming the field."""
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: expected a JSON object (one rollout row), found a {type(record).__name__}")
+    for key, (shape, types) in _RECORD_TYPES.items():
+        value = record.get(key)
+        if shape == "list or null" and value is None:
+            continue
+        items = value if shape and isinstance(value, list) else [value] if not shape else None
+        if items is None or not all(isinstance(v, types) for v in items):
+            raise UserError(f"{where}: field '{key}' is {json.dumps(value)[:60]}, not {shape + ' of ' if shape else ''}"
+                            f"{'/'.join(t.__name__ for t in types)}")
+    for entry in record["tool_log"]:
+        if not isinstance(entry.get("start"), int) or not isinstance(entry.get("end"), int) or "tool" not in entry:
+            raise UserError(f"{where}: field 'tool_log' has an entry without tool, start and end: "
+                            f"{json.dumps(entry)[:60]}")
+    return record
 
 
 class _Scale:
@@ -161,8 +191,8 @@ def _reward(t: Trajectory) -> str:
 
 
 def _row(label: str, t: Trajectory, tokenizer, scale: _Scale, splits: dict, css: str = "") -> str:
-    calls = ", ".join(f"{e['tool']}{'' if e['ok'] else ' (failed)'}" for e in t.tool_log) or "none"
-    meta = (f"{html.escape(label)} · {len(t)} tokens · finish {t.finish_reason} · tool calls: "
+    calls = ", ".join(f"{e['tool']}{'' if e.get('ok') else ' (failed)'}" for e in t.tool_log) or "none"
+    meta = (f"{html.escape(label)} · {len(t)} tokens · finish {html.escape(str(t.finish_reason))} · tool calls: "
             f"{html.escape(calls)}{_reward(t)}")
     return (f"<div class='row {css}'><div class='meta'>{meta}</div>"
             f"<div class='text'>{_body(t, tokenizer, scale, splits)}</div></div>")

@@ -21,13 +21,16 @@ DTensor metadata only) unless the caller trusts the files' pickles.
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from appo.errors import UserError
+from appo.json_input import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ NOT_COPIED = re.compile(r"config\.json|.*\.(safetensors|bin|pt|pth)|.*\.index\.j
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ConvertError(ValueError):
+class ConvertError(UserError):
     """The folder is not a verl FSDP save this converter understands; the message names the file and why."""
 
 
@@ -105,10 +108,7 @@ def _declared_world_size(actor_dir: Path) -> int | None:
     path = actor_dir / "fsdp_config.json"
     if not path.is_file():
         return None
-    try:
-        world = json.loads(path.read_text()).get("world_size")
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise ConvertError(f"{path}: not a JSON object ({e})") from None
+    world = read_json_object(path, ConvertError).get("world_size")
     if not isinstance(world, int) or world < 1:
         raise ConvertError(f"{path}: world_size must be a positive integer, got {world!r}")
     return world
@@ -221,19 +221,49 @@ def _meta_model(hf_dir: Path):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     if not (hf_dir / "config.json").is_file():
         raise ConvertError(f"{hf_dir / 'config.json'}: not found; verl saves the model config there and the "
                            "converter needs it to know the architecture")
+    read_json_object(hf_dir / "config.json", ConvertError)  # its own message for bad JSON, before transformers'
     try:
         config = AutoConfig.from_pretrained(hf_dir)
     except Exception as e:  # transformers raises ValueError/OSError/KeyError for unknown or broken configs
         raise ConvertError(f"{hf_dir / 'config.json'}: not a loadable model config ({_first_line(e)})") from None
+    if not getattr(config, "architectures", None) and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        # A config with a model_type alone: the causal LM transformers' Auto classes build for that type.
+        config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config.model_type]]
     arch = (getattr(config, "architectures", None) or [""])[0]
     if not arch.endswith("ForCausalLM"):
         raise ConvertError(f"{hf_dir / 'config.json'}: architecture {arch or 'unknown'!r} is not a causal LM; "
                            "appo converts causal-LM actors only")
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
+
+
+def _write(out: Path, fill) -> None:
+    """`fill(stage)` writes the output into a folder beside `out`, which then replaces `out`; a failure (disk
+    full, no permission) is a ConvertError and leaves `out` as it was."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.convert-"))
+    except OSError as e:
+        raise ConvertError(f"{out}: cannot write there ({e.strerror or e})") from None
+    old = stage.with_name(stage.name + ".old")
+    try:
+        fill(stage)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(stage, out)
+    except OSError as e:
+        if old.exists() and not out.exists():
+            os.replace(old, out)
+        kept = "it is left as it was" if out.exists() else "nothing was written"
+        raise ConvertError(f"{out}: cannot write the converted model ({e.strerror or e}); {kept}") from None
+    finally:
+        for leftover in (stage, old):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
 
 def _tied_groups(model) -> list[list[str]]:
@@ -276,6 +306,8 @@ def convert_verl_fsdp(checkpoint: str | Path, out_dir: str | Path, dtype: str | 
     out = Path(out_dir).expanduser()
     if dtype is not None and dtype not in DTYPES:
         raise ConvertError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if out.is_symlink():  # replacing it would act on the link, not on what the user meant
+        raise ConvertError(f"{out}: is a symbolic link; give the directory itself (or a new path) as --out")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ConvertError(f"{out}: exists and is not empty; pass --force to replace it")
     actor = find_actor_dir(checkpoint)
@@ -302,22 +334,19 @@ def convert_verl_fsdp(checkpoint: str | Path, out_dir: str | Path, dtype: str | 
     model = model.to(out_dtype)  # save_pretrained records the module's dtype in config.json (meta: no memory)
     tensors = len(state)  # save_pretrained empties the dict it is given
 
-    warnings = []
-    tokenizer = any((hf_dir / name).is_file() for name in TOKENIZER_FILES)
+    warnings, copied = [], []
+    for src in sorted(hf_dir.iterdir()):
+        if src.is_symlink():  # its target may be any file of the machine: never copied into the output
+            warnings.append(f"{src}: a symbolic link (to {os.readlink(src)}), not copied; copy the file itself "
+                            "into huggingface/ if the output should have it")
+            log.warning(warnings[-1])
+        elif src.is_file() and not NOT_COPIED.fullmatch(src.name):
+            copied.append(src)  # tokenizer, chat template, generation config as verl saved them
+    tokenizer = any(src.name in TOKENIZER_FILES for src in copied)
     if not tokenizer:
         warnings.append(f"{hf_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); {out} has the weights "
                         "and config only: copy the base model's tokenizer files in before loading it with a tokenizer")
         log.warning(warnings[-1])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.convert-"))
-    try:
-        model.save_pretrained(stage, state_dict=state, safe_serialization=True)
-        for src in sorted(hf_dir.iterdir()):
-            if src.is_file() and not NOT_COPIED.fullmatch(src.name):
-                shutil.copy2(src, stage / src.name)  # tokenizer, chat template, generation config as verl saved them
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        stage.rename(out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    _write(out, lambda stage: [model.save_pretrained(stage, state_dict=state, safe_serialization=True)]
+           + [shutil.copy2(src, stage / src.name) for src in copied])
     return ConvertResult(out, actor, world, tensors, str(out_dtype).removeprefix("torch."), tokenizer, warnings)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from appo.rollout.html import render_dump, render_html
 from appo.rollout.tool_loop import result_token_ids
 from appo.rollout.trajectory import RolloutGroup, Trajectory
@@ -68,3 +70,44 @@ def test_render_dump_rebuilds_the_tree_from_a_trainer_dump(tiny_tokenizer, tmp_p
     page = render_dump(path, tiny_tokenizer)
     assert "step_3" in page and page.count("<details class='group'") == 2
     assert "[split 0.432]" in page and "branch at token" in page and "advantage -0.250" in page
+
+
+def _dump(tmp_path, tok, change) -> str:
+    groups, _ = _groups(tok)
+    path = tmp_path / "step_1.jsonl"
+    with path.open("w") as f:
+        for g, group in enumerate(groups):
+            for t in group.rows:
+                record = t.to_dict(tok) | {"group": g, "advantages": t.meta["advantages"], "meta": {}}
+                change(record)
+                f.write(json.dumps(record) + "\n")
+    return path
+
+
+MARKUP = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+
+
+def _hostile(record: dict) -> None:
+    """Markup in every string field a dump holds (the fields the page renders included)."""
+    record["finish_reason"] = record["kind"] == "init" and MARKUP or "eos" + MARKUP
+    record["ground_truth"] = MARKUP
+    record["tool_log"] = [dict(e, tool=MARKUP, payload=MARKUP) for e in record["tool_log"]]
+    record["response_text"] = record["prompt_text"] = MARKUP
+
+
+def test_a_dump_cannot_inject_markup_into_the_page(tiny_tokenizer, tmp_path):
+    page = render_dump(_dump(tmp_path, tiny_tokenizer, _hostile), tiny_tokenizer)
+    assert "<script>alert" not in page and "<img" not in page and "&lt;script&gt;alert(1)" in page
+
+
+@pytest.mark.parametrize("field, value", [("reward", "1.0"), ("entropies", ["x"]), ("logprobs", None),
+                                          ("branch_score", "0.5"), ("tool_log", [{"tool": "python"}]),
+                                          ("group", "0"), ("advantages", ["a"]), ("token_ids", [1.5]),
+                                          ("split_pos", "3")])
+def test_a_dump_with_a_field_of_the_wrong_type_is_one_error_naming_it(tiny_tokenizer, tmp_path, field, value):
+    from appo.errors import UserError
+
+    path = _dump(tmp_path, tiny_tokenizer, lambda r: r.update({field: value}))
+    with pytest.raises(UserError) as err:
+        render_dump(path, tiny_tokenizer)
+    assert f"{path}: line 1" in str(err.value) and field in str(err.value)
