@@ -27,7 +27,6 @@ from appo.data.templates import common_system_prompt, with_default_system, write
 from appo.errors import UserError
 from appo.models import merged_state_dict
 
-
 # Recorded in every trainer state written since the state stopped needing the full unpickler.
 STATE_FORMAT = 2
 
