@@ -73,19 +73,29 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     task: str | None = opt("quickstart",
-                           "A built-in offline task (generated on the fly, no files needed); null to use "
-                           "train_files.", choices=(None, "quickstart", "arithmetic", "multihop", "study"))
-    train_files: list[str] = opt(help="Training files (parquet in the reference schema, or jsonl with "
-                                      "question/answer).", factory=list)
-    val_files: list[str] = opt(help="Validation files, same formats as train_files.", factory=list)
-    prompt_key: str = opt("prompt", "Column holding the chat messages (or the question for jsonl).")
+                           "A built-in offline task (generated on the fly, no files needed). Not used when "
+                           "data.train_files is given: giving files means training on them.",
+                           choices=(None, "quickstart", "arithmetic", "multihop", "study"))
+    train_files: list[str] = opt(help="Training files: jsonl, json, parquet, a saved or local Hugging Face dataset "
+                                      "or hf:<name>[:split]; rows in the reference schema (chat messages under "
+                                      "data.prompt_key) or plain columns (a question and an answer). Every other "
+                                      "column reaches the rewards and the environment untouched.", factory=list)
+    val_files: list[str] = opt(help="Held-out files for the evaluations, same formats as train_files.",
+                               factory=list)
+    prompt_key: str = opt("prompt", "Column holding the chat messages, or the question text (plain rows; "
+                                    "question, Question and problem are found without it).")
+    answer_key: str | None = opt(None, "Column holding the gold answer (a string or a list of aliases); null "
+                                       "finds reward_model.ground_truth, answer, Answer or final_answer.")
+    system_prompt_key: str | None = opt(None, "Column holding a row's own system prompt (used where it is a "
+                                              "non-empty string); null: none. data.system_prompt overrides it.")
     batch_size: int = opt(8, "Prompts per RL step.", low=1)
     max_prompt_length: int = opt(512, "Prompts longer than this (in tokens) are dropped or rejected.", low=1)
     filter_overlong_prompts: bool = opt(True, "Drop overlong prompts (reporting how many); false raises instead.")
     fix_backspace: bool = opt(True, "Repair the reference system prompt's backspace (0x08) where '\\b' of "
                                     "'\\boxed' was meant.")
-    system_prompt: str | None = opt(None, "Replace the system prompt of every row (null keeps the data's): a "
-                                          "named prompt ('reference', 'quickstart', 'none' = no system turn) "
+    system_prompt: str | None = opt(None, "Replace the system prompt of every row (null keeps the data's; plain "
+                                          "training rows without one get a prompt naming the enabled tools): "
+                                          "a named prompt ('reference', 'quickstart', 'none' = no system turn) "
                                           "or the prompt text itself.")
     shuffle: bool = opt(True, "Shuffle the training prompts each epoch.")
     num_train: int = opt(2000, "Number of problems a built-in task generates for training.", low=1)
@@ -867,10 +877,30 @@ def load_config(preset: str | None = "quickstart", overrides: list[str] | tuple 
         key, value = parse_override(text)
         _merge_dotted(data, {key: value})
     cfg = build(Config, data)
+    _resolve_data(cfg)
     _resolve_algorithm(cfg)
     _resolve_scale(cfg)
     _cross_checks(cfg)
     return cfg
+
+
+def resolve(cfg: Config) -> Config:
+    """A Config built or changed in code, checked as a loaded one is (types, choices, ranges, cross-checks)
+    and with the keys that algorithm.name implies filled in; returns a new Config (`cfg` is left as it is).
+    Resolving an already resolved config changes nothing."""
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"expected an appo.config.Config, got {type(cfg).__name__}")
+    out = build(Config, to_dict(cfg))
+    _resolve_data(out)
+    _resolve_algorithm(out)
+    _cross_checks(out)
+    return out
+
+
+def _resolve_data(cfg: Config) -> None:
+    """Giving training files means training on them: a preset's built-in data.task yields to them."""
+    if cfg.data.train_files:
+        cfg.data.task = None
 
 
 def _resolve_algorithm(cfg: Config) -> None:

@@ -156,6 +156,32 @@ def resolve_model_path(path: str, cache_dir: str | None = None) -> str:
     return str(target)
 
 
+def check_model_path(path: str, key: str = "model.path") -> None:
+    """Refuse, before anything loads, a model path that is neither a built-in name, a Hugging Face model
+    directory, a model in the local Hugging Face cache, nor (when the hub may be reached) a hub id."""
+    from appo.errors import UserError
+
+    if path in BUILTIN:
+        return
+    local = Path(os.path.expanduser(path))
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise UserError(f"{key}={path}: the directory has no config.json (not a Hugging Face model directory)")
+        return
+    if local.exists():
+        raise UserError(f"{key}={path}: a file, not a Hugging Face model directory")
+    hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~")) and not path.endswith("/")
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(path, "config.json"), str):
+            return
+        if os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false", "False"):
+            return  # transformers downloads it
+    raise UserError(f"{key}={path}: no such directory{' (nor a cached hub model, and the hub is offline)' if hub_id else ''}; "
+                    f"give a Hugging Face model directory or a built-in name ({', '.join(BUILTIN)})")
+
+
 def load_tokenizer(path: str, cache_dir: str | None = None):
     from transformers import AutoTokenizer
 

@@ -3,12 +3,10 @@ task's search index."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 
-from appo.config import Config
-from appo.data.prompt_sets import task_search_index
+from appo.data.prompt_sets import with_task_index  # noqa: F401  (the commands' import of it)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -23,14 +21,3 @@ def split_preset(args: list[str]) -> tuple[str | None, list[str]]:
     if args and "=" not in args[0]:
         return args[0], args[1:]
     return None, args
-
-
-def with_task_index(cfg: Config, task) -> Config:
-    """`cfg` with tools.search.index_dir pointing at the built-in task's search index, built on first use
-    (a copy: the caller's config is left as it was)."""
-    index_dir = task_search_index(cfg, task)
-    if index_dir is None:
-        return cfg
-    cfg = copy.deepcopy(cfg)
-    cfg.tools.search.index_dir = index_dir
-    return cfg

@@ -1,4 +1,5 @@
-"""`appo train`: the whole pipeline. With no arguments it runs the `quickstart` preset:
+"""`appo train`: the whole pipeline (`appo.train.pipeline`, also callable from Python). With no arguments it
+runs the `quickstart` preset:
 
     eval (base) -> cold-start SFT -> eval (after SFT) -> RL -> eval (after RL) -> report.md
 
@@ -18,202 +19,15 @@ trainer.master_addr=<node 0>` (or MASTER_ADDR / MASTER_PORT / NODE_RANK in the e
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import signal
 import sys
-import threading
-import time
-from contextlib import contextmanager
-from pathlib import Path
 
-import torch
-
-from appo.commands.common import setup_logging, with_task_index
-from appo.config import Config, ConfigError, load_config, preset_names
-from appo.data.prompt_sets import load_prompt_sets, prepare_task
-from appo.errors import UserError
-from appo.eval.evaluate import evaluate
-from appo.json_input import read_json_object
-from appo.models import load_model, load_tokenizer, resolve_device
-from appo.precision import resolve_autocast
-from appo.train import checkpoint as ckpt
+from appo.commands.common import setup_logging
+from appo.config import ConfigError, load_config, preset_names
+from appo.models import resolve_device
 from appo.train import distributed, launch
-from appo.train.report import write_report
-from appo.train.sft import train_sft
-from appo.train.trainer import Trainer, rollout_dir
+from appo.train.pipeline import Pipeline
 
-
-class Pipeline:
-    """The stages of `appo train` with their results persisted, so `--resume` skips finished ones."""
-
-    def __init__(self, cfg: Config, progress: bool = True):
-        self.cfg, self.progress = cfg, progress and distributed.is_main()
-        self.out = Path(cfg.trainer.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.state_path = self.out / "pipeline.json"
-
-    def _load_state(self, resume: bool) -> dict:
-        if resume and self.state_path.exists():
-            return _checked_state(self.state_path)
-        return {"evals": {}, "start_path": None, "rl_done": False, "seconds": {}}
-
-    def _save_state(self, state: dict) -> None:
-        if not distributed.is_main():
-            return
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.state_path)
-        self._report(state, "running (report rewritten after each stage)")
-
-    @contextmanager
-    def _timed(self, state: dict, stage: str):
-        """Adds the stage's wall time to pipeline.json's `seconds` (a resumed stage adds to what it had)."""
-        t0 = time.monotonic()
-        try:
-            yield
-        finally:
-            seconds = state.setdefault("seconds", {})
-            seconds[stage] = round(seconds.get(stage, 0.0) + time.monotonic() - t0, 1)
-
-    def _report(self, state: dict, status: str) -> Path | None:
-        if not distributed.is_main():
-            return None
-        return write_report(self.out, _eval_table(state["evals"]), tokenizer=self.tokenizer, status=status,
-                            rollouts_dir=rollout_dir(self.cfg))
-
-    def run(self, resume: bool = False) -> dict:
-        """The stages; whatever stops them (an error, Ctrl-C, SIGTERM) still leaves report.md of what ran."""
-        def stop(signum, frame):
-            raise KeyboardInterrupt(f"signal {signum}")
-
-        previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
-        self.tokenizer, self.state = None, self._load_state(resume)
-        try:
-            return self._run(resume)
-        except BaseException as e:
-            try:
-                self._report(self.state, f"stopped early ({type(e).__name__}{f': {e}' if str(e) else ''}); "
-                                         "what ran is below")
-            except Exception:  # the report must not hide why the run stopped
-                logging.getLogger(__name__).exception("could not write the report")
-            raise
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-
-    def _run(self, resume: bool) -> dict:
-        state = self.state
-        task = prepare_task(self.cfg)
-        cfg = self.cfg = with_task_index(self.cfg, task)
-        device = resolve_device(cfg.trainer.device)
-        resolve_autocast(cfg.model.autocast, device)  # once, logged, before any work; SFT and learner reuse it
-        tokenizer = self.tokenizer = load_tokenizer(cfg.model.path, cfg.model.cache_dir)
-        train, val = load_prompt_sets(cfg, tokenizer, task)
-        if distributed.is_main():
-            print(f"[appo] {len(train)} training prompts, {len(val)} held-out prompts; output: {self.out}"
-                  f"{f'; {distributed.world_size()} processes' if distributed.is_distributed() else ''}", flush=True)
-        torch.manual_seed(cfg.trainer.seed)
-        latest = ckpt.resume_checkpoint(self.out) if resume else None
-        stages = set(cfg.trainer.eval_stages) if val else set()
-
-        if latest is not None and cfg.model.lora.rank == 0:
-            model = load_model(str(latest / "hf"), cfg.model.dtype, device=device)
-        else:
-            model = load_model(state["start_path"] or cfg.model.path, cfg.model.dtype, cfg.model.cache_dir, device)
-        if state["start_path"] is None:
-            if "base" in stages and "base" not in state["evals"]:
-                with self._timed(state, "eval base"):
-                    state["evals"]["base"] = self._eval(model, tokenizer, val, "base")
-                self._save_state(state)
-            if cfg.sft.enabled and (cfg.sft.files or cfg.data.task is not None):
-                with self._timed(state, "sft"):
-                    state["start_path"] = str(train_sft(cfg, self.out / "sft", model, tokenizer, self.progress,
-                                                        task_rows=task.train if task is not None else None))
-                if "sft" in stages:
-                    with self._timed(state, "eval sft"):
-                        state["evals"]["sft"] = self._eval(model, tokenizer, val, "sft")
-            else:
-                state["start_path"] = cfg.model.path
-            self._save_state(state)
-
-        trainer = Trainer(cfg, model, tokenizer, train, val, start_path=state["start_path"], progress=self.progress)
-        if state["rl_done"] and latest is not None:
-            self._extend_finished_rl(state, int(latest.name.removeprefix("step_")), trainer.total_steps)
-        try:
-            if not state["rl_done"]:
-                with self._timed(state, "rl"):
-                    trainer.fit(resume=resume)
-                state["rl_done"] = True
-                self._save_state(state)
-            if "rl" in stages and "rl" not in state["evals"]:
-                with self._timed(state, "eval rl"):
-                    state["evals"]["rl"] = trainer.validate("rl")
-                self._save_state(state)
-        finally:
-            trainer.close()
-        if not distributed.is_main():
-            return state
-        report = self._report(state, "finished")
-        final = ckpt.latest_checkpoint(self.out)
-        stages = ", ".join(f"{k} {_minutes(v)}" for k, v in state.get("seconds", {}).items())
-        print(f"[appo] time by stage: {stages}; total {_minutes(sum(state.get('seconds', {}).values()))}", flush=True)
-        print(f"[appo] done. report: {report}\n[appo] model (Hugging Face dir): {final / 'hf' if final else '-'}\n"
-              f"[appo] metrics: {self.out / 'metrics.jsonl'}; rollouts: {rollout_dir(self.cfg)}; "
-              f"evaluations: {self.out / 'eval'}", flush=True)
-        return state
-
-    def _extend_finished_rl(self, state: dict, reached: int, total: int) -> None:
-        """A finished run resumed with a larger total trains on to it (its after-RL evaluation is redone);
-        with the same or a smaller one it says why nothing is trained."""
-        log = logging.getLogger(__name__)
-        if reached < total:
-            log.info("--resume: continuing the finished run from step %d to step %d (the configured total; "
-                     "the LR schedule now decays to it)", reached, total)
-            state["rl_done"] = False
-            state["evals"].pop("rl", None)
-        else:
-            log.info("--resume: RL already reached step %d of %d; raise trainer.total_steps to train further",
-                     reached, total)
-
-    def _eval(self, model, tokenizer, val, name: str) -> dict:
-        """Evaluate the (unsharded) model; under torchrun rank 0 alone, the others wait at a barrier."""
-        summary = {}
-        if distributed.is_main():
-            summary = evaluate(model, tokenizer, val, self.cfg, name=name, output_dir=self.out / "eval" / name,
-                               progress=self.progress)
-        distributed.barrier()
-        return {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-# pipeline.json's keys and the types --resume relies on
-STATE_TYPES = {"evals": dict, "start_path": (str, type(None)), "rl_done": bool, "seconds": dict}
-
-
-def _checked_state(path: Path) -> dict:
-    """pipeline.json as `--resume` needs it; any other content is an error naming the file (left as it is)."""
-    state = read_json_object(path)
-    for key, types in STATE_TYPES.items():
-        if key == "seconds":
-            state.setdefault(key, {})
-        if not isinstance(state.get(key), types):
-            raise UserError(f"{path}: '{key}' is {'missing' if key not in state else repr(state[key])[:60]}; "
-                            "this is not a pipeline.json that `appo train` wrote (move it away to start the run "
-                            "over, or restore it)")
-    return state
-
-
-def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
-
-
-EVAL_COLUMNS = ("questions", "acc", "pass@1", "reward", "f1", "tool_use_rate", "tool_calls_per_sample",
-                "response_tokens_mean", "truncated_rate")
-
-
-def _eval_table(evals: dict[str, dict]) -> dict[str, dict]:
-    names = {"base": "base model", "sft": "after SFT", "rl": "after RL"}
-    return {names.get(k, k): {c: v[c] for c in EVAL_COLUMNS if c in v} for k, v in evals.items()}
+__all__ = ["Pipeline", "main"]
 
 
 def main(argv: list[str]) -> int:

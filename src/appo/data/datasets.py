@@ -210,36 +210,58 @@ def _first(row: dict, keys: tuple[str, ...]) -> tuple[str | None, Any]:
     return None, None
 
 
-def _parse_row(row: Any, position: int, source: str | None, prompt_key: str) -> dict:
-    """One row in either layout -> messages (system prompt as in the data), gold, source, ability, extra."""
+def _parse_row(row: Any, position: int, source: str | None, data_cfg, default_system: str | None) -> dict:
+    """One row in either layout -> messages (system prompt as in the data), gold, source, ability, extra.
+
+    The columns `data_cfg` names (prompt_key, answer_key, system_prompt_key) are read first; a plain row
+    without a system prompt of its own gets `default_system`. Every column not consumed here is kept in
+    `extra`, for the rewards and the environment."""
     where = f"{source or '<rows>'} row {position}"
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a mapping, got {type(row).__name__}")
+    prompt_key, answer_key = data_cfg.prompt_key, getattr(data_cfg, "answer_key", None)
+    system_key = getattr(data_cfg, "system_prompt_key", None)
+    if answer_key is not None and answer_key not in row:
+        raise DataError(f"{where}: no column '{answer_key}' (data.answer_key); its columns: "
+                        f"{', '.join(map(str, row))}")
     extra_info = row.get("extra_info") if isinstance(row.get("extra_info"), dict) else {}
+    own_system = row.get(system_key) if system_key is not None else None
+    own_system = own_system if isinstance(own_system, str) and own_system.strip() else None
     if isinstance(row.get(prompt_key), (list, tuple)):
         messages = _messages(row[prompt_key], where)
         reward_model = row.get("reward_model")
-        gold = reward_model.get("ground_truth") if isinstance(reward_model, dict) else row.get("answer")
+        if answer_key is not None:
+            gold = row[answer_key]
+        else:
+            gold = reward_model.get("ground_truth") if isinstance(reward_model, dict) else row.get("answer")
         data_source = row.get("data_source") or (source_name(source) if source else "unknown")
         ability = row.get("ability")
         extra = {k: v for k, v in extra_info.items() if k != "index"}
+        extra.update({k: v for k, v in row.items() if k not in (prompt_key, answer_key, system_key)
+                      and k not in _SCHEMA_KEYS and k not in extra})
     else:
         q_key, question = (prompt_key, row[prompt_key]) if prompt_key in row else _first(row, _QUESTION_KEYS)
         if not isinstance(question, str) or not question.strip():
             raise DataError(
                 f"{where}: empty prompt (expected a non-empty string under one of "
-                f"{', '.join(dict.fromkeys((prompt_key,) + _QUESTION_KEYS))})"
+                f"{', '.join(dict.fromkeys((prompt_key,) + _QUESTION_KEYS))}; set data.prompt_key=<column>; "
+                f"its columns: {', '.join(map(str, row))})"
             )
-        a_key, gold = _first(row, _ANSWER_KEYS)
+        a_key, gold = (answer_key, row[answer_key]) if answer_key is not None else _first(row, _ANSWER_KEYS)
+        if a_key is None:
+            raise DataError(f"{where}: missing ground truth: no answer column (looked for {', '.join(_ANSWER_KEYS)}); set "
+                            f"data.answer_key=<column>; its columns: {', '.join(map(str, row))}")
         if isinstance(gold, str) and (m := _GSM8K_FINAL.search(gold)):
             gold = m.group(1).replace(",", "")
-        messages = [
-            {"role": "system", "content": REFERENCE_SYSTEM_PROMPT},
-            {"role": "user", "content": question},
-        ]
+        system = default_system if own_system is None else own_system
+        messages = ([] if system is None else [{"role": "system", "content": system}]) + [
+            {"role": "user", "content": question}]
+        own_system = None
         data_source = row.get("data_source") or (source_name(source) if source else "unknown")
         ability = row.get("ability") or ("math" if data_source.lower() in MATH_SOURCES else "qa")
-        extra = {k: v for k, v in row.items() if k not in (q_key, a_key) and k not in _SCHEMA_KEYS}
+        extra = {k: v for k, v in row.items() if k not in (q_key, a_key, system_key) and k not in _SCHEMA_KEYS}
+    if own_system is not None:  # a chat row's own column wins over the system turn of its messages
+        messages = [{"role": "system", "content": own_system}] + [m for m in messages if m["role"] != "system"]
     index = extra_info.get("index")
     return {
         "messages": messages,
@@ -272,16 +294,18 @@ def _tokenize(texts: list[str], tokenizer) -> list[list[int]]:
 
 
 def build_prompts(
-    rows: list[dict], tokenizer, data_cfg, source: str | None = None
+    rows: list[dict], tokenizer, data_cfg, source: str | None = None,
+    default_system: str | None = REFERENCE_SYSTEM_PROMPT,
 ) -> tuple[list[Prompt], DropReport]:
     """Template and tokenize `rows`, dropping (or rejecting) prompts longer than `data_cfg.max_prompt_length`.
 
-    `source` (the file the rows came from) names the file in errors and is the default data source.
+    `source` (the file the rows came from) names the file in errors and is the default data source;
+    `default_system` is the system prompt of plain rows that bring none (benchmarks: the reference's).
     """
     report = DropReport(total=len(rows))
     parsed = []
     for position, row in enumerate(rows):
-        p = _parse_row(row, position, source, data_cfg.prompt_key)
+        p = _parse_row(row, position, source, data_cfg, default_system)
         # A blank gold answer (train_10k has one) can never be matched: skip the row, but say so.
         if not any(g.strip() for g in as_gold_list(p["ground_truth"])):
             report.drop("empty_ground_truth", position)
@@ -308,6 +332,7 @@ def build_prompts(
     return prompts, report
 
 
-def load_prompts(path: str | Path, tokenizer, data_cfg) -> tuple[list[Prompt], DropReport]:
+def load_prompts(path: str | Path, tokenizer, data_cfg, default_system: str | None = REFERENCE_SYSTEM_PROMPT
+                 ) -> tuple[list[Prompt], DropReport]:
     """`load_rows` + `build_prompts` for one file, with the file named in errors and as the default source."""
-    return build_prompts(load_rows(path), tokenizer, data_cfg, source=str(path))
+    return build_prompts(load_rows(path), tokenizer, data_cfg, source=str(path), default_system=default_system)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
 from appo.config import Config, ConfigError
 from appo.data.datasets import DataError, build_prompts, load_prompts
 from appo.data.tasks import TaskData, build_task
+from appo.data.templates import system_prompt_for_tools
 from appo.tools.search_backends import build_index
 
 
@@ -30,6 +32,17 @@ def task_search_index(cfg: Config, task: TaskData | None) -> str | None:
     return str(build_index(task.corpus, Path(cfg.trainer.output_dir) / "search_index"))
 
 
+def with_task_index(cfg: Config, task) -> Config:
+    """`cfg` with tools.search.index_dir pointing at the built-in task's search index, built on first use
+    (a copy: the caller's config is left as it was)."""
+    index_dir = task_search_index(cfg, task)
+    if index_dir is None:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.tools.search.index_dir = index_dir
+    return cfg
+
+
 def load_prompt_sets(cfg: Config, tokenizer, task: TaskData | None = None) -> tuple[list, list]:
     """Training and held-out prompts: a built-in task's generated splits (`task`, from `prepare_task`), or
     data.train_files/val_files."""
@@ -39,15 +52,24 @@ def load_prompt_sets(cfg: Config, tokenizer, task: TaskData | None = None) -> tu
                      for rows in (task.train, task.val))
     if not cfg.data.train_files:
         raise ConfigError("no training data: set data.task (a built-in task) or data.train_files=[...]")
+    system = system_prompt_for_tools(cfg.tools.enabled)
     sets = []
-    for files in (cfg.data.train_files, cfg.data.val_files):
+    for key, files in (("data.train_files", cfg.data.train_files), ("data.val_files", cfg.data.val_files)):
         prompts = []
         for path in files:
-            got, report = load_prompts(path, tokenizer, cfg.data)
+            got, report = load_prompts(path, tokenizer, cfg.data, default_system=system)
+            hint = _too_long_hint(report, cfg)
             if not got:  # an empty set would only fail later, or train/evaluate on nothing
-                raise DataError(f"{path}: no usable prompts ({report})")
+                raise DataError(f"{key}: {path}: no usable prompts ({report}){hint}")
             if report.dropped:
-                logging.getLogger(__name__).warning("%s: %s", path, report)
+                logging.getLogger(__name__).warning("%s: %s%s", path, report, hint)
             prompts += got
         sets.append(prompts)
     return sets[0], sets[1]
+
+
+def _too_long_hint(report, cfg: Config) -> str:
+    if not report.counts.get("too_long"):
+        return ""
+    return (f"; prompts over data.max_prompt_length={cfg.data.max_prompt_length} tokens were dropped: raise "
+            "it, or shorten the system prompt (data.system_prompt=...)")

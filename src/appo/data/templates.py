@@ -39,6 +39,21 @@ QUICKSTART_SYSTEM_PROMPT = (
     "Finish with <answer>\\boxed{final answer}</answer>."
 )
 
+_TOOL_USES = {"python": "run code with <python>print(...)</python>", "search": "look facts up with <search>query</search>"}
+
+
+def system_prompt_for_tools(tool_names: list[str]) -> str:
+    """The system prompt of plain training rows that bring none: the short `quickstart` prompt when both
+    built-in tools are enabled, else one offering exactly the enabled tools (a row never offers a tool the
+    run does not have, and a small model's prompt budget goes to the question)."""
+    names = list(tool_names)
+    if sorted(names) == ["python", "search"]:
+        return QUICKSTART_SYSTEM_PROMPT
+    uses = [_TOOL_USES.get(n, f"call {n} with <{n}>...</{n}>") for n in names]
+    tools = (f" You may {' or '.join(uses)}; the result comes back in <result></result>." if uses else "")
+    return f"Think in <think></think>.{tools} Finish with <answer>\\boxed{{final answer}}</answer>."
+
+
 SYSTEM_PROMPTS: dict[str, str | None] = {
     "reference": REFERENCE_SYSTEM_PROMPT,
     "quickstart": QUICKSTART_SYSTEM_PROMPT,

@@ -186,12 +186,14 @@ def run_sets(engine, tools, sets: list[EvalSet], cfg: Config, out_dir: str | Pat
 
 
 def evaluate(model, tokenizer, prompts: list, cfg: Config, *, name: str = "heldout", kind: str = "reward",
-             output_dir: str | Path | None = None, engine=None, tools=None, progress: bool = True) -> dict:
+             output_dir: str | Path | None = None, engine=None, tools=None, rewards=None,
+             progress: bool = True) -> dict:
     """Evaluate `model` on `prompts` with the training agent loop; returns the flat summary of the set.
 
     `kind` picks the correctness rule: "reward" (the configured reward function gives full credit; what
     built-in tasks use), "math" (math equivalence) or "qa" (exact match). Pass `engine`/`tools` to reuse
-    the trainer's; otherwise they are built from `cfg` (and the tools closed afterwards).
+    the trainer's; otherwise they are built from `cfg` (and the tools closed afterwards); likewise
+    `rewards` (a RewardSet) for the "reward" rule.
     """
     engine = engine or make_engine(cfg.rollout, model, tokenizer)
     own_tools = tools is None
@@ -201,7 +203,7 @@ def evaluate(model, tokenizer, prompts: list, cfg: Config, *, name: str = "heldo
         if output_dir is not None:
             check_resume(Path(output_dir), cfg)
         summaries = run_sets(engine, tools, [EvalSet(name, kind, prompts)], cfg, output_dir, judge,
-                             get_reward_fn(cfg.algorithm), progress)
+                             rewards if rewards is not None else get_reward_fn(cfg.algorithm), progress)
     finally:
         if own_tools:
             tools.close()

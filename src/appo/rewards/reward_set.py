@@ -254,9 +254,10 @@ class RewardSet:
                 raise RewardError(f"reward '{r.label}' needs argument(s) {', '.join(missing)}, which the data "
                                   f"does not have ({_where(prompt)}); its fields: {', '.join(sorted(fields))}")
 
-    def score(self, rows: Sequence[tuple[str, Prompt]], env_rewards: Sequence[float | None] | None = None
-              ) -> list[float]:
-        """Each row's total: the weighted sum of the rewards that apply to it (at least one must)."""
+    def score(self, rows: Sequence[tuple[str, Prompt]], env_rewards: Sequence[float | None] | None = None,
+              collect: bool = True) -> list[float]:
+        """Each row's total: the weighted sum of the rewards that apply to it (at least one must). With
+        `collect`, each function's values are kept for `metrics()`."""
         per_reward = []
         for r in self.rewards:
             if r.fn is None:
@@ -264,7 +265,8 @@ class RewardSet:
                           zip(env_rewards or [None] * len(rows), rows, strict=True)]
             else:
                 values = _run_calls(r, rows, self.timeout)
-            self.values.setdefault(r.name, []).extend(v for v in values if v is not None)
+            if collect:
+                self.values.setdefault(r.name, []).extend(v for v in values if v is not None)
             per_reward.append(values)
         totals = []
         for i, (_, prompt) in enumerate(rows):
@@ -276,7 +278,7 @@ class RewardSet:
         return totals
 
     def __call__(self, response: str, prompt: Prompt, env_reward: float | None = None) -> float:
-        return self.score([(response, prompt)], [env_reward])[0]
+        return self.score([(response, prompt)], [env_reward], collect=False)[0]
 
     def metrics(self) -> dict[str, float]:
         """reward/<name>: each function's mean over the rows it applied to since the last call (only when

@@ -17,6 +17,18 @@ CONSOLE_KEYS = ("reward/mean", "reward/accuracy", "rollout/tool_calls_mean", "ro
                 "actor/pg_loss", "actor/grad_norm", "time/step")
 
 
+def check_loggers(loggers: list[str]) -> None:
+    """Refuse at start-up a logger whose package is missing (rather than after SFT, when the tracker opens)."""
+    import importlib.util
+
+    from appo.errors import UserError
+
+    for name, install in (("wandb", "pip install 'appo[wandb]'"), ("tensorboard", "pip install tensorboard")):
+        if name in loggers and importlib.util.find_spec(name) is None:
+            raise UserError(f"trainer.loggers includes '{name}' but {name} is not installed: {install} (or drop "
+                            f"{name} from trainer.loggers)")
+
+
 class Tracker:
     """Fan metrics out to the enabled loggers; `resume_step` truncates history written after a checkpoint."""
 
@@ -40,9 +52,9 @@ class Tracker:
         if "wandb" in self.loggers:
             try:
                 import wandb
-            except ImportError as e:
-                raise RuntimeError("trainer.loggers includes 'wandb' but wandb is not installed: "
-                                   "pip install 'appo[wandb]' (or drop wandb from trainer.loggers)") from e
+            except ImportError:
+                check_loggers(["wandb"])
+                raise
             # The API key comes from WANDB_API_KEY or `wandb login`, never from our config.
             self._wandb = wandb.init(project=project or os.environ.get("WANDB_PROJECT", "appo"), name=experiment_name,
                                      config=config or {}, dir=str(self.dir), resume="allow")

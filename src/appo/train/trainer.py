@@ -390,7 +390,7 @@ class Trainer:
         if distributed.is_main():
             summary = evaluate(self.learner.model, self.tokenizer, self.val_prompts, self.cfg, name=name,
                                output_dir=self.out / "eval" / name, engine=self.engine, tools=self.tools,
-                               progress=self.progress)
+                               rewards=self.reward_fn, progress=self.progress)
         distributed.barrier()
         return summary
 
