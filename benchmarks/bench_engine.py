@@ -190,7 +190,7 @@ def main() -> None:
     vllm_python = args.vllm_python or _find_vllm_python()
     served = child(vllm_python, "vllm", check=False) if vllm_python else None
     if served is None:
-        print("vllm: not installed (see README 'vLLM'), no vLLM line")
+        print("vllm: not installed (see docs/getting-started.md, 'vLLM on a CPU'), no vLLM line")
     elif isinstance(served, str):
         print(f"vllm: the vLLM run failed ({vllm_python}): {served}")
     else:  # its own sampler: other tokens, so compare rates, not samples

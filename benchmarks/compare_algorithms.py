@@ -81,7 +81,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rows", default="", metavar="ALGO=N[:M],...",
                    help="Rows per prompt by algorithm, e.g. grpo=4,appo=6:2 (defaults: "
                         f"{','.join(f'{k}={v}' for k, v in DEFAULT_ROWS.items())}); an ablation uses appo's.")
-    p.add_argument("--out", default="results/compare", help="Where the JSON results, table and plot go.")
+    p.add_argument("--out", default="docs/results/compare", help="Where the JSON results, table and plot go.")
     p.add_argument("--work", default="runs/compare", help="SFT checkpoint, index and evaluation samples.")
     p.add_argument("--report-only", action="store_true", help="Only redraw the table and plot from --out.")
     p.add_argument("overrides", nargs="*", help="Dotted config overrides for every run (e.g. data.batch_size=2).")

@@ -965,18 +965,26 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError("algorithm.adv_estimator=appo needs rollout.strategy=appo (grpo sampling has no branches)")
 
 
-def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) for every leaf field: the documentation `appo config show --help-keys` prints."""
+def leaf_fields(cls: type = Config, prefix: str = "") -> list[tuple[str, dataclasses.Field, Any]]:
+    """(dotted key, field, default) for every leaf field, in declaration order: what `describe` and the
+    generated configuration reference (docs) are made from."""
     rows = []
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if _is_dataclass_type(tp):
-            rows += describe(tp, f"{prefix}{f.name}.")
+        if _is_dataclass_type(hints[f.name]):
+            rows += leaf_fields(hints[f.name], f"{prefix}{f.name}.")
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append((f"{prefix}{f.name}", f, default))
+    return rows
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every leaf field: the documentation `appo config keys` prints."""
+    rows = []
+    for key, f, default in leaf_fields(cls, prefix):
         help_text = f.metadata.get("help", "")
         if f.metadata.get("choices"):
             help_text += " Choices: " + ", ".join("null" if c is None else str(c) for c in f.metadata["choices"]) + "."
-        rows.append((f"{prefix}{f.name}", repr(default), help_text))
+        rows.append((key, repr(default), help_text))
     return rows

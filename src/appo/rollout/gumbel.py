@@ -1,9 +1,9 @@
 """Counter-based Gumbel-max sampling: the noise is a pure function of (a row's seed, its step, the
 vocabulary entry), and only the likeliest entries draw their own.
 
-Why not a torch generator per row: drawing 49k float64 uniforms per row, one row at a time, cost about
-180 ms per decode step at 64 rows (SmolLM2's forward: about 300 ms), and a stateful stream depends on how
-many draws came before.
+Why not a torch generator per row: drawing 49k float64 uniforms per row, one row at a time, cost over half
+as much as the model's forward per decode step (docs/performance.md#measurements-behind-the-codes-choices), and a stateful
+stream depends on how many draws came before.
 """
 
 from __future__ import annotations

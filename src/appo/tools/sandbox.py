@@ -35,7 +35,7 @@ NOBODY = 65534
 WORKDIR = "/tmp/sandbox"
 HOSTNAME = "sandbox"
 # How often the supervisor checks the call's total memory and file count: a call can exceed its budget by
-# what it allocates in this time, and each check costs the sandbox about 0.2 ms of CPU.
+# what it allocates in this time, and each check costs the sandbox a little CPU (docs/performance.md).
 WATCH_INTERVAL_S = 0.01
 INSTALL_HINT = "apt-get install -y bubblewrap"
 DRIVER_SOURCE = (Path(__file__).parent / "sandbox_driver.py").read_text()

@@ -14,9 +14,9 @@ child's exit status as its own and watches the call as a whole, which per-proces
 memory all the call's processes hold together, and the number of files in its tmpfs mounts.
 """
 
-import _ast  # the C node classes; the `ast` module itself costs ~15 ms of start-up per call
-import _signal  # not `signal`: its enum classes cost ~4 ms per call
-import marshal  # not json: importing json costs ~20 ms per call
+import _ast  # the C node classes; the `ast` module itself costs start-up time on every call
+import _signal  # not `signal`: its enum classes cost start-up time on every call
+import marshal  # not json: importing json costs start-up time on every call (docs/performance.md)
 import os
 import resource
 import sys
@@ -135,7 +135,7 @@ def _run(job, replayed_fd=None):
 
 def _exit(status):
     """End as interpreter shutdown would for the cell (non-daemon threads joined, atexit handlers run,
-    output flushed) without then tearing every module down, which costs 5-10 ms a call."""
+    output flushed) without then tearing every module down, which costs time on every call."""
     threading = sys.modules.get("threading")
     if threading is not None and hasattr(threading, "_shutdown"):
         threading._shutdown()

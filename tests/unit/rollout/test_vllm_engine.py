@@ -1,7 +1,7 @@
 """The vLLM engine against the HF engine on a real 10M-parameter model (fp32): same greedy tokens and
 finish reasons, log-probs of the model, truncated entropies, and in-place weight pushes.
 
-Needs the optional vllm extra (a separate venv on CPU: see README "vLLM"); skips without it.
+Needs the optional vllm extra (a separate venv on CPU: see docs/getting-started.md, "vLLM on a CPU"); skips without it.
 """
 
 from __future__ import annotations

