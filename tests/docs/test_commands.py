@@ -52,6 +52,7 @@ def test_the_run_pages_are_found():
         assert page.is_file(), f"{page} is in the nav but missing"
 
 
+@pytest.mark.timeout(1800)  # a page runs several tiny trainings; on a loaded 2-core machine they add up
 @pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(REPO).as_posix() for p in PAGES])
 def test_page_commands_run(page, tmp_path):
     env = _env()
