@@ -47,24 +47,33 @@ def _value(value: object) -> str:
     return str(value)
 
 
-def _groups(cls: type, prefix: str = "") -> list[tuple[str, str]]:
-    """(dotted group name, help) of every config group, in declaration order."""
+def _groups(cls: type, prefix: str = "") -> list[tuple[str, str, type]]:
+    """(dotted group name, help, dataclass) of every config group, in declaration order; the items of a
+    list of groups (`algorithm.rewards`) are the group `algorithm.rewards[]`."""
+    import typing
+
     from appo.config import _hints, _is_dataclass_type
 
     out = []
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
-        if _is_dataclass_type(hints[f.name]):
-            out.append((f"{prefix}{f.name}", f.metadata.get("help", "")))
-            out += _groups(hints[f.name], f"{prefix}{f.name}.")
+        tp = hints[f.name]
+        if _is_dataclass_type(tp):
+            out.append((f"{prefix}{f.name}", f.metadata.get("help", ""), tp))
+            out += _groups(tp, f"{prefix}{f.name}.")
+        elif typing.get_origin(tp) is list and typing.get_args(tp) and _is_dataclass_type(typing.get_args(tp)[0]):
+            item = typing.get_args(tp)[0]
+            out.append((f"{prefix}{f.name}[]", f"Each entry of `{prefix}{f.name}`.", item))
+            out += _groups(item, f"{prefix}{f.name}[].")
     return out
 
 
-def config_reference() -> str:
-    from appo.config import ALIASES, FIXED_ALIASES, Config, _range_text, leaf_fields, preset_names
+def _rows(cls: type, prefix: str) -> dict[str, list[str]]:
+    """Table rows by group, for the leaf fields of `cls` (keys under `prefix`)."""
+    from appo.config import _range_text, leaf_fields
 
     by_group: dict[str, list[str]] = {}
-    for key, f, default in leaf_fields(Config):
+    for key, f, default in leaf_fields(cls, prefix):
         group, name = key.rsplit(".", 1)
         meta = f.metadata
         notes = []
@@ -74,6 +83,17 @@ def config_reference() -> str:
             notes.append(f"Range: {_escape(_range_text(meta.get('low'), meta.get('high')))}.")
         text = " ".join([_escape(meta.get("help", ""))] + notes)
         by_group.setdefault(group, []).append(f"| `{name}` | `{_escape(_value(default))}` | {text} |")
+    return by_group
+
+
+def config_reference() -> str:
+    from appo.config import ALIASES, FIXED_ALIASES, Config, preset_names
+
+    groups = _groups(Config)
+    by_group = _rows(Config, "")
+    for group, _, cls in groups:
+        if group.endswith("[]"):
+            by_group.update(_rows(cls, group + "."))
 
     lines = [
         "# Configuration reference",
@@ -89,7 +109,7 @@ def config_reference() -> str:
         "`appo config show PRESET [key=value ...]` prints the resolved configuration.",
         "",
     ]
-    for group, help_text in _groups(Config):
+    for group, help_text, _ in groups:
         if group not in by_group:
             continue
         lines += [f"## {group}", "", _escape(help_text), "", "| key | default | meaning |", "|---|---|---|",
