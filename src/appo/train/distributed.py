@@ -118,15 +118,18 @@ def gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def shard(root: torch.nn.Module, layers) -> None:
+def shard(root: torch.nn.Module, layers, offload: bool = False) -> None:
     """FSDP2: each decoder layer is its own unit, `root` (which owns the embeddings, final norm and LM head,
     tied or not) the outer one. The root reshards after forward too: otherwise its gathered weights would
-    outlive in-place changes to the shards (the stale-policy snapshot swap)."""
-    from torch.distributed.fsdp import fully_shard
+    outlive in-place changes to the shards (the stale-policy snapshot swap). `offload`: the shards (and their
+    gradients) live in CPU memory and are copied to the device for each unit's forward and backward; the
+    optimizer then steps on the CPU."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
+    policy = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if offload else OffloadPolicy()
     for layer in layers:
-        fully_shard(layer)
-    fully_shard(root, reshard_after_forward=True)
+        fully_shard(layer, offload_policy=policy)
+    fully_shard(root, reshard_after_forward=True, offload_policy=policy)
 
 
 def full_state_dict(model: torch.nn.Module, *, everywhere: bool = False) -> dict[str, torch.Tensor]:

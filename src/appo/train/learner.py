@@ -17,6 +17,7 @@ single-process step on the union of the ranks' rows.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from appo.core.runs import cheapest_runs
 from appo.rollout.packed_linears import forget_packed, packed_linears
 from appo.rollout.teacher_forcing import ResponseLogits, forward_tokens, response_log_probs
 from appo.train import distributed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -202,9 +205,13 @@ class Learner:
             if self.is_lora:
                 raise ValueError("LoRA (model.lora.rank > 0) runs in one process for now; set model.lora.rank=0 "
                                  "for a sharded full fine-tune")
-            distributed.shard(self.head, self.model.get_decoder().layers)
+            distributed.shard(self.head, self.model.get_decoder().layers, offload=actor.fsdp.param_offload)
             if self.ref_head is not None:
-                distributed.shard(self.ref_head, self.ref_model.get_decoder().layers)
+                distributed.shard(self.ref_head, self.ref_model.get_decoder().layers,
+                                  offload=actor.fsdp.ref_param_offload)
+        elif actor.fsdp.param_offload or actor.fsdp.ref_param_offload:
+            log.warning("actor.fsdp.param_offload / ref_param_offload act under torchrun (FSDP2 shards); one "
+                        "process keeps its model on %s", self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=actor.lr, betas=tuple(actor.betas),
                                            weight_decay=actor.weight_decay)
@@ -382,7 +389,7 @@ class Learner:
                     self.optimizer.zero_grad(set_to_none=True)
                     continue
                 record("actor/grad_norm", grad_norm)
-                self.optimizer.step()
+                self._optimizer_step()
                 self.scheduler.step()
                 self.optimizer_steps += 1
         out = {k: sums[k] / counts[k] for k in sums}
@@ -390,6 +397,22 @@ class Learner:
         out["actor/skipped_steps"] = float(self.skipped_steps)
         out["actor/optimizer_steps"] = float(self.optimizer_steps)
         return out
+
+    def _optimizer_step(self) -> None:
+        """AdamW's step; with actor.fsdp.optimizer_offload its moments come from CPU memory for the step and go
+        back after it (with param_offload the step already runs on the CPU shards)."""
+        offload = self.actor.fsdp.optimizer_offload and not self.actor.fsdp.param_offload
+        if offload:
+            self._move_optimizer_state(lambda p: p.device)
+        self.optimizer.step()
+        if offload:
+            self._move_optimizer_state(lambda p: torch.device("cpu"))
+
+    def _move_optimizer_state(self, where) -> None:
+        for p, state in self.optimizer.state.items():
+            for k, v in state.items():
+                if torch.is_tensor(v) and v.dim() > 0:  # the moments; the step count stays where Adam keeps it
+                    state[k] = v.to(where(p), non_blocking=True)
 
     def _normaliser(self, mb: UpdateBatch, moved: bool) -> float:
         """The mini-batch-wide denominator of the configured aggregation, summed over ranks. With the
