@@ -45,7 +45,7 @@ from appo.train import checkpoint as ckpt
 from appo.train import distributed
 from appo.train.report import write_report
 from appo.train.sft import train_sft
-from appo.train.tracking import check_loggers
+from appo.train.tracking import check_loggers, log_evaluation
 from appo.train.trainer import Trainer, rollout_dir
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,8 @@ class Pipeline:
             if "rl" in stages and "rl" not in state["evals"]:
                 with self._timed(state, "eval rl"):
                     state["evals"]["rl"] = trainer.validate("rl")
+                if distributed.is_main():
+                    log_evaluation(self.out, self.cfg.trainer.loggers, "rl", state["evals"]["rl"], trainer.step)
                 self._save_state(state)
         finally:
             trainer.close()
@@ -225,6 +227,7 @@ class Pipeline:
         if distributed.is_main():
             summary = evaluate(model, tokenizer, val, self.cfg, name=name, output_dir=self.out / "eval" / name,
                                engine=self.engine, tools=self.tools, rewards=self.rewards, progress=self.progress)
+            log_evaluation(self.out, self.cfg.trainer.loggers, name, summary, 0)  # before any RL step
         distributed.barrier()
         return {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 

@@ -40,6 +40,7 @@ def plot_curves(history: list[dict], out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     written = []
     for name, (key, label, title) in PLOTS.items():
@@ -51,6 +52,7 @@ def plot_curves(history: list[dict], out_dir: Path) -> list[Path]:
         ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=3)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("RL step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no 1.25, 1.5, ... ticks
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         fig.tight_layout()

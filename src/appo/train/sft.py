@@ -32,8 +32,10 @@ from appo.precision import autocast
 from appo.rollout.teacher_forcing import ResponseLogits, common_prefix_length
 from appo.tool_format import result_token_ids
 from appo.tools import build_tools
+from appo.train import distributed
 from appo.train.checkpoint import save_hf
 from appo.train.learner import lr_multiplier
+from appo.train.tracking import open_tensorboard
 
 ROLE_OF = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
            "function": "tool", "observation": "tool", "tool": "tool"}
@@ -277,14 +279,22 @@ def train_sft(cfg: Config, out_dir: str | Path, model, tokenizer, progress: bool
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     conversations = sft_conversations(cfg, task_rows)
+    board = open_tensorboard(cfg.trainer.output_dir, cfg.trainer.loggers) if distributed.is_main() else None
     with (out / "sft_log.jsonl").open("w") as f:
         def log(record):
             f.write(json.dumps(record) + "\n")
             f.flush()
+            if board is not None:
+                board.add_scalar("sft/loss", record["loss"], record["step"])
+                board.add_scalar("sft/lr", record["lr"], record["step"])
 
         t0 = time.time()
-        history = run_sft(model, tokenizer, conversations, cfg.sft, cfg.model, seed=cfg.trainer.seed,
-                          progress=progress, log=log)
+        try:
+            history = run_sft(model, tokenizer, conversations, cfg.sft, cfg.model, seed=cfg.trainer.seed,
+                              progress=progress, log=log)
+        finally:
+            if board is not None:
+                board.close()
     save_hf(model, tokenizer, out, trained_on=[normalise_messages(c) for c in conversations])
     print(f"[appo] sft: {len(conversations)} conversations, {len(history)} steps in {time.time() - t0:.0f}s, "
           f"loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; model saved to {out}", flush=True)

@@ -82,6 +82,27 @@ class Tracker:
             self._wandb.finish()
 
 
+def open_tensorboard(output_dir: str | Path, loggers: list[str]):
+    """A TensorBoard writer into <output_dir>/tensorboard, the folder every stage (SFT, evaluations, RL) logs
+    to, when `loggers` (trainer.loggers) has tensorboard; else None."""
+    if "tensorboard" not in loggers:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
+
+
+def log_evaluation(output_dir: str | Path, loggers: list[str], name: str, summary: dict, step: int) -> None:
+    """A stage's evaluation summary as `eval/<name>/<metric>` scalars at `step` (the RL steps before it)."""
+    board = open_tensorboard(output_dir, loggers)
+    if board is None:
+        return
+    with board:
+        for key, value in summary.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                board.add_scalar(f"eval/{name}/{key}", value, step)
+
+
 def _replace_text(path: Path, text: str) -> None:
     """Write a new file beside `path` and rename it over it: a kill or a full disk mid-write leaves the old
     history whole (the rename is atomic), where rewriting in place would leave it cut short."""

@@ -169,6 +169,7 @@ def reduce_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
 def rollout_metrics(rows: list[Trajectory]) -> dict[str, float]:
     rewards = [t.reward for t in rows]
     inits = [t for t in rows if t.kind == "init"]
+    sampled = [e for t in rows for e, g in zip(t.entropies, t.generated) if g]
     return {
         "reward/mean": sum(rewards) / len(rewards),
         "reward/init_mean": sum(t.reward for t in inits) / max(1, len(inits)),
@@ -177,6 +178,8 @@ def rollout_metrics(rows: list[Trajectory]) -> dict[str, float]:
         "rollout/tool_calls_mean": sum(t.tool_calls for t in rows) / len(rows),
         "rollout/response_length_mean": sum(len(t) for t in rows) / len(rows),
         "rollout/truncated_frac": sum(t.finish_reason == "length" for t in rows) / len(rows),
+        # The sampling policy's entropy (nats per sampled token; top-k estimates where the engine's are).
+        "rollout/entropy_mean": sum(sampled) / max(1, len(sampled)),
     }
 
 

@@ -34,3 +34,22 @@ def test_report_without_a_tokenizer_links_only_views_that_exist(tmp_path):
     (tmp_path / "rollouts" / "step_1.jsonl").write_text("{}\n")
     report = write_report(tmp_path, {}).read_text()
     assert "## Rollouts" not in report and not (tmp_path / "rollouts" / "step_1.html").exists()
+
+
+def test_the_plots_step_axis_has_whole_steps_only(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from appo.train.report import plot_curves
+
+    ticks, save = [], Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        fig.canvas.draw()
+        ticks.append([float(t) for ax in fig.axes for t in ax.get_xticks()
+                      if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]])
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    history = [{"step": s, "reward/mean": 0.1 * s, "rollout/tool_calls_mean": 1.0} for s in (1, 2, 3)]
+    assert len(plot_curves(history, tmp_path)) == 2
+    assert ticks and all(t and all(x == int(x) for x in t) for t in ticks), ticks
