@@ -195,9 +195,13 @@ def load_model(path: str, dtype: str = "float32", cache_dir: str | None = None, 
     import torch
     from transformers import AutoModelForCausalLM
 
+    from appo.weights_file import check_safetensors
+
     use_grouped_cpu_attention()
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path, cache_dir),
-                                                 dtype=getattr(torch, dtype))
+    resolved = resolve_model_path(path, cache_dir)
+    if os.path.isdir(resolved):
+        check_safetensors(resolved)
+    model = AutoModelForCausalLM.from_pretrained(resolved, dtype=getattr(torch, dtype))
     return model.to(device)
 
 
