@@ -138,3 +138,16 @@ def test_old_log_prob_forward_only_when_the_update_takes_several_steps(tmp_path,
     Pipeline(cfg, progress=False).run()
     assert len([kw for kw in calls if not kw.get("reference")]) == forwards
     assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["actor/optimizer_steps"] == 1 + forwards
+
+
+def test_seed_trainer_keys_validate_first_and_dump_rollouts_where_asked(tmp_path, tiny_model_dir, qa_file):
+    """trainer.val_before_train (step 0's val/ metrics) and trainer.rollout_data_dir, the seed's keys."""
+    elsewhere = tmp_path / "dumps"
+    cfg = _cfg(tmp_path, tiny_model_dir, qa_file, "trainer.total_steps=1", f"data.val_files=[{qa_file}]",
+               "eval.max_samples=2", "trainer.val_before_train=true", f"trainer.rollout_data_dir={elsewhere}")
+    Pipeline(cfg, progress=False).run()
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1]
+    assert any(k.startswith("val/") for k in rows[0]) and not any(k.startswith("actor/") for k in rows[0])
+    assert (elsewhere / "step_1.jsonl").exists() and not (tmp_path / "run" / "rollouts" / "step_1.jsonl").exists()
+    assert "dumps/step_1.html" in (tmp_path / "run" / "report.md").read_text()
