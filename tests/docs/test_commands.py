@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,8 @@ def test_the_run_pages_are_found():
 @pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(REPO).as_posix() for p in PAGES])
 def test_page_commands_run(page, tmp_path):
     env = _env()
+    if (REPO / "examples").is_dir():  # the scratch folder stands for the repository root a user runs from
+        shutil.copytree(REPO / "examples", tmp_path / "examples")
     ran = 0
     for block in blocks(page):
         where = f"{block.page}:{block.line}"

@@ -15,14 +15,13 @@ TIMING = re.compile(r"\b\d+(?:\.\d+)?\s?ms\b|\btok/s\b|\btook (?:about )?\d+(?:\
 
 def _prose(source: str) -> list[tuple[int, str]]:
     """(line, text) of every comment and docstring-like string statement of a Python file."""
+    statement_start = (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.NL)
     out, previous = [], tokenize.NEWLINE
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
+        docstring = tok.type == tokenize.STRING and previous in statement_start
+        if tok.type == tokenize.COMMENT or docstring:
             out.append((tok.start[0], tok.string))
-        elif tok.type == tokenize.STRING and previous in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
-                                                            tokenize.NL):
-            out.append((tok.start[0], tok.string))
-        if tok.type not in (tokenize.COMMENT,):
+        if tok.type != tokenize.COMMENT:
             previous = tok.type
     return out
 
