@@ -419,8 +419,15 @@ class ActorConfig:
 class SftConfig:
     enabled: bool = opt(True, "Run the cold-start SFT before RL (when the task provides traces or sft.files).")
     files: list[str] = opt(help="SFT conversations (jsonl/parquet, sharegpt or messages format); empty "
-                                "uses the task's generated traces.", factory=list)
-    num_examples: int = opt(384, "Generated traces for a built-in task.", low=1)
+                                "uses the task's generated traces (or sft.trace_key's).", factory=list)
+    trace_key: str | None = opt(None, "Column of your own training rows holding the tool call that solves the "
+                                      "row (for python: the code). With sft.files empty, cold-start SFT traces "
+                                      "are made from it as the built-in tasks' are: each call runs through the "
+                                      "real tool (sft.trace_tool), the trace reads the result and answers with "
+                                      "its output; rows whose call fails are left out.")
+    trace_tool: str = opt("python", "The tool that runs sft.trace_key's calls (one of tools.enabled).")
+    num_examples: int = opt(384, "Generated traces for a built-in task, or at most this many rows' traces "
+                                 "for sft.trace_key.", low=1)
     epochs: int = opt(1, "Passes over the SFT data.", low=1)
     batch_size: int = opt(16, "Conversations per optimizer step.", low=1)
     lr: float = opt(1e-4, "Peak learning rate.", low=0)
@@ -955,6 +962,9 @@ def _cross_checks(cfg: Config) -> None:
         if not reward.fn:
             raise ConfigError(f"algorithm.rewards[{i}]: 'fn' is required (a registered name, 'env' or "
                               "'package.module:function')")
+    if cfg.sft.trace_key is not None and cfg.sft.trace_tool not in cfg.tools.enabled:
+        raise ConfigError(f"sft.trace_tool={cfg.sft.trace_tool!r} is not in tools.enabled "
+                          f"({', '.join(cfg.tools.enabled) or 'none'}); enable it or pick one of those")
     for name in cfg.trainer.eval_stages:
         if name not in ("base", "sft", "rl"):
             raise ConfigError(f"trainer.eval_stages: unknown stage '{name}'; choose from: base, sft, rl")

@@ -233,3 +233,35 @@ def encode_trace(trace: dict, tokenizer) -> tuple[list[int], list[int]]:
     ids.append(tokenizer.eos_token_id)
     mask.append(1)
     return ids, mask
+
+
+def call_traces(prompts: list, key: str, tool: str, tools, n: int, seed: int = 0) -> list[dict]:
+    """Cold-start traces for a user's own rows (`sft.trace_key`): row `key` holds a call of `tool` that
+    solves it; at most `n` rows (a seeded choice) have it run through the real tool, and each trace calls
+    it, reads the result and answers with the output, as the built-in arithmetic traces do. Rows whose
+    call fails are left out (said in the count)."""
+    from appo.tools.base import ToolCall
+
+    usable = [p for p in prompts if isinstance(p.extra.get(key), str) and p.extra[key].strip()]
+    if not usable:
+        raise ValueError(f"sft.trace_key={key!r}: no training row has a non-empty '{key}' column")
+    order = list(range(len(usable)))
+    random.Random(seed).shuffle(order)
+    picked = [usable[i] for i in order[:n]]
+    results = tools.run([ToolCall(tool, p.extra[key]) for p in picked])
+    traces = []
+    for p, result in zip(picked, results, strict=True):
+        if not result.ok:
+            continue
+        segments = [{"text": f"<{tool}>{p.extra[key]}</{tool}>", "train": True},
+                    {"text": RESULT_TEMPLATE.format(text=escape_tags(result.text)), "train": False,
+                     "tool_output": result.text},
+                    {"text": f"<answer>\\boxed{{{result.text.strip()}}}</answer>", "train": True}]
+        traces.append({"messages": [dict(m) for m in p.messages]
+                       + [{"role": "assistant", "content": "".join(s["text"] for s in segments)}],
+                       "segments": segments, "data_source": p.data_source, "ground_truth": p.ground_truth,
+                       "index": p.index, "variant": "tool"})
+    if not traces:
+        raise ValueError(f"sft.trace_key={key!r}: every one of {len(picked)} calls failed in the {tool} tool "
+                         f"(first: {results[0].text[:200]!r})")
+    return traces

@@ -82,7 +82,7 @@ def check_config(cfg, world: int) -> None:
     if cfg.model.lora.rank > 0:
         raise ValueError("LoRA (model.lora.rank > 0) runs in one process for now; set model.lora.rank=0 for a "
                          "sharded full fine-tune")
-    if cfg.sft.enabled and (cfg.sft.files or cfg.data.task is not None):
+    if cfg.sft.enabled and (cfg.sft.files or cfg.data.task is not None or cfg.sft.trace_key):
         raise ValueError("cold-start SFT runs in one process: run `appo sft` (or `appo train` without torchrun) "
                          "first, then launch RL with model.path=<its checkpoint> sft.enabled=false")
 

@@ -70,12 +70,16 @@ def sft_plan(cfg: Config) -> str | None:
     """Why the cold-start SFT does not run (None when it does), said at start-up rather than silently."""
     if not cfg.sft.enabled:
         return "cold-start SFT off (sft.enabled=false): RL starts from model.path"
-    if cfg.sft.files or cfg.data.task is not None:
+    if sft_runs(cfg):
         return None
-    return ("no cold-start SFT: this run reads data files and sft.files is empty, so RL starts from model.path; "
-            "a small model may never call the tools (reward stays 0). Give it conversations with "
-            "sft.files=[...] (docs/your-data-and-rewards.md#cold-start-sft), or set sft.enabled=false to "
-            "silence this")
+    return ("no cold-start SFT: this run reads data files and neither sft.files nor sft.trace_key is set, so RL "
+            "starts from model.path; a small model may never call the tools (reward stays 0). Give it "
+            "conversations (sft.files=[...]) or a column of tool calls to make traces from (sft.trace_key=...; "
+            "docs/your-data-and-rewards.md#cold-start-sft), or set sft.enabled=false to silence this")
+
+
+def sft_runs(cfg: Config) -> bool:
+    return cfg.sft.enabled and bool(cfg.sft.files or cfg.data.task is not None or cfg.sft.trace_key)
 
 
 class Pipeline:
@@ -169,10 +173,11 @@ class Pipeline:
                 with self._timed(state, "eval base"):
                     state["evals"]["base"] = self._eval(model, tokenizer, val, "base")
                 self._save_state(state)
-            if cfg.sft.enabled and (cfg.sft.files or cfg.data.task is not None):
+            if sft_runs(cfg):
                 with self._timed(state, "sft"):
                     state["start_path"] = str(train_sft(cfg, self.out / "sft", model, tokenizer, self.progress,
-                                                        task_rows=task.train if task is not None else None))
+                                                        task_rows=task.train if task is not None else None,
+                                                        prompts=train, tools=self.tools))
                 if "sft" in stages:
                     with self._timed(state, "eval sft"):
                         state["evals"]["sft"] = self._eval(model, tokenizer, val, "sft")

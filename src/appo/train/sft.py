@@ -15,6 +15,7 @@ the final segment ends with the EOS token. Only generated segments are trained.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -27,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from appo.config import Config, ConfigError, ModelConfig, SftConfig
-from appo.data.traces import make_sft_traces
+from appo.data.traces import call_traces, make_sft_traces
 from appo.precision import autocast
 from appo.rollout.teacher_forcing import ResponseLogits, common_prefix_length
 from appo.tool_format import result_token_ids
@@ -259,26 +260,39 @@ def run_sft(model, tokenizer, conversations: list[dict], sft: SftConfig, model_c
     return history
 
 
-def sft_conversations(cfg: Config, task_rows: list[dict] | None = None) -> list[dict]:
-    """`sft.files` when given, else traces generated from the built-in task's training rows (`task_rows`),
-    with real tool results (the sandbox, and the search index `cfg.tools.search` names)."""
+def sft_conversations(cfg: Config, task_rows: list[dict] | None = None, prompts: list | None = None,
+                      tools=None) -> list[dict]:
+    """`sft.files` when given, else traces generated with real tool results (the sandbox, and the search
+    index `cfg.tools.search` names): from the built-in task's training rows (`task_rows`), or from the
+    `sft.trace_key` column of a user's training prompts (`prompts`). `tools` (a ToolRunner) replaces the
+    configured ones."""
     if cfg.sft.files:
         return load_conversations(cfg.sft.files)
-    if task_rows is None:
-        raise ConfigError("SFT needs sft.files=[...] or a built-in data.task that generates traces")
-    with build_tools(cfg.tools) as tools:
+    if task_rows is None and (cfg.sft.trace_key is None or prompts is None):
+        raise ConfigError("SFT needs sft.files=[...], sft.trace_key=<column> or a built-in data.task that "
+                          "generates traces")
+    with contextlib.ExitStack() as stack:
+        if tools is None:
+            tools = stack.enter_context(build_tools(cfg.tools))
+        if task_rows is None:
+            traces = call_traces(prompts, cfg.sft.trace_key, cfg.sft.trace_tool, tools, cfg.sft.num_examples,
+                                 seed=cfg.data.seed)
+            logging.getLogger(__name__).info("sft: %d traces made from sft.trace_key=%s (%d rows' calls ran)",
+                                             len(traces), cfg.sft.trace_key,
+                                             min(cfg.sft.num_examples, len(prompts)))
+            return traces
         return make_sft_traces(task_rows, cfg.sft.num_examples, seed=cfg.data.seed, p_notool=cfg.sft.p_notool,
                                p_wrong=cfg.sft.p_wrong, tools=tools, system_prompt=cfg.data.system_prompt,
                                p_skip=cfg.sft.p_skip, p_query=cfg.sft.p_query)
 
 
 def train_sft(cfg: Config, out_dir: str | Path, model, tokenizer, progress: bool = True,
-              task_rows: list[dict] | None = None) -> Path:
+              task_rows: list[dict] | None = None, prompts: list | None = None, tools=None) -> Path:
     """Run SFT on `model` as configured and save a Hugging Face directory that `appo train model.path=...`
     starts from."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    conversations = sft_conversations(cfg, task_rows)
+    conversations = sft_conversations(cfg, task_rows, prompts, tools)
     board = open_tensorboard(cfg.trainer.output_dir, cfg.trainer.loggers) if distributed.is_main() else None
     with (out / "sft_log.jsonl").open("w") as f:
         def log(record):

@@ -62,3 +62,27 @@ def test_refusals_name_the_key_to_change(own_file, tiny_tokenizer, tmp_path):
     with pytest.raises(DataError, match=r"data.train_files: .*mine.jsonl: no usable prompts .*too_long: 8.*"
                                         r"data.max_prompt_length=8 tokens were dropped: raise it"):
         load_prompt_sets(cfg, tiny_tokenizer)
+
+
+def test_cold_start_traces_from_a_column_of_tool_calls(tmp_path, tiny_tokenizer):
+    from appo.data.traces import call_traces
+    from appo.tools import build_tools
+
+    path = tmp_path / "code.jsonl"
+    rows = [{"q": "What is 6 * 7?", "a": "42", "code": "print(6 * 7)"},
+            {"q": "What is 1 / 0?", "a": "inf", "code": "print(1 / 0)"},
+            {"q": "What is 2 + 2?", "a": "4", "code": ""}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config("tiny", [f"data.train_files=[{path}]", "data.prompt_key=q", "data.answer_key=a",
+                               "tools.enabled=[python]", "sft.trace_key=code"])
+    train, _ = load_prompt_sets(cfg, tiny_tokenizer)
+    with build_tools(cfg.tools) as tools:
+        traces = call_traces(train, "code", "python", tools, n=10)
+    # the failing call and the row without code are left out; the result is the sandbox's real output
+    assert [t["ground_truth"] for t in traces] == ["42"]
+    assert traces[0]["messages"][:-1] == train[0].messages
+    assert [s["text"] for s in traces[0]["segments"] if s["train"]] == ["<python>print(6 * 7)</python>",
+                                                                        "<answer>\\boxed{42}</answer>"]
+    assert traces[0]["segments"][1]["tool_output"].strip() == "42"
+    with pytest.raises(Exception, match=r"sft.trace_tool='search' is not in tools.enabled \(python\)"):
+        load_config("tiny", ["tools.enabled=[python]", "sft.trace_key=code", "sft.trace_tool=search"])
