@@ -91,7 +91,10 @@ class AddressPolicy:
     def addresses(self, host: str, port: int) -> list[tuple]:
         """The socket addresses to connect to for `host`; raises AddressRefused (or OSError when the name
         does not resolve)."""
-        infos = _getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        try:
+            infos = _getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        except UnicodeError:  # a label IDNA cannot encode (too long, empty)
+            raise FetchError("connection failed: not a valid host name") from None
         named = host.lower().rstrip(".") in self.names
         allowed = []
         for family, _, _, _, address in infos:

@@ -118,3 +118,8 @@ def test_the_address_checked_is_the_address_connected_to(monkeypatch, internal):
         own.redirect_to = f"http://pages.test:{internal.port}/moved.html"  # resolved again: now internal
         page = _read(_reader("127.0.0.2"), f"http://pages.test:{internal.port}/redirect")
         assert _refused(page, internal), page.error
+
+
+def test_a_host_name_idna_cannot_encode_is_a_page_error():
+    page = _read(_reader(), "http://" + "a" * 70 + ".example/page.html")
+    assert page.error == "connection failed: not a valid host name", page.error
