@@ -20,7 +20,7 @@ def check_safetensors(model_dir: str | Path) -> None:
     for path in sorted(Path(model_dir).glob("*.safetensors")):
         try:
             with safe_open(str(path), framework="pt") as f:
-                for key in f.keys():
+                for key in f.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
                     shapes[key] = (path, tuple(f.get_slice(key).get_shape()))
         except (SafetensorError, OSError) as e:
             reason = (str(e).strip().splitlines() or [""])[0].removeprefix("Error while deserializing header: ")

@@ -220,7 +220,6 @@ def _meta_model(hf_dir: Path):
     """The architecture in huggingface/config.json, built on the meta device (no memory, no init)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     if not (hf_dir / "config.json").is_file():

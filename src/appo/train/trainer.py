@@ -18,7 +18,6 @@ evaluates and writes rollouts and checkpoints.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import random
@@ -45,6 +44,7 @@ from appo.tools import build_tools
 from appo.train import checkpoint as ckpt
 from appo.train import distributed
 from appo.train.learner import Learner, UpdateBatch
+from appo.train.rollout_dump import write_rollout_dump
 from appo.train.tracking import Tracker, read_metrics
 
 log = logging.getLogger(__name__)
@@ -378,11 +378,7 @@ class Trainer:
             records = [r for part in distributed.gather_objects(records) for r in part]
         if not distributed.is_main():
             return
-        folder = rollout_dir(self.cfg)
-        folder.mkdir(parents=True, exist_ok=True)
-        with (folder / f"step_{step}.jsonl").open("w") as f:
-            for record in records:
-                f.write(json.dumps(record) + "\n")
+        write_rollout_dump(rollout_dir(self.cfg) / f"step_{step}.jsonl", records, step)
 
     # ---------------------------------------------------------------------------------- the loop
 
