@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from appo.errors import UserError
+from appo.files import replace_file
 
 CONSOLE_KEYS = ("reward/mean", "reward/accuracy", "rollout/tool_calls_mean", "rollout/response_length_mean",
                 "actor/pg_loss", "actor/grad_norm", "time/step")
@@ -104,17 +105,10 @@ def log_evaluation(output_dir: str | Path, loggers: list[str], name: str, summar
 
 
 def _replace_text(path: Path, text: str) -> None:
-    """Write a new file beside `path` and rename it over it: a kill or a full disk mid-write leaves the old
-    history whole (the rename is atomic), where rewriting in place would leave it cut short."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Rewrite the history whole or not at all (a kill or a full disk mid-write leaves the old one)."""
     try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_file(path, [text])
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"{path}: cannot rewrite the metrics history ({e.strerror or e}); "
                         "the file is unchanged") from None
 

@@ -52,6 +52,7 @@ def test_a_full_disk_while_dumping_rollouts_stops_cleanly_and_resume_continues(t
 
 
 def test_a_failed_dump_write_keeps_the_previous_dump_and_leaves_no_temporary(tmp_path, monkeypatch):
+    from appo import files
     from appo.errors import UserError
     from appo.train import rollout_dump
 
@@ -61,7 +62,7 @@ def test_a_failed_dump_write_keeps_the_previous_dump_and_leaves_no_temporary(tmp
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(rollout_dump.os, "fsync", full)
+    monkeypatch.setattr(files.os, "fsync", full)
     with pytest.raises(UserError) as err:
         rollout_dump.write_rollout_dump(path, [{"row": i} for i in range(3)], step=3)
     assert str(path) in str(err.value) and "No space left on device" in str(err.value)
