@@ -269,8 +269,24 @@ class SearchToolConfig:
 
 
 @dataclass
+class EnvironmentConfig:
+    spec: str | None = opt(None, "'pkg.module:Class' whose instance lives for one trajectory: set up from the "
+                                 "row's columns, public methods as tools, optional reward() and fork(); null: none. "
+                                 "See docs/extending.md.")
+    args: dict = opt(help="Constructor arguments of the environment class.", factory=dict)
+
+
+@dataclass
 class ToolsConfig:
-    enabled: list[str] = opt(help="Tools the agent may call (by trigger tag).", factory=lambda: ["python", "search"])
+    enabled: list[str] = opt(help="Built-in tools the agent may call, by name (its trigger tag): python, search. "
+                                  "Plug-ins go in tools.custom, an environment's tools come with it.",
+                             factory=lambda: ["python", "search"])
+    custom: list[str | dict] = opt(help="Plug-in tools: 'pkg.module:function' (a typed function with a docstring), "
+                                        "or {spec: 'pkg.module:Class', args: {...}, name: ...} for a class "
+                                        "called like one (args go to its constructor). Specs resolve from the "
+                                        "working directory too. See docs/extending.md.", factory=list)
+    environment: EnvironmentConfig = opt(help="Per-trajectory environment (its public methods are tools).",
+                                         factory=lambda: EnvironmentConfig())
     call_limit: int = opt(3, "Tool calls allowed per response (counted in the response only).", low=0, high=1000)
     on_limit: str = opt("stop", "At the call limit: 'stop' ends the row without training a fake token; "
                                 "'result' returns an error message as the tool result and continues; 'eos' "
@@ -643,6 +659,10 @@ def _check_type(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {value!r}")
         return [_check_type(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return value
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -951,9 +971,6 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"rollout.repetition_penalty={r.repetition_penalty} must be > 0 (1.0 disables it)")
     if cfg.eval.temperature == 0 and cfg.eval.k > 1:
         raise ConfigError("eval.k > 1 needs eval.temperature > 0 (greedy samples are identical)")
-    for name in cfg.tools.enabled:
-        if name not in ("python", "search"):
-            raise ConfigError(f"tools.enabled: unknown tool '{name}'; choose from: python, search")
     a = cfg.algorithm
     if a.rewards and a.reward_fn != "auto":
         raise ConfigError(f"algorithm.reward_fn={a.reward_fn!r} and algorithm.rewards are both set; put the "

@@ -106,5 +106,17 @@ def main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"appo config: {e}", file=sys.stderr)
         return 2
+    from appo.commands.tool import describe_tools
+    from appo.errors import UserError
+    from appo.tools.registry import tool_specs
+
+    try:
+        tools = describe_tools(tool_specs(cfg.tools))
+    except UserError as e:
+        print(f"appo config: {e}", file=sys.stderr)
+        return 2
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    # The tools as the model sees them, as YAML comments so the output stays a loadable config.
+    print("# tools the model is given (name: how it is called, description, argument schema):")
+    print("\n".join(f"#   {line}" for line in (tools or "(none)").splitlines()))
     return 0

@@ -16,6 +16,7 @@ system turn of its chat template (see `with_default_system`).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 REFERENCE_SYSTEM_PROMPT = (
@@ -102,11 +103,14 @@ def with_default_system(chat_template: str, system_prompt: str) -> str:
             "{%- endif -%}" + _DEFAULT_CLOSE + chat_template)
 
 
-def write_prompt_format(out_dir: str | Path, system_prompt: str | None) -> Path:
-    """`<out_dir>/appo_prompt.json`: {"system_prompt": text or null, "tags": the tool/answer tags}, read back
-    by `appo eval` (and anyone scripting against the checkpoint)."""
+def write_prompt_format(out_dir: str | Path, system_prompt: str | None, tool_names: Iterable[str] = ()) -> Path:
+    """`<out_dir>/appo_prompt.json`: {"system_prompt": text or null, "tags": the protocol's tags and those of
+    the tools the model was trained with}, read back by `appo eval` (and anyone scripting against the
+    checkpoint)."""
     path = Path(out_dir) / PROMPT_FILE
-    path.write_text(json.dumps({"system_prompt": system_prompt, "tags": PROMPT_TAGS}, indent=2,
+    tags = {"think": "<think></think>", **{name: f"<{name}></{name}>" for name in tool_names},
+            "result": "<result></result>", "answer": "<answer>\\boxed{...}</answer>"}
+    path.write_text(json.dumps({"system_prompt": system_prompt, "tags": tags}, indent=2,
                                ensure_ascii=False) + "\n")
     return path
 
@@ -124,6 +128,3 @@ def read_prompt_format(model_dir: str | Path) -> dict | None:
         raise ValueError(f"{path}: expected {{\"system_prompt\": text or null, ...}}")
     return data
 
-
-PROMPT_TAGS = {"think": "<think></think>", "python": "<python></python>", "search": "<search></search>",
-               "result": "<result></result>", "answer": "<answer>\\boxed{...}</answer>"}

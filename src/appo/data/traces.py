@@ -131,7 +131,8 @@ def make_sft_traces(
         results = iter(_run_calls(calls, tools))
         for row, variant, steps in plans:
             outputs = [next(results) for _ in steps]
-            trace = _trace(row, variant, steps, outputs, system_prompt)
+            names = tuple(tools.names) if tools is not None else tuple(sorted({s["tool"] for s in steps}))
+            trace = _trace(row, variant, steps, outputs, system_prompt, names)
             if trace is not None:
                 traces.append(trace)
     return traces
@@ -180,7 +181,8 @@ def _study_plan(row: dict, rng: random.Random, p_skip: float, p_query: float, p_
 
 
 def _trace(
-    row: dict, variant: str, steps: list[dict], outputs: list[tuple[str, bool]], system_prompt: str | None
+    row: dict, variant: str, steps: list[dict], outputs: list[tuple[str, bool]], system_prompt: str | None,
+    tool_names: tuple[str, ...] = (),
 ) -> dict | None:
 
     gold = row["reward_model"]["ground_truth"]
@@ -192,7 +194,8 @@ def _trace(
         segments.append(
             {"text": f"<think>{step['think']}</think><{tool}>{step['payload']}</{tool}>", "train": True}
         )
-        segments.append({"text": RESULT_TEMPLATE.format(text=escape_tags(output)), "train": False, "tool_output": output})
+        segments.append({"text": RESULT_TEMPLATE.format(text=escape_tags(output, tool_names)), "train": False,
+                         "tool_output": output})
     if not steps:
         segments.append({"text": f"<think>{NOTOOL_THINK}</think>", "train": True})
     # Arithmetic answers copy the interpreter's output (wrong for a corrupted expression); search answers
@@ -213,6 +216,7 @@ def _trace(
         "ground_truth": gold,
         "index": row["extra_info"]["index"],
         "variant": variant,
+        "tool_names": list(tool_names),  # the tags escaped inside tool output, as the rollout escapes them
     }
 
 
@@ -227,7 +231,7 @@ def encode_trace(trace: dict, tokenizer) -> tuple[list[int], list[int]]:
         if seg["train"]:
             part = tokenizer(seg["text"], add_special_tokens=False)["input_ids"]
         else:
-            part = result_token_ids(tokenizer, seg["tool_output"])
+            part = result_token_ids(tokenizer, seg["tool_output"], tool_names=trace.get("tool_names", ()))
         ids += part
         mask += [int(seg["train"])] * len(part)
     ids.append(tokenizer.eos_token_id)
@@ -254,13 +258,13 @@ def call_traces(prompts: list, key: str, tool: str, tools, n: int, seed: int = 0
         if not result.ok:
             continue
         segments = [{"text": f"<{tool}>{p.extra[key]}</{tool}>", "train": True},
-                    {"text": RESULT_TEMPLATE.format(text=escape_tags(result.text)), "train": False,
+                    {"text": RESULT_TEMPLATE.format(text=escape_tags(result.text, tools.names)), "train": False,
                      "tool_output": result.text},
                     {"text": f"<answer>\\boxed{{{result.text.strip()}}}</answer>", "train": True}]
         traces.append({"messages": [dict(m) for m in p.messages]
                        + [{"role": "assistant", "content": "".join(s["text"] for s in segments)}],
                        "segments": segments, "data_source": p.data_source, "ground_truth": p.ground_truth,
-                       "index": p.index, "variant": "tool"})
+                       "index": p.index, "variant": "tool", "tool_names": list(tools.names)})
     if not traces:
         raise ValueError(f"sft.trace_key={key!r}: every one of {len(picked)} calls failed in the {tool} tool "
                          f"(first: {results[0].text[:200]!r})")

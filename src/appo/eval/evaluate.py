@@ -148,7 +148,8 @@ def _sample(engine, tools, rows: list[tuple[EvalSet, object, int]], cfg: Config,
     settings = dataclasses.replace(
         RolloutLoopSettings.from_config(cfg.rollout, cfg.tools), temperature=cfg.eval.temperature,
         top_p=cfg.eval.top_p, max_response_length=cfg.eval.max_response_length or cfg.rollout.max_response_length)
-    starts = [LoopStart.fresh(p.prompt_ids, group=i, seed=derive_seed(cfg.rollout.seed, "eval", es.name, p.index, s))
+    starts = [LoopStart.fresh(p.prompt_ids, group=i, seed=derive_seed(cfg.rollout.seed, "eval", es.name, p.index, s),
+                              row=p)
               for i, (es, p, s) in enumerate(rows)]
     return run_tool_loop(engine, tools, starts, settings, on_done=on_done)
 

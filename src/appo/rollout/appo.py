@@ -62,7 +62,7 @@ def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
     branches_from: list[float] = []  # when the first branch was added
     kept = KeptCaches() if budget > 0 else None  # the initial rollouts' KV caches, for the branches to start from
     starts = [LoopStart.fresh(p.prompt_ids, group=g, seed=derive_seed(seed, step, first_group + g, "init", j),
-                              keep_top_logprobs=topk > 0)
+                              keep_top_logprobs=topk > 0, row=p)
               for g, p in enumerate(prompts) for j in range(m)]
     inits = [s.trajectory for s in starts]
     groups = [RolloutGroup(p, inits=inits[g * m:(g + 1) * m]) for g, p in enumerate(prompts)]
@@ -90,10 +90,11 @@ def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
                 row, pos, score = points[j]
                 prefix = group_inits[row].prefix(pos + 1)
                 prefix.kind, prefix.parent, prefix.split_pos, prefix.branch_score = "branch", row, pos, score
-                start = LoopStart(prefix, branch_seed, kv=kept.get(group_inits[row]), top_logprobs=0)
+                start = LoopStart(prefix, branch_seed, kv=kept.get(group_inits[row]), top_logprobs=0,
+                                  parent=group_inits[row])
             else:  # no candidate at all in this prompt's rollouts (e.g. all empty): fresh samples instead
                 start = LoopStart.fresh(groups[g].prompt.prompt_ids, group=g, seed=branch_seed, kind="branch",
-                                        meta={"refill": True})
+                                        meta={"refill": True}, row=groups[g].prompt)
                 start.top_logprobs = 0
                 stats["refill_rows"] = stats.get("refill_rows", 0) + 1
             groups[g].branches.append(start.trajectory)

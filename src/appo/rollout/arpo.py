@@ -42,7 +42,7 @@ def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
     finished = KeptCaches()  # KV caches of rows that ended this round: a branch may still fork from them
     loop = ToolLoop(engine, tools, RolloutLoopSettings.from_config(r, cfg.tools, a.entropy_topk), stats,
                     keep=finished, on_done=on_done)
-    rows: list[list[LoopRow]] = [[loop.add(LoopStart.fresh(p.prompt_ids, group=g, keep_top_logprobs=True,
+    rows: list[list[LoopRow]] = [[loop.add(LoopStart.fresh(p.prompt_ids, group=g, keep_top_logprobs=True, row=p,
                                                            seed=derive_seed(seed, step, first_group + g, "init", j)))
                                   for j in range(m)] for g, p in enumerate(prompts)]
     h_init: dict[int, float] = {}
@@ -73,7 +73,7 @@ def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
                     copy.kind, copy.parent, copy.split_pos = "branch", root[id(row)], row.round_start - 1
                     fork_seed = None if row.seed is None else derive_seed(row.seed, "fork", forks[id(row)])
                     kv = row.kv if row.kv is not None else finished.get(row.traj)  # shared, never copied
-                    branch_row = loop.add(LoopStart(copy, fork_seed, kv=kv))
+                    branch_row = loop.add(LoopStart(copy, fork_seed, kv=kv, parent=row.traj))
                     h_init[id(branch_row)] = h_init[id(row)]
                     root[id(branch_row)] = root[id(row)]
                     group.append(branch_row)
@@ -82,12 +82,13 @@ def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
                 for j in range(open_slots):
                     start = LoopStart.fresh(prompts[g].prompt_ids, group=g, meta={"refill": True},
                                             seed=derive_seed(seed, step, first_group + g, "refill", j),
-                                            keep_top_logprobs=True)
+                                            keep_top_logprobs=True, row=prompts[g])
                     row = loop.add(start)
                     root[id(row)] = sum(x.traj.kind == "init" for x in group)
                     group.append(row)
                 refills += open_slots
         finished.clear()
+    loop.release()
     stats["refill_rows"] = refills
     stats["arpo_decisions"] = decisions
     groups = []

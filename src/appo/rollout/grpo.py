@@ -14,7 +14,7 @@ def grpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict, first_gro
     (rollout.seed, step, step-wide group index, j)."""
     n, seed = cfg.rollout.n, cfg.rollout.seed
     settings = RolloutLoopSettings.from_config(cfg.rollout, cfg.tools)
-    starts = [LoopStart.fresh(p.prompt_ids, group=g, seed=derive_seed(seed, step, first_group + g, "init", j))
+    starts = [LoopStart.fresh(p.prompt_ids, group=g, seed=derive_seed(seed, step, first_group + g, "init", j), row=p)
               for g, p in enumerate(prompts) for j in range(n)]
     trajs = run_tool_loop(engine, tools, starts, settings, stats, on_done=on_done)
     return [RolloutGroup(p, inits=trajs[g * n:(g + 1) * n]) for g, p in enumerate(prompts)]

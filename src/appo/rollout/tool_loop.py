@@ -103,14 +103,16 @@ class LoopStart:
     kv: Any = None          # the engine's cache of a prefix of prompt + response (a parent's, from KeptCaches);
     #                         the loop takes it over when the start is added
     top_logprobs: int | None = None  # top-k log-probs per generated token; None: the loop's setting
+    row: Any = None         # the prompt (or a dict of its columns) an environment is set up from
+    parent: Trajectory | None = None  # a branch's parent in the same loop: its environment is continued
 
 
     @classmethod
     def fresh(cls, prompt_ids: list[int], *, group: int = 0, seed: int | None = None, kind: str = "init",
-              meta: dict | None = None, keep_top_logprobs: bool = False) -> LoopStart:
+              meta: dict | None = None, keep_top_logprobs: bool = False, row: Any = None) -> LoopStart:
         traj = Trajectory(prompt_ids=list(prompt_ids), group=group, kind=kind, meta=dict(meta or {}),
                           top_logprobs=[] if keep_top_logprobs else None)
-        return cls(traj, seed)
+        return cls(traj, seed, row=row)
 
 
 @dataclass
@@ -128,6 +130,7 @@ class LoopRow:
     joined: bool = False         # admitted to the engine at least once
     reported: bool = False
     top_logprobs: int = 0        # top-k log-probs requested per generated token
+    env: Any = None              # the trajectory's EnvSession (runners with an environment)
 
     def finish(self, reason: str) -> None:
         self.traj.finish_reason = reason
@@ -191,7 +194,8 @@ class ToolLoop:
         self.tools = tools
         self.settings = settings
         self.tokenizer = engine.tokenizer
-        self.stops = [f"</{name}>" for name in (tools.names if tools is not None else [])]
+        self.tool_names = tuple(tools.names if tools is not None else ())
+        self.stops = [f"</{name}>" for name in self.tool_names]
         self.engine_stops = self.stops + ([ANSWER_STOP] if settings.stop_at_answer else [])
         self.eos_ids = set(getattr(engine, "eos_ids", None) or {self.tokenizer.eos_token_id})
         self.rows: list[LoopRow] = []
@@ -202,6 +206,8 @@ class ToolLoop:
         self._queue: list[_Queued] = []
         self._kv_bytes = 0           # parked caches (rows outside the batch), for the peak-memory stat
         self._arrivals: deque[LoopRow] | None = None  # rows added while `run` batches continuously
+        self.environment = getattr(tools, "environment", None)
+        self._envs: dict[int, tuple[Trajectory, Any]] = {}  # every row's EnvSession, until `release`
 
     # ------------------------------------------------------------------------------------ rows
 
@@ -222,6 +228,8 @@ class ToolLoop:
             row.kv = start.kv.prefix(row.fed)
             self._park(row.kv)
         start.kv = None
+        if self.environment is not None:
+            row.env = self._open_env(start)
         self._resume(row)
         self.rows.append(row)
         self._settle(row)
@@ -250,10 +258,43 @@ class ToolLoop:
     # ---------------------------------------------------------------------------------- rounds
 
     def run(self) -> None:
-        if self.sessions:
-            self._run_continuous()
-        while self.active:
-            self.step()
+        try:
+            if self.sessions:
+                self._run_continuous()
+            while self.active:
+                self.step()
+        finally:
+            self.release()
+
+    # ---------------------------------------------------------------------------- environments
+
+    def _open_env(self, start: LoopStart):
+        """The row's environment: its parent's after the calls of the copied prefix (`EnvSession.branch`:
+        a fork or a replay), or a fresh one set up from the start's row."""
+        traj = start.trajectory
+        calls = max((e.get("env_calls", 0) for e in traj.tool_log), default=0)
+        parent = self._envs.get(id(start.parent)) if start.parent is not None else None
+        if parent is not None and parent[0] is start.parent:
+            session = parent[1].branch(calls)
+        else:
+            from appo.tools.environment import env_columns
+
+            session = self.environment.session(env_columns(start.row))
+            if calls:
+                raise ValueError("a start whose prefix holds environment calls needs its parent trajectory "
+                                 "(LoopStart.parent) in the same loop")
+        self._count("env_sessions", 1)
+        if session.error is not None:
+            self._count("env_errors", 1)
+        self._envs[id(traj)] = (traj, session)
+        return session
+
+    def release(self) -> None:
+        """Close every environment instance this loop opened (live ones, snapshots, replays): called at the
+        end of `run`; strategies that drive `step` themselves call it when their last row is done."""
+        envs, self._envs = self._envs, {}
+        for _, session in envs.values():
+            session.close()
 
     def step(self) -> list[LoopRow]:
         """One round: due calls of continued prefixes, one generation for every live row, then the tool
@@ -332,6 +373,8 @@ class ToolLoop:
         if not row.done or row.reported:
             return
         row.reported = True
+        if row.env is not None:  # the final state's reward, read before its instance is closed
+            row.traj.env_reward = row.env.finish()
         if row.kv is not None:
             self._park(row.kv, -1)
             if self.keep is not None:
@@ -458,13 +501,17 @@ class ToolLoop:
         opening = turn.rfind(f"<{tool}>", 0, end)
         payload = turn[opening + len(tool) + 2:end].strip() if opening >= 0 else ""
         traj.tool_calls += 1
-        if not payload:
+        if not payload and (opening < 0 or self._needs_input(tool)):
             self._count("empty_calls", 1)
             self._splice(row, tool, payload, ToolResult(EMPTY_TEXT.format(tool=tool), ok=False), own=True)
             return None
         history = tuple(e["payload"] for e in traj.tool_log if e["tool"] == tool and e["ok"])
         reasoning = self.tokenizer.decode(traj.token_ids, skip_special_tokens=True)
-        return ToolCall(tool=tool, payload=payload, history=history, reasoning=reasoning)
+        return ToolCall(tool=tool, payload=payload, history=history, reasoning=reasoning, env=row.env)
+
+    def _needs_input(self, tool: str) -> bool:
+        needs = getattr(self.tools, "needs_input", None)
+        return needs is None or needs(tool)
 
     def _limit_reached(self, traj: Trajectory, tool: str) -> str | None:
         """The message for the model when this call is over the total or the tool's own limit, else None."""
@@ -491,14 +538,18 @@ class ToolLoop:
                 own: bool = False) -> None:
         """Append a result; `own` marks the loop's own messages, the only result text not escaped."""
         traj, budget = row.traj, self.settings.max_response_length
-        ids = result_token_ids(self.tokenizer, result.text, escape=not own)[:budget - len(traj)]
+        ids = result_token_ids(self.tokenizer, result.text, escape=not own, tool_names=self.tool_names)
+        ids = ids[:budget - len(traj)]
         start = len(traj)
         traj.append(ids, generated=0)
         phases = {"phases": result.meta["phases"]} if result.meta.get("phases") else {}  # the browser's timing
         for phase, seconds in result.meta.get("phases", {}).items():
             self._count(f"{tool}_{phase}_seconds", seconds)
+        env = {"env_calls": result.meta["env_calls"]} if "env_calls" in result.meta else {}
+        if result.meta.get("env_error"):
+            self._count("env_errors", 1)
         traj.tool_log.append(dict(tool=tool, payload=payload, ok=result.ok, seconds=result.seconds,
-                                  start=start, end=len(traj), refused=refused, **phases))
+                                  start=start, end=len(traj), refused=refused, **phases, **env))
         row.turn_start = len(traj)
         if len(traj) >= budget:
             row.finish("length")

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
 class ToolCall:
-    tool: str                       # trigger tag: "python" or "search"
+    tool: str                       # the tool's name, its trigger tag
     payload: str                    # the text between <tag> and </tag> of the current turn
     history: tuple[str, ...] = ()   # earlier successful payloads of this tool in the same trajectory
     reasoning: str = ""             # the response text up to and including this call (the browser reads it)
+    env: Any = None                 # the trajectory's EnvSession, for an environment's tools
 
 
 @dataclass

@@ -41,6 +41,8 @@ from appo.json_input import read_json_object
 from appo.models import check_model_path, load_model, load_tokenizer, resolve_device
 from appo.precision import resolve_autocast
 from appo.rewards import RewardSet, build_rewards
+from appo.tools.environment import env_columns
+from appo.tools.registry import check_tools, tool_specs, with_tools_prompt
 from appo.train import checkpoint as ckpt
 from appo.train import distributed
 from appo.train.report import write_report
@@ -91,6 +93,8 @@ class Pipeline:
         self.cfg, self.progress = cfg, progress and distributed.is_main()
         self.tools, self.engine = tools, engine
         self.rewards = preflight(cfg, rewards)
+        if tools is None:
+            tool_specs(cfg.tools)  # every tool plug-in loads and has a schema, before anything expensive
         self.out = Path(cfg.trainer.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.state_path = self.out / "pipeline.json"
@@ -147,11 +151,15 @@ class Pipeline:
     def _run(self, resume: bool) -> dict:
         state = self.state
         task = prepare_task(self.cfg)
-        cfg = self.cfg = with_task_index(self.cfg, task)
+        cfg = self.cfg = with_tools_prompt(with_task_index(self.cfg, task))
         device = resolve_device(cfg.trainer.device)
         resolve_autocast(cfg.model.autocast, device)  # once, logged, before any work; SFT and learner reuse it
         tokenizer = self.tokenizer = load_tokenizer(cfg.model.path, cfg.model.cache_dir)
         train, val = load_prompt_sets(cfg, tokenizer, task)
+        if self.tools is None:
+            check_tools(cfg.tools, train)  # the environment sets up from a real row, or the run stops here
+        elif getattr(self.tools, "environment", None) is not None and train:
+            self.tools.environment.check(env_columns(train[0]))
         for prompts in (train[:1], val[:1]):  # every reward's arguments, from the data's own columns
             if prompts:
                 self.rewards.check_row(prompts[0])

@@ -33,6 +33,7 @@ from appo.precision import autocast
 from appo.rollout.teacher_forcing import ResponseLogits, common_prefix_length
 from appo.tool_format import result_token_ids
 from appo.tools import build_tools
+from appo.tools.registry import configured_tool_names
 from appo.train import distributed
 from appo.train.checkpoint import save_hf
 from appo.train.learner import lr_multiplier
@@ -89,9 +90,13 @@ def response_segments(turns: list[dict]) -> list[tuple[str, bool]]:
     return segments
 
 
-def encode_conversation(tokenizer, conv: dict, max_length: int | None = None) -> SftExample:
+def encode_conversation(tokenizer, conv: dict, max_length: int | None = None,
+                        tool_names: tuple[str, ...] = ()) -> SftExample:
     """Prompt ids, response ids and loss mask of one conversation. A generated trace's explicit
-    `segments` ({text, train, tool_output}) are used as they are; otherwise segments are parsed."""
+    `segments` ({text, train, tool_output}) are used as they are; otherwise segments are parsed. Tool
+    output has the protocol's and the tools' tags escaped (the trace's own `tool_names`, else `tool_names`),
+    as the rollout escapes them."""
+    tool_names = tuple(conv.get("tool_names") or tool_names)
     turns = normalise_messages(conv)
     first = next((i for i, t in enumerate(turns) if t["role"] == "assistant"), None)
     if first is None:
@@ -104,7 +109,8 @@ def encode_conversation(tokenizer, conv: dict, max_length: int | None = None) ->
         segments = response_segments(turns[first:])
     response, mask = [], []
     for text, generated in segments:
-        ids = tokenizer.encode(text, add_special_tokens=False) if generated else result_token_ids(tokenizer, text)
+        ids = (tokenizer.encode(text, add_special_tokens=False) if generated
+               else result_token_ids(tokenizer, text, tool_names=tool_names))
         response += ids
         mask += [int(generated)] * len(ids)
     response.append(tokenizer.eos_token_id)
@@ -267,7 +273,8 @@ def sft_conversations(cfg: Config, task_rows: list[dict] | None = None, prompts:
     `sft.trace_key` column of a user's training prompts (`prompts`). `tools` (a ToolRunner) replaces the
     configured ones."""
     if cfg.sft.files:
-        return load_conversations(cfg.sft.files)
+        names = configured_tool_names(cfg.tools)
+        return [dict(c, tool_names=c.get("tool_names") or names) for c in load_conversations(cfg.sft.files)]
     if task_rows is None and (cfg.sft.trace_key is None or prompts is None):
         raise ConfigError("SFT needs sft.files=[...], sft.trace_key=<column> or a built-in data.task that "
                           "generates traces")
@@ -309,7 +316,8 @@ def train_sft(cfg: Config, out_dir: str | Path, model, tokenizer, progress: bool
         finally:
             if board is not None:
                 board.close()
-    save_hf(model, tokenizer, out, trained_on=[normalise_messages(c) for c in conversations])
+    save_hf(model, tokenizer, out, trained_on=[normalise_messages(c) for c in conversations],
+            tool_names=tuple(configured_tool_names(cfg.tools)))
     print(f"[appo] sft: {len(conversations)} conversations, {len(history)} steps in {time.time() - t0:.0f}s, "
           f"loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; model saved to {out}", flush=True)
     return out

@@ -400,7 +400,8 @@ class Trainer:
         state = self.state()
         if distributed.is_main():
             ckpt.save_checkpoint(self.out, self.step, self.learner.model, self.tokenizer, state,
-                                 state_dict=weights, trained_on=[p.messages for p in self.train_prompts])
+                                 state_dict=weights, trained_on=[p.messages for p in self.train_prompts],
+                                 tool_names=tuple(self.tools.names))
         distributed.barrier()
 
     def state(self) -> dict:
