@@ -13,7 +13,7 @@ import pytest
 from appo.train.tracking import read_metrics
 from tests.unit.appo_cli import run_appo
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # minutes each on a loaded 2-core machine
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = ["trainer.device=cpu", "data.batch_size=2", "rollout.n=4", "rollout.initial_rollouts=2",
          "rollout.max_response_length=48", "rollout.gen_batch_size=16", "trainer.total_steps=2",
