@@ -22,7 +22,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from sql_env import CITIES, DEPARTMENTS, SqlDatabase, build_database, run_sql  # noqa: E402
+from sql_env import CITIES, DEPARTMENTS, SqlDatabase, build_database  # noqa: E402
 
 from appo.tool_format import RESULT_TEMPLATE, escape_tags  # noqa: E402
 

@@ -19,6 +19,7 @@ deterministic environment; see docs/extending.md for what a non-deterministic on
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -159,10 +160,9 @@ class EnvSession:
 
     def _replay(self) -> None:
         for name, kwargs in self.history:
-            try:
+            # a call that raised for the parent raises again: its effect on the state is replayed as it was
+            with contextlib.suppress(Exception):
                 getattr(self.instance, name)(**kwargs)
-            except Exception:  # the parent's call raised the same way; its state effect is replayed as is
-                pass
 
     def _snapshot(self) -> None:
         self.snapshots.append(self._own(self.instance.fork()))

@@ -51,8 +51,7 @@ def make_tool(obj: Any, where: str, name: str | None = None, args: dict | None =
             instance = obj(**args)
         except TypeError as e:
             raise PluginError(f"{where}: cannot construct {obj.__name__} with args {args} ({e})") from None
-        call = getattr(instance, "__call__", None)
-        if call is None or not callable(instance):
+        if not callable(instance):
             raise PluginError(f"{where}: class {obj.__name__} has no __call__ method; a tool class is called "
                               "like a function")
         tool_name = name or getattr(obj, "name", None) or _snake(obj.__name__)
