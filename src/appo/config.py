@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import logging
 import math
 import re
@@ -314,15 +315,17 @@ class RewardConfig:
 
 @dataclass
 class AlgorithmConfig:
-    name: str = opt("appo", "The algorithm: 'grpo', 'arpo' or 'appo'. It implies rollout.strategy (the same "
-                            "name), algorithm.adv_estimator (appo for appo, else grpo) and "
-                            "algorithm.drop_branch_rows (true for appo); set those keys only to override it.",
-                    choices=("grpo", "arpo", "appo"))
+    name: str = opt("appo", "The algorithm, one object (appo.algorithms.<name>; docs/algorithms.md): "
+                            "'grpo', 'arpo' or 'appo', or your own as 'pkg.module:Class' (a subclass of "
+                            "appo.algorithms.base.Algorithm). It implies rollout.strategy, "
+                            "algorithm.adv_estimator, algorithm.drop_branch_rows and the other keys left "
+                            "null; set those only to override it.")
     adv_estimator: str | None = opt(None, "Override of the advantage estimator that algorithm.name implies: 'grpo' "
                                           "(group z-score, every row trained) or 'appo' (initial and branch groups, "
                                           "branch credit on the parent's prefix); null follows algorithm.name.",
                                     choices=(None, "grpo", "appo"))
-    norm_adv_by_std: bool = opt(True, "Divide by the group std (GRPO-style); false only centres.")
+    norm_adv_by_std: bool | None = opt(None, "Divide by the group std (GRPO-style); false only centres. null "
+                                             "follows algorithm.name (true for grpo, arpo, appo).")
     reward_scale_m: str = opt("off", "Reward scale M: 'off', or 'faithful' (the reference, inert except "
                                      "at the last token).", choices=("off", "faithful"))
     reward_scale_discount: float = opt(0.9, "Discount of M over positions before a split.", low=0, high=1)
@@ -920,6 +923,7 @@ def resolve(cfg: Config) -> Config:
     out = build(Config, to_dict(cfg))
     _resolve_data(out)
     _resolve_algorithm(out)
+    _resolve_scale(out)
     _cross_checks(out)
     return out
 
@@ -931,17 +935,43 @@ def _resolve_data(cfg: Config) -> None:
 
 
 def _resolve_algorithm(cfg: Config) -> None:
-    """Fill the keys that `algorithm.name` implies, unless they were set explicitly (overrides)."""
-    a, r = cfg.algorithm, cfg.rollout
-    if r.strategy is None:
-        r.strategy = a.name
-    if a.adv_estimator is None:
-        a.adv_estimator = "appo" if a.name == "appo" else "grpo"
-    if a.drop_branch_rows is None:
-        a.drop_branch_rows = a.adv_estimator == "appo"
-    elif a.drop_branch_rows and a.adv_estimator != "appo":
-        raise ConfigError("algorithm.drop_branch_rows=true needs algorithm.adv_estimator=appo (GRPO advantages "
-                          "train every row, branches included)")
+    """Fill the keys `algorithm.name` implies where they are null (its class's `configure`; explicit keys are
+    overrides) and refuse what that algorithm cannot run."""
+    algorithm_class(cfg.algorithm.name).configure(cfg)
+
+
+# The built-in algorithms (`algorithm.name`); any other name is a user's 'pkg.module:Class'.
+BUILT_IN_ALGORITHMS = {name: f"appo.algorithms.{name}:{cls}" for name, cls in (
+    ("grpo", "GRPO"), ("arpo", "ARPO"), ("appo", "APPO"))}
+
+
+def algorithm_class(name: str) -> type:
+    """The class `algorithm.name` names: a built-in or a user's 'pkg.module:Class'. Loaded by name, as a
+    plugin is (the algorithms sit above this module), so a bad name fails here, at start-up."""
+    target = BUILT_IN_ALGORITHMS.get(name, name)
+    if ":" not in target:
+        raise ConfigError(f"algorithm.name={name!r} is not valid; choose one of: {', '.join(BUILT_IN_ALGORITHMS)}, "
+                          "or your own as 'pkg.module:Class'")
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"algorithm.name={name!r}: cannot import {module_name} ({e})") from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and callable(getattr(cls, "configure", None))):
+        raise ConfigError(f"algorithm.name={name!r}: {module_name} has no algorithm class {attr!r} (a subclass of "
+                          "appo.algorithms.base.Algorithm)")
+    return cls
+
+
+def fill_default(cfg: Config, key: str, value: Any) -> None:
+    """Set dotted `key` to `value` where the config leaves it null (what an algorithm implies)."""
+    *groups, leaf = key.split(".")
+    node = cfg
+    for g in groups:
+        node = getattr(node, g)
+    if getattr(node, leaf) is None:
+        setattr(node, leaf, value)
 
 
 def _resolve_scale(cfg: Config) -> None:
@@ -988,8 +1018,6 @@ def _cross_checks(cfg: Config) -> None:
     for name in cfg.trainer.loggers:
         if name not in ("jsonl", "tensorboard", "wandb", "console"):
             raise ConfigError(f"trainer.loggers: unknown logger '{name}'; choose from: jsonl, tensorboard, wandb, console")
-    if r.strategy == "grpo" and cfg.algorithm.adv_estimator == "appo":
-        raise ConfigError("algorithm.adv_estimator=appo needs rollout.strategy=appo (grpo sampling has no branches)")
 
 
 def leaf_fields(cls: type = Config, prefix: str = "") -> list[tuple[str, dataclasses.Field, Any]]:

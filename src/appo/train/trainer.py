@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import random
 import time
 from contextlib import contextmanager
@@ -28,16 +27,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from appo.config import Config, to_dict
-from appo.core.advantage import appo_advantages, grpo_advantages
-from appo.core.branching import mean_reward_scale_m
+from appo.config import Config, algorithm_class, resolve, to_dict
 from appo.eval.evaluate import evaluate
 from appo.models import load_model, merged_state_dict, resolve_device
-from appo.precision import resolve_autocast
 from appo.rewards import RewardSet, build_rewards
-from appo.rollout.appo import init_scorer
 from appo.rollout.engines import make_engine
-from appo.rollout.sampling import sample_groups
 from appo.rollout.trajectory import RolloutGroup, Trajectory
 from appo.seeding import derive_seed
 from appo.tools import build_tools
@@ -115,35 +109,6 @@ def loss_mask(rows: list[Trajectory], mask_branches: bool) -> torch.Tensor:
     return mask
 
 
-def scaled_scores(rows: list[Trajectory], splits, cfg: Config) -> torch.Tensor:
-    """Row scores, with the reference's reward scale M applied to initial rows when enabled ('faithful':
-    the sparse reward sits on the last token, so only a branch point at the last token changes it)."""
-    scores = torch.tensor([t.reward for t in rows], dtype=torch.float64)
-    if cfg.algorithm.reward_scale_m == "off":
-        return scores
-    # s_max is taken over the whole step's batch, as the reference does: under torchrun, over every rank.
-    max_score = distributed.max_all(max(((rows[b].branch_score or 0.0) for _, b, _ in splits), default=-math.inf))
-    if not splits:
-        return scores
-    by_origin: dict[int, list[tuple[int, float]]] = {}
-    for o, b, pos in splits:
-        by_origin.setdefault(o, []).append((pos, rows[b].branch_score or 0.0))
-    for o, branches in by_origin.items():
-        length = max(1, len(rows[o]))
-        m = mean_reward_scale_m(branches, max_score, length, cfg.algorithm.reward_scale_discount)
-        scores[o] = scores[o] * float(m[-1])
-    return scores
-
-
-def advantages(rows: list[Trajectory], group_ids: list[int], splits, mask: torch.Tensor, cfg: Config) -> torch.Tensor:
-    scores = scaled_scores(rows, splits, cfg)
-    a = cfg.algorithm
-    if a.adv_estimator == "grpo":
-        return grpo_advantages(scores, group_ids, mask, norm_by_std=a.norm_adv_by_std)
-    is_branch = torch.tensor([t.kind == "branch" for t in rows])
-    return appo_advantages(scores, group_ids, is_branch, mask, splits, norm_by_std=a.norm_adv_by_std)
-
-
 # Metrics that count things add up over ranks; timings take the slowest rank; the rest are means over
 # ranks, which equal row-weighted means because every rank holds the same number of rows (checked).
 SUMMED = {"rollout/init_rows", "rollout/branch_rows", "rollout/refill_rows", "rollout/candidates",
@@ -183,63 +148,15 @@ def rollout_metrics(rows: list[Trajectory]) -> dict[str, float]:
     }
 
 
-class InitRescorer:
-    """APPO's rescoring of its initial rows with the learner (`appo.rollout.appo.init_scorer`): the future
-    value's log-ratio with the same forward on both sides, and exact entropies for engines whose own are
-    top-k. Both forwards run in float32 whatever `model.autocast` is: at small learning rates an update
-    moves weights by less than bf16's resolution, so bf16 forwards would see mostly rounding, not drift.
-
-    When the learner itself runs in float32, the current-weights log-probs computed here are exactly the
-    PPO ratio's old log-probs of the same rows (the initial rows, when branch rows are dropped) and are
-    reused, so the future value costs only the previous-weights forward; under bf16 autocast it costs two.
-    APPO rescores one prompt's rows at a time; the reuse gathers them."""
-
-    def __init__(self, learner: Learner, fv_source: str):
-        self.learner = learner
-        self.current: dict[int, tuple[Trajectory, torch.Tensor]] = {}  # id(row) -> (row, its log-probs)
-        self.score = init_scorer(fv_source, self._recompute, self._recompute_previous)
-
-    def __call__(self, trajs: list[Trajectory], need_entropy: bool):
-        return self.score(trajs, need_entropy)
-
-    def _recompute(self, trajs: list[Trajectory], with_entropy: bool):
-        current, entropy = self.learner.log_probs([t.prompt_ids for t in trajs], [t.token_ids for t in trajs],
-                                                  with_entropy=with_entropy, autocast_dtype="none")
-        self.current.update({id(t): (t, current[i]) for i, t in enumerate(trajs)})
-        return _rows(current, trajs), None if entropy is None else _rows(entropy, trajs)
-
-    def _recompute_previous(self, trajs: list[Trajectory]) -> list[list[float]] | None:
-        behind = self.learner.previous_log_probs([t.prompt_ids for t in trajs], [t.token_ids for t in trajs],
-                                                 autocast_dtype="none")
-        return None if behind is None else _rows(behind, trajs)
-
-    def reuse(self, kept: list[Trajectory]) -> torch.Tensor | None:
-        """The current-weights log-probs of `kept` [rows, longest response] when the rescorings since the
-        last call computed exactly these rows, in the learner's own precision (float32); else None."""
-        current, self.current = self.current, {}
-        learner = self.learner
-        if resolve_autocast(learner.model_cfg.autocast, learner.device.type) != "none":
-            return None
-        if len(current) != len(kept) or any(current.get(id(t), (None,))[0] is not t for t in kept):
-            return None
-        out = torch.zeros(len(kept), max(1, max(len(t) for t in kept)))
-        for i, t in enumerate(kept):
-            out[i, :len(t)] = current[id(t)][1][:len(t)]
-        return out
-
-
 def rollout_dir(cfg: Config) -> Path:
     """Where each step's rollouts are written (trainer.rollout_data_dir, else output_dir/rollouts)."""
     return Path(cfg.trainer.rollout_data_dir or Path(cfg.trainer.output_dir) / "rollouts")
 
 
-def drops_branches(cfg: Config) -> bool:
-    return cfg.algorithm.adv_estimator == "appo" and cfg.algorithm.drop_branch_rows
-
-
 def optimizer_steps_per_rl_step(cfg: Config) -> int:
     r, a = cfg.rollout, cfg.actor
-    rows = cfg.data.batch_size * (r.initial_rollouts if drops_branches(cfg) else r.n)
+    drops = cfg.algorithm.adv_estimator == "appo" and cfg.algorithm.drop_branch_rows  # APPO's branch rows
+    rows = cfg.data.batch_size * (r.initial_rollouts if drops else r.n)
     return a.ppo_epochs * -(-rows // (a.mini_batch_size or rows))
 
 
@@ -262,6 +179,7 @@ class Trainer:
                  rewards: RewardSet | None = None, engine=None):
         """`tools` (a ToolRegistry), `rewards` (a RewardSet, see `appo.rewards.build_rewards`) and `engine`
         replace the ones the config would build; the trainer closes the tools either way."""
+        cfg = resolve(cfg)  # a Config built in code gets what algorithm.name implies, as a loaded one has
         self.cfg, self.tokenizer = cfg, tokenizer
         self.train_prompts, self.val_prompts = train_prompts, val_prompts or []
         self.out = Path(cfg.trainer.output_dir)
@@ -289,8 +207,7 @@ class Trainer:
             self.engine.load_weights(self._full_weights)
         self.tools = tools if tools is not None else build_tools(cfg.tools)
         self.reward_fn = rewards if rewards is not None else build_rewards(cfg.algorithm)
-        self.rescorer = (InitRescorer(self.learner, cfg.rollout.appo.fv_source)
-                         if cfg.rollout.strategy == "appo" else None)
+        self.algorithm = algorithm_class(cfg.algorithm.name)(cfg, self.learner)
         self.step = 0
         if (inert := inert_future_kl(cfg)) and distributed.is_main():
             log.warning(inert)
@@ -305,29 +222,31 @@ class Trainer:
         first, mine = distributed.my_share(idx)
         prompts = [self.train_prompts[i] for i in mine]
 
-        # 1. rollouts: initial rows, then branches (appo) or in-loop copies (arpo)
+        # 1. rollouts with their rewards (the algorithm samples: initial rows, then branches or copies)
+        algo, reward_metrics = self.algorithm, {}
+
+        def score(groups: list[RolloutGroup]) -> None:
+            with timer("reward"):
+                reward_metrics.update(score_groups(groups, self.reward_fn, self.tokenizer, cfg.algorithm.reward_text))
+
         with timer("rollout"):
-            groups, roll_stats = sample_groups(self.engine, self.tools, prompts, cfg, step=step,
-                                               score_inits=self.rescorer, first_group=first)
-        # 2. rewards for every row, branch rows included (they feed the initial rows' advantages)
-        with timer("reward"):
-            reward_metrics = score_groups(groups, self.reward_fn, self.tokenizer, self.cfg.algorithm.reward_text)
-        # 3. advantages over all rows; then keep the rows that carry loss (APPO drops its branch rows:
-        #    docs/reference-differences.md#b6)
+            groups, roll_stats = algo.rollouts(self.engine, self.tools, prompts, score, step=step, first_group=first)
+        timer.seconds["rollout"] -= timer.seconds.get("reward", 0.0)
+        # 2. advantages over all rows, branch rows included; 3. keep the rows that carry loss
         rows, group_ids, splits = flatten(groups)
-        mask = loss_mask(rows, mask_branches=cfg.algorithm.adv_estimator == "appo")
-        adv = advantages(rows, group_ids, splits, mask, cfg)
-        keep = [i for i, t in enumerate(rows) if not (drops_branches(cfg) and t.kind == "branch")]
+        mask = loss_mask(rows, mask_branches=not algo.trains_branch_tokens())
+        adv = algo.advantages(rows, group_ids, splits, mask)
+        keep = [i for i, t in enumerate(rows) if not algo.drops(t)]
         prompt_ids, response_ids = [rows[i].prompt_ids for i in keep], [rows[i].token_ids for i in keep]
         if len(set(distributed.gather_objects(len(keep)))) > 1:
             # Sharded forwards must pair up across ranks: unequal row counts would hang the update.
             raise RuntimeError("ranks hold different numbers of update rows; every strategy must return "
                                "rollout.n rows per prompt")
         # 4. old log-probs (the PPO ratio's denominator) and reference log-probs, on the kept rows only. A
-        #    one-optimizer-step update takes the former from its own forward (None here); otherwise APPO's
-        #    rescoring of its initial rows already computed them when those are the kept rows.
+        #    one-optimizer-step update takes the former from its own forward (None here); otherwise the
+        #    algorithm may already hold them (APPO's rescoring of its initial rows).
         with timer("old_log_probs"):
-            old_log_probs = self.rescorer.reuse([rows[i] for i in keep]) if self.rescorer is not None else None
+            old_log_probs = algo.old_log_probs([rows[i] for i in keep])
             if learner.single_step(len(keep)):
                 old_log_probs = None
             elif old_log_probs is None:
@@ -335,11 +254,11 @@ class Trainer:
             ref_log_probs = (learner.log_probs(prompt_ids, response_ids, reference=True)[0]
                              if cfg.actor.use_kl_loss else None)
         batch = UpdateBatch(prompt_ids, response_ids, mask[keep], old_log_probs, adv[keep], ref_log_probs)
-        # 5. actor update (keeping the weights it starts from when the future value compares policies)
+        # 5. actor update, between the algorithm's hooks (APPO keeps the weights it starts from)
         with timer("update"):
-            if cfg.rollout.strategy == "appo" and cfg.rollout.appo.fv_source == "stale_policy":
-                learner.snapshot()
+            algo.before_update()
             update_metrics = learner.update(batch)
+            algo.after_update()
         # 6. weight sync: the engine pulls the new weights only when it samples with its own copy
         with timer("sync"):
             self.engine.load_weights(self._full_weights)

@@ -9,11 +9,12 @@ import math
 import pytest
 import torch
 
+from appo.algorithms.appo import APPO, InitRescorer
 from appo.config import ActorConfig, ModelConfig, load_config
 from appo.core.loss import future_kl_loss
 from appo.rollout.trajectory import RolloutGroup, Trajectory
 from appo.train.learner import Learner, UpdateBatch
-from appo.train.trainer import InitRescorer, advantages, flatten, loss_mask
+from appo.train.trainer import flatten, loss_mask
 
 
 def _traj(n, kind="init", parent=None, split=None, reward=0.0, generated=None):
@@ -37,7 +38,7 @@ def test_branch_outcomes_reach_their_parents_prefix_up_to_the_split_and_nowhere_
     mask = loss_mask(rows, mask_branches=True)
     assert mask[[2, 3, 6, 7]].sum() == 0  # APPO: branch rows carry no loss
     assert mask[1].tolist()[:6] == [1, 1, 0, 0, 1, 1]  # tool-result tokens stay out
-    adv = advantages(rows, group_ids, splits, mask, load_config("tiny"))
+    adv = APPO(load_config("tiny")).advantages(rows, group_ids, splits, mask)
     base_init = base_branch = 0.5 / (0.5 + 1e-6)  # two-row groups {0, 1}: z = +-0.5 / std 0.5
     # row a: own +z; up to and including its split (2) also the mean of its branch's z (+)
     assert adv[0, :3].tolist() == pytest.approx([base_init + base_branch] * 3, rel=1e-5)
