@@ -26,7 +26,9 @@ def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
     whether to branch: clip(u − w·(H_now − H_init), 0, 1) <= branch_probability, so a rise in uncertainty
     after the tool's feedback makes branching likelier (the paper's rule). A branch copies the row up to
     the end of that tool result and samples on from there with its own seed. Branches inherit H_init and
-    may branch again after their own tool results.
+    may branch again after their own later tool results; a copy's first round, which starts right after
+    the copied result, takes no decision (the paper forks Z = beam_size−1 paths per node; before this was
+    fixed a copy decided again at its parent's node, so one result could receive every open slot).
 
     Fixed relative to the reference (docs/reference-differences.md#b20): H_init is each rollout's own,
     recorded afresh every call (the reference kept it across training steps); a prompt whose rows have
@@ -47,6 +49,7 @@ def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
                                   for j in range(m)] for g, p in enumerate(prompts)]
     h_init: dict[int, float] = {}
     root: dict[int, int] = {id(row): j for group in rows for j, row in enumerate(group)}
+    forked_at: dict[int, int] = {}  # a copy's start: the node it was forked at, where it takes no decision
     forks: dict[int, int] = {}
     refills = decisions = 0
     while loop.active:
@@ -58,7 +61,7 @@ def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
                 if id(row) not in h_init:  # the response's first tokens: this rollout's baseline
                     h_init[id(row)] = h
                     continue
-                if not _after_tool_result(row):
+                if not _after_tool_result(row) or forked_at.get(id(row)) == row.round_start:
                     continue
                 for _ in range(a.beam_size - 1):
                     if open_slots <= 0:
@@ -75,6 +78,7 @@ def arpo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
                     kv = row.kv if row.kv is not None else finished.get(row.traj)  # shared, never copied
                     branch_row = loop.add(LoopStart(copy, fork_seed, kv=kv, parent=row.traj))
                     h_init[id(branch_row)] = h_init[id(row)]
+                    forked_at[id(branch_row)] = row.round_start
                     root[id(branch_row)] = root[id(row)]
                     group.append(branch_row)
                     open_slots -= 1

@@ -388,3 +388,21 @@ def test_selection_mode_orders_points(tiny_tokenizer, selection):
     best_any = max(usable, key=lambda t: float(score[0, t]))
     assert best_strict != best_any  # the two modes really differ on this input
     assert picked[0][0][1] == (best_strict if selection == "strict_first" else best_any)
+
+
+def test_arpo_branches_once_per_tool_result(tiny_tokenizer, python_tools):
+    """ARPO forks Z = beam_size - 1 paths at a node. A copy starts right after the copied tool result; its
+    first round must not take another decision at that same node (before the fix, with branching certain,
+    one tool result received every open slot as a chain of copies of copies)."""
+    tok = tiny_tokenizer
+    engine = ScriptedEngine(tok, lambda text, req: ANSWER if "<result>" in _response(text) else
+                            "<python>print(3)</python>")
+    cfg = _arpo_cfg(**{"rollout.n": 6, "rollout.initial_rollouts": 1, "rollout.arpo.branch_probability": 1.0})
+    (group,), metrics = sample_groups(engine, python_tools, _prompts(tok, 1), cfg, draw=lambda: 0.0)
+    _check_rows([group], 6)
+    forks: dict[tuple, int] = {}
+    for b in group.branches:
+        forks[(b.parent, b.split_pos)] = forks.get((b.parent, b.split_pos), 0) + 1
+    assert forks == {(0, group.inits[0].tool_log[0]["end"] - 1): 1}  # one node, beam_size - 1 = 1 fork
+    assert metrics["rollout/arpo_decisions"] == 1  # the copy ends without a tool result of its own
+    assert metrics["rollout/refill_rows"] == 4
