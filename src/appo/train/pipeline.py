@@ -36,6 +36,7 @@ import torch
 from appo.config import Config, resolve
 from appo.data.prompt_sets import load_prompt_sets, prepare_task, with_task_index
 from appo.errors import UserError
+from appo.files import replace_file
 from appo.eval.evaluate import evaluate
 from appo.json_input import read_json_object
 from appo.models import check_model_path, load_model, load_tokenizer, resolve_device
@@ -107,9 +108,11 @@ class Pipeline:
     def _save_state(self, state: dict) -> None:
         if not distributed.is_main():
             return
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.state_path)
+        try:
+            replace_file(self.state_path, [json.dumps(state, indent=2)])
+        except OSError as e:
+            raise UserError(f"{self.state_path}: cannot save the pipeline state ({e.strerror or e}); the previous "
+                            "one is kept: free space and continue with --resume") from None
         self._report(state, "running (report rewritten after each stage)")
 
     @contextmanager
@@ -125,8 +128,12 @@ class Pipeline:
     def _report(self, state: dict, status: str) -> Path | None:
         if not distributed.is_main():
             return None
-        return write_report(self.out, _eval_table(state["evals"]), tokenizer=self.tokenizer, status=status,
-                            rollouts_dir=rollout_dir(self.cfg))
+        try:
+            return write_report(self.out, _eval_table(state["evals"]), tokenizer=self.tokenizer, status=status,
+                                rollouts_dir=rollout_dir(self.cfg))
+        except OSError as e:  # a view of the run: a full disk must not stop it (the state's own writes say so)
+            log.warning("%s not written (%s)", self.out / "report.md", e.strerror or e)
+            return None
 
     def run(self, resume: bool = False) -> dict:
         """The stages; whatever stops them (an error, Ctrl-C, SIGTERM) still leaves report.md of what ran."""

@@ -67,3 +67,16 @@ def test_a_failed_dump_write_keeps_the_previous_dump_and_leaves_no_temporary(tmp
         rollout_dump.write_rollout_dump(path, [{"row": i} for i in range(3)], step=3)
     assert str(path) in str(err.value) and "No space left on device" in str(err.value)
     assert path.read_text() == '{"old": 1}\n' and [p.name for p in tmp_path.iterdir()] == ["step_3.jsonl"]
+
+
+def test_a_full_output_disk_is_warnings_and_one_error_line_not_tracebacks(tmp_path, tiny_model_dir):
+    out = _tiny_tmpfs(tmp_path / "out")
+    if out is None:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        proc = _train(out / "run", tiny_model_dir)
+    finally:
+        subprocess.run(["umount", str(out)], check=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("appo train: ") and "No space left on device" in last, proc.stderr[-3000:]
