@@ -67,8 +67,8 @@ def check_devices(trainer_cfg, device: str) -> None:
                          f"device(s); lower it, or set trainer.device=cpu for gloo processes")
 
 
-def launch(trainer_cfg, argv: list[str]) -> int:
-    """Run `appo train ARGV` in every rank of this node; 0 when all of them finished, else 1."""
+def launch(trainer_cfg, train_args: list[str]) -> int:
+    """Run `appo train TRAIN_ARGS` in every rank of this node; 0 when all of them finished, else 1."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
 
@@ -76,7 +76,7 @@ def launch(trainer_cfg, argv: list[str]) -> int:
     print(f"[appo] starting {trainer_cfg.n_gpus_per_node} process(es) on this node of {trainer_cfg.nnodes} "
           f"(torchrun elastic launcher, rendezvous {config.rdzv_backend} at {config.rdzv_endpoint})", flush=True)
     try:
-        elastic_launch(config, sys.executable)("-m", "appo.cli", "train", *argv)
+        elastic_launch(config, sys.executable)("-m", "appo.cli", "train", *train_args)
     except ChildFailedError as e:
         failed = ", ".join(f"rank {rank} (exit {f.exitcode})" for rank, f in sorted(e.failures.items()))
         print(f"appo train: a process failed: {failed}; its error is above", file=sys.stderr)
