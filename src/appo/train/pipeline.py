@@ -12,7 +12,8 @@ From Python, build a `Config` in code (or `load_config`), and hand over what the
     run_pipeline(cfg, rewards=[(my_reward, 1.0)])
 
 `tools` (a ToolRunner), `rewards` (a RewardSet, or functions / `(function, weight)` pairs added to the
-configured ones) and `engine` replace or extend what the config builds. Everything that can fail without
+configured ones) and `engine` (one with its own copy of the weights, which it gets before each evaluation,
+before RL and after every update) replace or extend what the config builds. Everything that can fail without
 cost (reward imports, loggers, the model path, SFT files, the data and every reward's arguments) is
 checked before the first expensive stage. `resume=True` continues a killed run from its latest checkpoint
 (finished stages are not repeated; an interrupted SFT restarts); stage results live in
@@ -39,7 +40,7 @@ from appo.errors import UserError
 from appo.files import replace_file
 from appo.eval.evaluate import evaluate
 from appo.json_input import read_json_object
-from appo.models import check_model_path, load_model, load_tokenizer, resolve_device
+from appo.models import check_model_path, load_model, load_tokenizer, merged_state_dict, resolve_device
 from appo.precision import resolve_autocast
 from appo.rewards import RewardSet, build_rewards
 from appo.tools.environment import env_columns
@@ -61,9 +62,12 @@ def preflight(cfg: Config, rewards: RewardSet | Sequence[Any] | None = None) -> 
     if cfg.model.ref_path is not None:
         check_model_path(cfg.model.ref_path, "model.ref_path")
     check_loggers(cfg.trainer.loggers)
-    for i, path in enumerate(cfg.sft.files if cfg.sft.enabled else []):
-        if not str(path).startswith("hf:") and not Path(path).expanduser().exists():
-            raise UserError(f"sft.files[{i}]: {path}: no such file (or set sft.enabled=false)")
+    for key, files in (("data.train_files", cfg.data.train_files), ("data.val_files", cfg.data.val_files),
+                       ("sft.files", cfg.sft.files if cfg.sft.enabled else [])):
+        for i, path in enumerate(files):
+            if not str(path).startswith("hf:") and not Path(path).expanduser().exists():
+                raise UserError(f"{key}[{i}]: {path}: no such file or folder"
+                                f"{' (or set sft.enabled=false)' if key == 'sft.files' else ''}")
     if isinstance(rewards, RewardSet):
         return rewards
     return build_rewards(cfg.algorithm, extra=list(rewards or ()))
@@ -245,6 +249,8 @@ class Pipeline:
         """Evaluate the (unsharded) model; under torchrun rank 0 alone, the others wait at a barrier."""
         summary = {}
         if distributed.is_main():
+            if self.engine is not None:  # an engine handed in samples with its own copy of the weights
+                self.engine.load_weights(lambda: merged_state_dict(model))
             summary = evaluate(model, tokenizer, val, self.cfg, name=name, output_dir=self.out / "eval" / name,
                                engine=self.engine, tools=self.tools, rewards=self.rewards, progress=self.progress)
             log_evaluation(self.out, self.cfg.trainer.loggers, name, summary, 0)  # before any RL step

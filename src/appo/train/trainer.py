@@ -177,8 +177,9 @@ class Trainer:
     def __init__(self, cfg: Config, model, tokenizer, train_prompts: list, val_prompts: list | None = None,
                  start_path: str | None = None, progress: bool = True, *, tools=None,
                  rewards: RewardSet | None = None, engine=None):
-        """`tools` (a ToolRegistry), `rewards` (a RewardSet, see `appo.rewards.build_rewards`) and `engine`
-        replace the ones the config would build; the trainer closes the tools either way."""
+        """`tools` (a ToolRunner), `rewards` (a RewardSet, see `appo.rewards.build_rewards`) and `engine`
+        replace the ones the config would build; the trainer closes the tools either way. An engine handed
+        in gets the policy's weights now and after every update (`Engine.load_weights`)."""
         cfg = resolve(cfg)  # a Config built in code gets what algorithm.name implies, as a loaded one has
         self.cfg, self.tokenizer = cfg, tokenizer
         self.train_prompts, self.val_prompts = train_prompts, val_prompts or []
@@ -201,6 +202,8 @@ class Trainer:
                                ref_model=ref, temperature=cfg.rollout.temperature or 1.0)
         self.engine = engine if engine is not None else make_engine(
             cfg.rollout, replica if replica is not None else self.learner.model, tokenizer, own_copy=replica is not None)
+        if engine is not None:  # an engine handed in samples with its own copy: start it from these weights
+            self.engine.load_weights(self._full_weights)
         if self.world > 1 and cfg.rollout.engine == "vllm":
             # vLLM started from the checkpoint path; the sharded module's own weights (after an SFT in this
             # process) reach it only gathered, a collective every rank makes here. Untested here (no GPUs).

@@ -8,9 +8,12 @@ import json
 import operator
 
 import pytest
+import torch
 
-from appo.config import Config, ConfigError, resolve
+from appo.config import Config, ConfigError, load_config, preset_names, resolve
 from appo.data.templates import system_prompt_for_tools
+from appo.models import load_model, load_tokenizer
+from appo.rollout.hf import HFEngine
 from appo.tools import ToolResult, ToolRunner
 from appo.train.pipeline import run_pipeline
 from appo.train.tracking import read_metrics
@@ -29,6 +32,12 @@ def test_a_config_built_in_code_resolves():
     cfg.rollout.temperature = -1.0
     with pytest.raises(ConfigError, match=r"rollout.temperature=-1.0 is out of range"):
         resolve(cfg)
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_resolving_a_loaded_preset_changes_nothing(preset):
+    cfg = load_config(preset)
+    assert resolve(cfg) == cfg  # the pipeline resolves what it is given: a preset runs exactly as loaded
 
 
 class Calculator:
@@ -89,12 +98,20 @@ def test_the_pipeline_runs_from_python_with_a_reward_and_a_tool_passed_in(tmp_pa
         return 0.1 if "<answer>" in response else None
 
     calculator = Calculator()
+    # An engine of the caller's own, sampling with its own copy of the (untrained) weights: the pipeline
+    # must hand it the SFT weights before RL and the new weights after every update.
+    engine = HFEngine(load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir)), max_batch_size=16,
+                      own_copy=True)
     state = run_pipeline(cfg, progress=False, tools=ToolRunner({"python": calculator}),
-                         rewards=[correct, (tagged, 0.5)])
+                         rewards=[correct, (tagged, 0.5)], engine=engine)
     assert state["rl_done"]
     metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2]
     assert {"reward/correct", "reward/tagged"} <= set(metrics[0])  # each function's mean, on its own
     assert set(seen_levels) == {"easy", "hard"}  # the data's own column reached the reward
     assert calculator.calls, "the policy's tool calls did not reach the tool object passed in"
+    step_1 = [json.loads(line) for line in (tmp_path / "run" / "rollouts" / "step_1.jsonl").read_text().splitlines()]
+    assert sum(r["tool_calls"] for r in step_1) > 0  # sampled with the SFT weights, not the engine's random ones
+    trained = load_model(str(tmp_path / "run" / "checkpoints" / "step_2" / "hf")).state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in engine.model.state_dict().items())
     assert cfg.rollout.strategy is None  # the caller's config is left as it was
