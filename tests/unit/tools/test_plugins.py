@@ -211,3 +211,24 @@ def test_the_tools_system_prompt_lists_exactly_the_enabled_tools_with_their_argu
     assert '<add>{"a": integer, "b": integer}</add>: Add two integers. Arguments: a (integer): first' in prompt
     assert "search" not in prompt  # today's reference prompt offers search even when it is off
     assert load_config(None, ["data.system_prompt=quickstart"]).data.system_prompt == "quickstart"
+
+
+def test_appo_train_stops_before_the_model_loads_when_the_environment_cannot_set_up(tmp_path, tiny_model_dir):
+    (tmp_path / "broken_env.py").write_text(textwrap.dedent('''
+        class Shop:
+            """A shop."""
+            def setup(self, stock: int) -> None:
+                raise RuntimeError(f"cannot open a shop with {stock} items")
+            def buy(self, item: str) -> str:
+                """Buy an item."""
+                return item
+    '''))
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"question": "Buy milk.", "answer": "milk", "stock": 3}) + "\n")
+    (tmp_path / "cfg.yaml").write_text(json.dumps({
+        "defaults": "tiny", "data": {"task": None, "train_files": ["rows.jsonl"], "system_prompt": "Buy things."},
+        "tools": {"enabled": [], "environment": {"spec": "broken_env:Shop"}}, "sft": {"enabled": False}}))
+    proc = run_appo("train", "--config", "cfg.yaml", f"model.path={tiny_model_dir}",
+                    f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert_user_error(proc, "train", "tools.environment (broken_env:Shop)",
+                      "Shop failed to set up from a data row (RuntimeError: cannot open a shop with 3 items)")
+    assert not (tmp_path / "run" / "checkpoints").exists()
