@@ -10,7 +10,9 @@ from appo.config import Config, ConfigError
 from appo.data.datasets import DataError, build_prompts, load_prompts
 from appo.data.tasks import TaskData, build_task
 from appo.data.templates import system_prompt_for_tools
+from appo.tools.registry import tool_specs
 from appo.tools.search_backends import build_index
+from appo.tools.spec import tools_system_prompt
 
 
 def prepare_task(cfg: Config) -> TaskData | None:
@@ -52,7 +54,10 @@ def load_prompt_sets(cfg: Config, tokenizer, task: TaskData | None = None) -> tu
                      for rows in (task.train, task.val))
     if not cfg.data.train_files:
         raise ConfigError("no training data: set data.task (a built-in task) or data.train_files=[...]")
-    system = system_prompt_for_tools(cfg.tools.enabled)
+    if cfg.tools.custom or cfg.tools.environment.spec:  # plug-ins: every tool with its arguments
+        system = tools_system_prompt(tool_specs(cfg.tools))
+    else:
+        system = system_prompt_for_tools(cfg.tools.enabled)
     sets = []
     for key, files in (("data.train_files", cfg.data.train_files), ("data.val_files", cfg.data.val_files)):
         prompts = []

@@ -232,3 +232,19 @@ def test_appo_train_stops_before_the_model_loads_when_the_environment_cannot_set
     assert_user_error(proc, "train", "tools.environment (broken_env:Shop)",
                       "Shop failed to set up from a data row (RuntimeError: cannot open a shop with 3 items)")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_rows_without_a_system_prompt_are_offered_exactly_the_runs_plugin_tools(tmp_path, monkeypatch, tiny_tokenizer):
+    from appo.data.prompt_sets import load_prompt_sets
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "shouting", raising=False)
+    (tmp_path / "shouting.py").write_text("def shout(text: str) -> str:\n    '''Upper-case a text.'''\n"
+                                          "    return text.upper()\n")
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"question": "Shout hi.", "answer": "HI"}) + "\n")
+    cfg = load_config(None, ["data.task=null", "data.train_files=[rows.jsonl]", "tools.enabled=[]",
+                             "tools.custom=[shouting:shout]", "data.max_prompt_length=1024"])
+    (prompt,), _ = load_prompt_sets(cfg, tiny_tokenizer)
+    system = prompt.messages[0]["content"]
+    assert prompt.messages[0]["role"] == "system" and "<shout>text</shout>: Upper-case a text." in system
+    assert "search" not in system and "python" not in system
