@@ -175,6 +175,11 @@ class RolloutConfig:
                                "are prefilled). false re-prefills prompt + response every round (the old "
                                "path; same samples up to float rounding).")
     seed: int = opt(0, "Base seed of sampling; each step and row derives its own.")
+    vllm_async: bool = opt(True, "vLLM engine: every trajectory advances through its own turns, its requests "
+                                 "streamed into the running engine (a row waiting for its tool holds no other "
+                                 "row; APPO branches start as soon as their prompt's initial rows are done). "
+                                 "false: one engine call per round for all live rows, each round waiting for "
+                                 "its slowest row and tool call. ARPO always goes round by round.")
     gpu_memory_utilization: float = opt(0.5, "vLLM: fraction of GPU memory for weights + KV cache.", low=0, high=1)
     tensor_parallel_size: int = opt(1, "vLLM: GPUs one engine spreads its weights over (tensor parallelism). "
                                        "Under torchrun each group of this many ranks shares one engine; 1 gives "

@@ -51,4 +51,6 @@ class Engine(Protocol):
 
     # Optional: an engine whose `supports_sessions` is true also has `open_session()`, a continuous batch
     # whose sequences keep their KV cache between segments (see hf.DecodeSession); the tool loop then
-    # prefills only what is new. Engines without it (vLLM) get one `generate` call per round.
+    # prefills only what is new. An engine whose `supports_streaming` is true has `open_stream()` (see
+    # vllm.VLLMStream: add one request at a time, step, collect the finished ones) and the tool loop runs
+    # each row through its own turns (stream_loop). Other engines get one `generate` call per round.

@@ -28,8 +28,9 @@ result only the result is prefilled, a branch or fork starts from its parent's c
 continuously: a row that stops for a tool call leaves the batch, its call runs in the tool runner's
 pool while the others decode, and it rejoins REJOIN_AFTER_STEPS decode steps later (waiting for the result
 only if the tool is slower); freed slots go to the next rows. Which rows share a step therefore depends
-on token counts only, never on how fast a tool or the machine is, so outputs are reproducible. Other
-engines (vLLM, which has its own prefix cache) get one `generate` call per round for all live rows.
+on token counts only, never on how fast a tool or the machine is, so outputs are reproducible. Engines
+that stream requests (vLLM with `rollout.vllm_async`) run every row through its own turns with no round
+barrier (`appo.rollout.stream_loop`); other engines get one `generate` call per round for all live rows.
 """
 
 from __future__ import annotations
@@ -261,6 +262,10 @@ class ToolLoop:
         try:
             if self.sessions:
                 self._run_continuous()
+            elif getattr(self.engine, "supports_streaming", False):
+                from appo.rollout.stream_loop import run_streamed  # it builds on this module
+
+                run_streamed(self)
             while self.active:
                 self.step()
         finally:

@@ -21,6 +21,7 @@ teacher-forced recompute. What differs from the HF engine, by construction of vL
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 
@@ -38,7 +39,10 @@ class VLLMEngine:
 
     def __init__(self, model_path: str, tokenizer, *, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.5,
                  max_model_len: int | None = None, seed: int = 0, entropy_topk: int = 20,
-                 enforce_eager: bool = False, tensor_parallel_size: int = 1):
+                 enforce_eager: bool = False, tensor_parallel_size: int = 1, asynchronous: bool = True,
+                 **llm_kwargs):
+        """`asynchronous`: the tool loop streams each row's requests through `open_stream` (no round barrier);
+        false: one `generate` call per round. `llm_kwargs` go to `vllm.LLM` as they are."""
         try:
             from vllm import LLM
         except ImportError as e:
@@ -49,6 +53,7 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         self.tokenizer = tokenizer
         self.entropy_topk = entropy_topk
+        self.supports_streaming = asynchronous
         self.eos_ids = _eos_ids(model_path, tokenizer)
         # Under torchrun every rank serves its own engine on its own GPU within the ranks' process group
         # (vLLM's "external launcher", as TRL's colocate mode), rather than vLLM starting a group of its own.
@@ -58,7 +63,8 @@ class VLLMEngine:
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        enable_prefix_caching=True, enforce_eager=enforce_eager, max_logprobs=max(entropy_topk, 20),
-                       logprobs_mode="processed_logprobs", tensor_parallel_size=tensor_parallel_size, **launcher)
+                       logprobs_mode="processed_logprobs", tensor_parallel_size=tensor_parallel_size, **launcher,
+                       **llm_kwargs)
 
     @classmethod
     def from_config(cls, rollout_cfg, model, tokenizer) -> VLLMEngine:
@@ -72,31 +78,36 @@ class VLLMEngine:
         eager = not torch.cuda.is_available()
         engine = cls(path, tokenizer, dtype=dtype, gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
                      seed=rollout_cfg.seed, entropy_topk=rollout_cfg.appo.entropy_topk, enforce_eager=eager,
-                     tensor_parallel_size=rollout_cfg.tensor_parallel_size)
+                     tensor_parallel_size=rollout_cfg.tensor_parallel_size, asynchronous=rollout_cfg.vllm_async)
         if not any(isinstance(p, DTensor) for p in model.parameters()):  # sharded: the trainer pushes them
             engine.load_weights(lambda: merged_state_dict(model))
         return engine
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         for req in requests:
-            if not req.prompt_ids:
-                raise ValueError("GenRequest.prompt_ids is empty; a prompt needs at least one token")
+            _check(req)
         # vLLM rejects max_tokens=0; such rows end at once, as in the HF engine.
         live = [req for req in requests if req.max_new_tokens > 0]
-        prompts, params = [], []
-        for req in live:
-            k = max(req.logprobs, self.entropy_topk)
-            params.append(SamplingParams(
-                n=1, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k if req.top_k > 0 else -1,
-                repetition_penalty=req.repetition_penalty, max_tokens=req.max_new_tokens, stop=list(req.stop), include_stop_str_in_output=True,
-                logprobs=k, seed=req.seed, skip_special_tokens=False))
-            prompts.append(TokensPrompt(prompt_token_ids=list(req.prompt_ids)))
+        prompts = [TokensPrompt(prompt_token_ids=list(req.prompt_ids)) for req in live]
+        params = [self._params(req) for req in live]
         outputs = iter(self.llm.generate(prompts, params, use_tqdm=False) if live else [])
-        return [self._result(req, next(outputs).outputs[0]) if req.max_new_tokens > 0 else
-                GenResult([], [], [], [] if req.logprobs > 0 else None, "length") for req in requests]
+        return [self._result(req, next(outputs).outputs[0]) if req.max_new_tokens > 0 else _empty(req)
+                for req in requests]
+
+    def open_stream(self) -> VLLMStream:
+        """Requests in and out one at a time on the running engine (the asynchronous tool loop's path)."""
+        return VLLMStream(self)
+
+    def _params(self, req: GenRequest):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=1, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k if req.top_k > 0 else -1,
+            repetition_penalty=req.repetition_penalty, max_tokens=req.max_new_tokens, stop=list(req.stop),
+            include_stop_str_in_output=True, logprobs=max(req.logprobs, self.entropy_topk), seed=req.seed,
+            skip_special_tokens=False)
 
     def _result(self, req: GenRequest, out) -> GenResult:
         token_ids = list(out.token_ids)
@@ -129,6 +140,58 @@ class VLLMEngine:
             sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
         self.llm.collective_rpc(_push_weights, args=(sd,))
         self.llm.reset_prefix_cache()
+
+
+class VLLMStream:
+    """Requests streamed through the engine: `add` a request whenever its row is ready, `step` runs one
+    engine step (vLLM's scheduler batches every running request, continuously) and returns the rows whose
+    request finished in it, as (key, GenResult). No request waits for another to finish."""
+
+    def __init__(self, engine: VLLMEngine):
+        from vllm.sampling_params import RequestOutputKind
+
+        self._engine = engine
+        self._core = engine.llm.llm_engine
+        self._final_only = RequestOutputKind.FINAL_ONLY
+        self._running: dict[str, tuple[object, GenRequest]] = {}
+        self._done: list[tuple[object, GenResult]] = []
+
+    def add(self, key, req: GenRequest) -> None:
+        from vllm.inputs import TokensPrompt
+
+        _check(req)
+        if req.max_new_tokens <= 0:
+            self._done.append((key, _empty(req)))
+            return
+        params = self._engine._params(req)
+        params.output_kind = self._final_only
+        request_id = f"appo-stream-{next(_REQUEST_IDS)}"
+        self._core.add_request(request_id, TokensPrompt(prompt_token_ids=list(req.prompt_ids)), params)
+        self._running[request_id] = (key, req)
+
+    def step(self) -> list[tuple[object, GenResult]]:
+        done, self._done = self._done, []
+        if self._running:
+            for out in self._core.step():
+                if out.finished:
+                    key, req = self._running.pop(out.request_id)
+                    done.append((key, self._engine._result(req, out.outputs[0])))
+        return done
+
+    def __len__(self) -> int:
+        return len(self._running) + len(self._done)
+
+
+_REQUEST_IDS = itertools.count()
+
+
+def _check(req: GenRequest) -> None:
+    if not req.prompt_ids:
+        raise ValueError("GenRequest.prompt_ids is empty; a prompt needs at least one token")
+
+
+def _empty(req: GenRequest) -> GenResult:
+    return GenResult([], [], [], [] if req.logprobs > 0 else None, "length")
 
 
 def _push_weights(worker, state_dict: dict) -> None:
