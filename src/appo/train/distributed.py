@@ -10,6 +10,7 @@ engine), the learner is sharded with FSDP2, and rank 0 alone logs and writes fil
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -31,9 +32,24 @@ def init_from_env(device: str) -> None:
     if device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=BARRIER_TIMEOUT)
+    _joined.append(True)
+
+
+_joined: list[bool] = []  # whether init_from_env created the process group (and shutdown should end it)
 
 
 def shutdown() -> None:
+    """Leave the process group this module joined, after vLLM has released the groups it built on top of
+    it. A group that vLLM started for itself (a single-process run with rollout.engine=vllm) is left to
+    vLLM's own exit handler: destroying it here made that handler fail on the destroyed group, printing
+    `ValueError: Invalid process group specified` at the end of every such run."""
+    if not _joined:
+        return
+    _joined.clear()
+    if "vllm" in sys.modules:
+        from appo.rollout.vllm import release_parallel_state
+
+        release_parallel_state()
     if dist.is_initialized():
         dist.destroy_process_group()
 
