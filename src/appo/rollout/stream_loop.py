@@ -38,20 +38,14 @@ def run_streamed(loop: ToolLoop) -> None:
     loop._arrivals = deque(loop.active)
 
     def after(row: LoopRow, stop: str | None) -> None:
-        call = loop._call_for(row, stop) if stop is not None else None
-        if call is not None:
+        def start(call: ToolCall) -> None:
             calls[loop._submit(call)] = (next(order), row, call)
-        elif row.done:
-            loop._settle(row)
-        else:
-            ready.append(row)
+
+        loop._dispatch(row, stop, ready, start)
 
     try:
         while True:
-            while loop._arrivals:  # rows added so far (by `on_done` callbacks, too), in order
-                row = loop._arrivals.popleft()
-                stop, row.pending_stop = row.pending_stop, None
-                after(row, stop)
+            loop._drain_arrivals(after)
             if not (ready or calls or len(stream)):
                 break
             if calls:

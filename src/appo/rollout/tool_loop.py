@@ -431,19 +431,11 @@ class ToolLoop:
         self._arrivals = deque(self.active)
 
         def after(row: LoopRow, stop: str | None) -> None:
-            call = self._call_for(row, stop) if stop is not None else None
-            if call is not None:
-                waiting.append(_Waiting(row, call, self._submit(call), clock + REJOIN_AFTER_STEPS))
-            elif row.done:
-                self._settle(row)
-            else:
-                ready.append(row)
+            self._dispatch(row, stop, ready, lambda call: waiting.append(
+                _Waiting(row, call, self._submit(call), clock + REJOIN_AFTER_STEPS)))
 
         while True:
-            while self._arrivals:  # rows added so far (by `on_done` callbacks, too), in order
-                row = self._arrivals.popleft()
-                stop, row.pending_stop = row.pending_stop, None
-                after(row, stop)
+            self._drain_arrivals(after)
             if not (ready or waiting or len(session)):
                 break
             if not ready and not len(session):
@@ -465,6 +457,24 @@ class ToolLoop:
             clock += 1
         self._arrivals = None
         self._count("rounds", max((r.rounds for r in self.rows), default=0))
+
+    def _drain_arrivals(self, after: Callable[[LoopRow, str | None], None]) -> None:
+        """Hand each row added so far (by `on_done` callbacks, too), in order, with its due closing tag."""
+        while self._arrivals:
+            row = self._arrivals.popleft()
+            stop, row.pending_stop = row.pending_stop, None
+            after(row, stop)
+
+    def _dispatch(self, row: LoopRow, stop: str | None, ready: deque, start_call: Callable[[ToolCall], None]) -> None:
+        """After a segment that ended on `stop` (or a spliced result: None), in the continuous and streamed
+        loops: start the row's due tool call, or report the finished row, or queue it for its next segment."""
+        call = self._call_for(row, stop) if stop is not None else None
+        if call is not None:
+            start_call(call)
+        elif row.done:
+            self._settle(row)
+        else:
+            ready.append(row)
 
     def _submit(self, call: ToolCall) -> Future:
         submit = getattr(self.tools, "submit", None)

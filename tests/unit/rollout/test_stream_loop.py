@@ -4,7 +4,8 @@ barrier: a row waiting for its tool holds no other row, and a prompt's APPO bran
 prompt's initial row still waits.
 
 Model: the 10M tiny model (fp32) with a bigram nudge toward `<python>...</python>` applied as a vLLM
-logits processor (the same nudge as test_kv_reuse's ToolHappyLM), so that rows call the tool often.
+logits processor (benchmarks/bench_agent_loop.py's; the nudge of test_kv_reuse's ToolHappyLM), so that
+rows call the tool often.
 Tolerances as in test_kv_reuse: token ids equal, log-probs and entropies within 1e-4. Both paths draw the
 same per-request seeds; they differ in which requests share an engine step (float sums in the last bits).
 
@@ -13,11 +14,10 @@ Needs the optional vllm extra (a separate venv on CPU: see README "vLLM"); skips
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import random
 import threading
-import time
-import types
+from pathlib import Path
 
 import pytest
 
@@ -27,43 +27,26 @@ pytest.importorskip("vllm", reason="the optional vllm extra is not installed (pi
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-from vllm.v1.sample.logits_processor import AdapterLogitsProcessor  # noqa: E402
-
 from appo.models import build_tiny, load_tokenizer  # noqa: E402
 from appo.rollout.engine import GenRequest  # noqa: E402
 from appo.rollout.sampling import sample_groups  # noqa: E402
-from appo.rollout.tool_loop import LoopStart, RolloutLoopSettings, run_tool_loop  # noqa: E402
+from appo.rollout.tool_loop import run_tool_loop  # noqa: E402
 from appo.rollout.vllm import VLLMEngine  # noqa: E402
 from appo.tools.base import ToolResult  # noqa: E402
 from appo.tools.registry import ToolRunner  # noqa: E402
 
 from .conftest import make_cfg  # noqa: E402
+from .test_kv_reuse import SlowEcho, _assert_same, _prompts, _settings, _starts  # noqa: E402
 
-ATOL = 1e-4
+BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_agent_loop.py"
 
 
-def tool_happy(tok, start: float = 4.5, follow: float = 12.0) -> type:
-    """A vLLM logits processor: every token makes `<` and `</` a little more likely, and `<`/`</` then
-    `python` then `>` very likely (the model's own distribution otherwise)."""
-    (lt,), (close,), (name,), (gt,) = (tok.encode(s, add_special_tokens=False) for s in ("<", "</", "python", ">"))
-
-    def nudge(prompt_ids, output_ids, logits):
-        last = output_ids[-1] if output_ids else prompt_ids[-1]
-        logits[[lt, close]] += start
-        if last in (lt, close):
-            logits[name] += follow
-        elif last == name:
-            logits[gt] += follow
-        return logits
-
-    class ToolHappy(AdapterLogitsProcessor):
-        def is_argmax_invariant(self) -> bool:
-            return False
-
-        def new_req_logits_processor(self, params):
-            return nudge
-
-    return ToolHappy
+def _tool_nudge():
+    """benchmarks/bench_agent_loop.py's logits processor (the benchmark runs the same nudge)."""
+    spec = importlib.util.spec_from_file_location("bench_agent_loop", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.tool_nudge
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +54,7 @@ def engine(tmp_path_factory):
     path = build_tiny(tmp_path_factory.mktemp("stream") / "tiny10m", size="10m")
     tok = load_tokenizer(str(path))
     return VLLMEngine(str(path), tok, dtype="float32", max_model_len=512, enforce_eager=True,
-                      logits_processors=[tool_happy(tok)])
+                      logits_processors=[_tool_nudge()(tok, "python")])
 
 
 @pytest.fixture()
@@ -87,57 +70,13 @@ def rounds(engine):
     return Rounds
 
 
-def _prompts(tok, k):
-    out = []
-    for i in range(k):
-        chat = tok.apply_chat_template([{"role": "user", "content": f"Calculate {i} * 7 with python."}],
-                                       add_generation_prompt=True, tokenize=False)
-        out.append(types.SimpleNamespace(prompt_ids=tok.encode(chat, add_special_tokens=False), index=i))
-    return out
-
-
-def _starts(tok, k=3, per=3):
-    return [LoopStart.fresh(p.prompt_ids, group=g, seed=100 * g + j) for g, p in enumerate(_prompts(tok, k))
-            for j in range(per)]
-
-
-def _settings(**kw):
-    return RolloutLoopSettings(**{"max_response_length": 128, "call_limit": 3, "gen_batch_size": 4, **kw})
-
-
-def _assert_same(old, new):
-    assert len(old) == len(new)
-    for a, b in zip(old, new):
-        assert a.token_ids == b.token_ids
-        assert a.generated == b.generated and a.finish_reason == b.finish_reason
-        assert [(e["start"], e["end"], e["payload"]) for e in a.tool_log] == \
-               [(e["start"], e["end"], e["payload"]) for e in b.tool_log]
-        assert max((abs(x - y) for x, y in zip(a.logprobs, b.logprobs)), default=0.0) < ATOL
-        assert max((abs(x - y) for x, y in zip(a.entropies, b.entropies)), default=0.0) < ATOL
-
-
-class SlowEcho:
-    """Answers with its payload's length after a random pause."""
-    name = "python"
-
-    def __init__(self, seed: int, max_pause: float):
-        self.rng = random.Random(seed)
-        self.max_pause = max_pause
-        self.lock = threading.Lock()
-
-    def __call__(self, call):
-        with self.lock:
-            pause = self.rng.random() * self.max_pause
-        time.sleep(pause)
-        return ToolResult(f"len={len(call.payload)}", ok=True)
-
-
 class GatedEcho:
     """Like SlowEcho with no pause, except that its first call blocks until `gate` is set (or `limit`
-    seconds pass, so that a loop with a round barrier ends instead of hanging)."""
+    seconds pass, so that a loop with a round barrier ends instead of hanging; generous, because the other
+    rows must finish meanwhile, which took 100 s on the 2-core machine shared by eight engineers)."""
     name = "python"
 
-    def __init__(self, limit: float = 60.0):
+    def __init__(self, limit: float = 900.0):
         self.gate = threading.Event()
         self.limit = limit
         self.calls = 0
@@ -174,7 +113,7 @@ def test_stream_returns_what_generate_returns(engine):
     for i, want in enumerate(expected):
         assert got[i].token_ids == want.token_ids
         assert (got[i].finish_reason, got[i].stop_str) == (want.finish_reason, want.stop_str)
-        assert max((abs(a - b) for a, b in zip(got[i].logprobs, want.logprobs)), default=0.0) < ATOL
+        assert max((abs(a - b) for a, b in zip(got[i].logprobs, want.logprobs)), default=0.0) < 1e-4
         assert (got[i].top_logprobs is None) == (want.top_logprobs is None)
     with pytest.raises(ValueError, match="empty"):
         stream.add(99, GenRequest([], 3))

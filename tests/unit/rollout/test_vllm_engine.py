@@ -176,6 +176,7 @@ def test_make_engine_builds_vllm_from_config(setup):
     cfg = load_config(None, ["rollout.engine=vllm"])
     engine = make_engine(cfg.rollout, setup["model"], setup["tok"])
     assert isinstance(engine, VLLMEngine)
+    assert engine.supports_streaming  # rollout.vllm_async defaults to the asynchronous tool loop
     (res,) = _greedy(engine, setup["prompts"][1:2])
     (ref,) = _greedy(setup["hf"], setup["prompts"][1:2])
     assert res.token_ids == ref.token_ids
@@ -197,5 +198,6 @@ def test_an_engine_built_from_a_module_serves_the_modules_weights(setup):
     before = [r.token_ids for r in setup["hf"].generate(reqs)]
     want = [r.token_ids for r in HFEngine(model, setup["tok"]).generate(reqs)]
     assert want != before  # the change matters
-    engine = VLLMEngine.from_config(RolloutConfig(gpu_memory_utilization=0.3), model, setup["tok"])
+    engine = VLLMEngine.from_config(RolloutConfig(gpu_memory_utilization=0.3, vllm_async=False), model, setup["tok"])
+    assert not engine.supports_streaming  # the tool loop goes round by round
     assert [r.token_ids for r in engine.generate(reqs)] == want
