@@ -11,7 +11,7 @@ snippet after a latency drawn per call from a log-normal distribution (median 0.
 seeds and tool pool; the script checks that they produce the same trajectories.
 
     python benchmarks/bench_agent_loop.py [--prompts 8] [--rows 4] [--max-len 192] [--call-limit 4]
-        [--gen-batch 32] [--model tiny-10m|PATH]
+        [--gen-batch 32] [--repeats 1] [--model tiny-10m|PATH]
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=192, help="response budget in tokens, tool results included")
     ap.add_argument("--call-limit", type=int, default=4)
     ap.add_argument("--gen-batch", type=int, default=32, help="rollout.gen_batch_size")
+    ap.add_argument("--repeats", type=int, default=1, help="pairs of runs, in alternating order; times are summed")
     args = ap.parse_args()
 
     from appo.rollout.vllm import VLLMEngine
@@ -123,10 +124,13 @@ def main() -> None:
           f"log-normal median {LATENCY_MEDIAN} s sigma {LATENCY_SIGMA}, clipped to [{LATENCY_MIN}, {LATENCY_MAX}] s, "
           f"seeded per call")
     run(engine, prompts[:2], 1, RolloutLoopSettings(max_response_length=16, call_limit=0), True)  # warm-up
-    results = {}
-    for name, asynchronous in (("rounds", False), ("async", True)):
-        seconds, trajs, stats, lat = run(engine, prompts, args.rows, settings, asynchronous)
-        results[name] = (seconds, trajs)
+    results: dict[str, tuple[float, list]] = {}
+    # Pairs in alternating order (rounds, async, async, rounds, ...): a machine whose load drifts favours neither.
+    order = [("rounds", False), ("async", True)]
+    for i in range(args.repeats):
+        for name, asynchronous in (order if i % 2 == 0 else order[::-1]):
+            seconds, trajs, stats, lat = run(engine, prompts, args.rows, settings, asynchronous)
+            results[name] = (results.get(name, (0.0, None))[0] + seconds, trajs)
         tokens = sum(sum(t.generated) for t in trajs)
         print(f"{name:6s}: {seconds:6.2f} s wall; {len(trajs)} rows, {tokens} generated tokens, "
               f"{len(lat)} tool calls (latency sum {sum(lat):.1f} s, median {statistics.median(lat or [0]):.2f} s, "
@@ -135,6 +139,7 @@ def main() -> None:
               f"rounds {stats.get('rounds', 0)}")
     same = all(a.token_ids == b.token_ids for a, b in zip(results["rounds"][1], results["async"][1]))
     print(f"same trajectories in both loops: {'yes' if same else 'NO'}")
+    print(f"total over {args.repeats} pair(s): rounds {results['rounds'][0]:.2f} s, async {results['async'][0]:.2f} s")
     print(f"agent loop: async/rounds speed-up {results['rounds'][0] / results['async'][0]:.2f}×")
 
 
