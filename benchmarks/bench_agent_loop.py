@@ -131,12 +131,12 @@ def main() -> None:
         for name, asynchronous in (order if i % 2 == 0 else order[::-1]):
             seconds, trajs, stats, lat = run(engine, prompts, args.rows, settings, asynchronous)
             results[name] = (results.get(name, (0.0, None))[0] + seconds, trajs)
-        tokens = sum(sum(t.generated) for t in trajs)
-        print(f"{name:6s}: {seconds:6.2f} s wall; {len(trajs)} rows, {tokens} generated tokens, "
-              f"{len(lat)} tool calls (latency sum {sum(lat):.1f} s, median {statistics.median(lat or [0]):.2f} s, "
-              f"max {max(lat or [0]):.2f} s); engine {stats.get('generate_seconds', 0.0):.2f} s, "
-              f"waiting for tools with nothing to decode {stats.get('tool_seconds', 0.0):.2f} s, "
-              f"rounds {stats.get('rounds', 0)}")
+            tokens = sum(sum(t.generated) for t in trajs)
+            print(f"{name:6s}: {seconds:6.2f} s wall; {len(trajs)} rows, {tokens} generated tokens, "
+                  f"{len(lat)} tool calls (latency sum {sum(lat):.1f} s, median {statistics.median(lat or [0]):.2f} s, "
+                  f"max {max(lat or [0]):.2f} s); engine {stats.get('generate_seconds', 0.0):.2f} s, "
+                  f"waiting for tools with nothing to decode {stats.get('tool_seconds', 0.0):.2f} s, "
+                  f"rounds {stats.get('rounds', 0)}")
     same = all(a.token_ids == b.token_ids for a, b in zip(results["rounds"][1], results["async"][1]))
     print(f"same trajectories in both loops: {'yes' if same else 'NO'}")
     print(f"total over {args.repeats} pair(s): rounds {results['rounds'][0]:.2f} s, async {results['async'][0]:.2f} s")
