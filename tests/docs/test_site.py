@@ -92,3 +92,35 @@ def test_readme_links_resolve():
         if "://" in target:
             continue
         assert (REPO / target).exists(), f"README links to {target}, which does not exist"
+
+
+_GROUPS = ("model", "data", "rollout", "tools", "algorithm", "actor", "sft", "trainer", "eval")
+_KEY = re.compile("`((?:" + "|".join(_GROUPS) + r")\.[A-Za-z0-9_.\[\]]+?)(?:=[^`]*)?`")
+
+
+def _known_keys() -> set[str]:
+    from appo.config import ALIASES, FIXED_ALIASES, leaf_fields
+
+    keys = {key for key, _, _ in leaf_fields()} | set(ALIASES) | set(FIXED_ALIASES)
+    groups = {key.rsplit(".", i)[0] for key in keys for i in range(1, key.count(".") + 1)}
+    return keys | groups
+
+
+def test_config_keys_named_in_the_docs_exist():
+    """A key the README or a page names in code (`rollout.appo.fv_source=...`) is a key of the config, so a
+    renamed key cannot linger in the prose."""
+    from appo.verl_keys import is_verl_key
+
+    known, missing = _known_keys(), []
+    for page in [REPO / "README.md", *sorted(DOCS.rglob("*.md"))]:
+        if "results" in page.relative_to(REPO).parts:
+            continue
+        for m in _KEY.finditer(page.read_text()):
+            key = m.group(1).rstrip(".").replace("[]", "")
+            if key.endswith((".md", ".py", ".yaml", ".json", ".jsonl")):
+                continue  # a file name
+            # a verl key, or its actor_rollout_ref.* key written short, in a page about the reference
+            verl = is_verl_key(key) or is_verl_key(f"actor_rollout_ref.{key}") or f"actor_rollout_ref.{key}" in known
+            if key not in known and not verl:
+                missing.append(f"{page.relative_to(REPO)}: {key}")
+    assert not missing, "keys named in the docs that the config does not have:\n" + "\n".join(missing)
