@@ -1,5 +1,5 @@
 """The commands in the docs run: every shell block of getting started and the how-tos, in order, in a
-scratch folder, with this tree's `appo` on PATH. A block marked `<!-- not-run: REASON -->` (a GPU, a
+scratch folder (with the files the page's named code blocks define), with this tree's `appo` on PATH. A block marked `<!-- not-run: REASON -->` (a GPU, a
 network service, a long run) is not run, but its syntax is checked and every `appo train` in it has its
 preset and keys checked by `appo config show`, so a key renamed in the code fails here."""
 
@@ -65,6 +65,11 @@ def test_page_commands_run(page, tmp_path):
     ran = 0
     for block in blocks(page):
         where = f"{block.page}:{block.line}"
+        if block.file is not None:
+            target = tmp_path / block.file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(block.code)
+            continue
         syntax = subprocess.run(["bash", "-n"], input=block.code, text=True, capture_output=True)
         assert syntax.returncode == 0, f"{where}: not valid bash: {syntax.stderr}"
         if block.not_run is not None:
@@ -88,3 +93,16 @@ def test_train_args_reads_presets_and_keys():
     code = "torchrun --nproc_per_node=8 -m appo.cli train --config deepsearch-8b model.path=/x \\\n  rollout.n=4  # c\n"
     assert _train_args(code) == [["deepsearch-8b", "model.path=/x", "rollout.n=4"]]
     assert _train_args("./appo train    # first run") == [[]]
+
+
+
+def test_blocks_read_files_shell_commands_and_reasons(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("```python\n# my_agent.py, next to your config\nX = 1\n```\n\n```yaml\nkey: 1\n```\n\n"
+                    "<!-- not-run: needs a GPU -->\n```bash\nappo train\n```\n\n```bash\nls\n```\n")
+    found = blocks(page, tmp_path)
+    assert [(b.file, b.not_run, b.code) for b in found] == [
+        ("my_agent.py", None, "# my_agent.py, next to your config\nX = 1\n"),
+        (None, "needs a GPU", "appo train\n"),
+        (None, None, "ls\n"),
+    ]
