@@ -11,7 +11,7 @@ snippet after a latency drawn per call from a log-normal distribution (median 0.
 seeds and tool pool; the script checks that they produce the same trajectories.
 
     python benchmarks/bench_agent_loop.py [--prompts 8] [--rows 4] [--max-len 192] [--call-limit 4]
-        [--gen-batch 32] [--repeats 1] [--model tiny-10m|PATH]
+        [--gen-batch 32] [--nudge 4.5] [--repeats 1] [--model tiny-10m|PATH]
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=192, help="response budget in tokens, tool results included")
     ap.add_argument("--call-limit", type=int, default=4)
     ap.add_argument("--gen-batch", type=int, default=32, help="rollout.gen_batch_size")
+    ap.add_argument("--nudge", type=float, default=4.5, help="logit bonus of `<` and `</` (more: more calls)")
     ap.add_argument("--repeats", type=int, default=1, help="pairs of runs, in alternating order; times are summed")
     args = ap.parse_args()
 
@@ -113,14 +114,14 @@ def main() -> None:
             if args.model == "tiny-10m" else resolve_model_path(args.model))
     tok = load_tokenizer(path)
     engine = VLLMEngine(path, tok, dtype="float32", max_model_len=1024, enforce_eager=True,
-                        logits_processors=[tool_nudge(tok, "search")])
+                        logits_processors=[tool_nudge(tok, "search", start=args.nudge)])
     prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
                                                   add_generation_prompt=True, tokenize=False),
                           add_special_tokens=False) for i in range(args.prompts)]
     settings = RolloutLoopSettings(max_response_length=args.max_len, call_limit=args.call_limit,
                                    gen_batch_size=args.gen_batch)
     print(f"workload: {args.prompts} prompts x {args.rows} rows, {args.max_len}-token budget, <= {args.call_limit} "
-          f"calls/row, gen_batch_size {args.gen_batch}; model {args.model} fp32 (vLLM, eager); tool latency "
+          f"calls/row, gen_batch_size {args.gen_batch}, nudge {args.nudge}; model {args.model} fp32 (vLLM, eager); tool latency "
           f"log-normal median {LATENCY_MEDIAN} s sigma {LATENCY_SIGMA}, clipped to [{LATENCY_MIN}, {LATENCY_MAX}] s, "
           f"seeded per call")
     run(engine, prompts[:2], 1, RolloutLoopSettings(max_response_length=16, call_limit=0), True)  # warm-up
