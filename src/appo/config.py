@@ -321,16 +321,28 @@ class RewardConfig:
 @dataclass
 class AlgorithmConfig:
     name: str = opt("appo", "The algorithm, one object (appo.algorithms.<name>; docs/algorithms.md): "
-                            "'grpo', 'arpo' or 'appo', or your own as 'pkg.module:Class' (a subclass of "
+                            "'grpo', 'arpo', 'appo', 'drgrpo', 'dapo', 'gspo' or 'rloo', or your own as 'pkg.module:Class' (a subclass of "
                             "appo.algorithms.base.Algorithm). It implies rollout.strategy, "
                             "algorithm.adv_estimator, algorithm.drop_branch_rows and the other keys left "
                             "null; set those only to override it.")
     adv_estimator: str | None = opt(None, "Override of the advantage estimator that algorithm.name implies: 'grpo' "
                                           "(group z-score, every row trained) or 'appo' (initial and branch groups, "
-                                          "branch credit on the parent's prefix); null follows algorithm.name.",
-                                    choices=(None, "grpo", "appo"))
+                                          "branch credit on the parent's prefix) or 'rloo' (leave-one-out baseline, "
+                                          "no std); null follows algorithm.name.",
+                                    choices=(None, "grpo", "appo", "rloo"))
     norm_adv_by_std: bool | None = opt(None, "Divide by the group std (GRPO-style); false only centres. null "
                                              "follows algorithm.name (true for grpo, arpo, appo).")
+    dynamic_sampling: bool | None = opt(None, "DAPO's dynamic sampling: drop the groups whose rows all score the "
+                                              "same (zero advantage) and sample further prompts until the "
+                                              "batch is full again, in at most max_sampling_rounds rounds (then "
+                                              "the dropped groups fill what is missing). null follows "
+                                              "algorithm.name (true for dapo).")
+    max_sampling_rounds: int = opt(3, "Sampling rounds per step with dynamic_sampling, the first included.", low=1)
+    overlong_buffer: int | None = opt(None, "DAPO's soft overlong punishment: over the last N tokens of "
+                                            "rollout.max_response_length the reward falls linearly by up to "
+                                            "overlong_penalty; 0 disables. null follows algorithm.name (dapo: "
+                                            "a fifth of the response budget, else 0).", low=0)
+    overlong_penalty: float = opt(1.0, "The largest overlong punishment (at the response budget).", low=0)
     reward_scale_m: str = opt("off", "Reward scale M: 'off', or 'faithful' (the reference, inert except "
                                      "at the last token).", choices=("off", "faithful"))
     reward_scale_discount: float = opt(0.9, "Discount of M over positions before a split.", low=0, high=1)
@@ -385,6 +397,22 @@ class FsdpConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    enabled: str = opt("auto", "Weight each token's policy loss by the learner's over the sampler's probability "
+                               "of it, at the weights that sampled: 'auto' is on where the two can differ "
+                               "(rollout.engine=vllm, or the learner computes in another precision than the "
+                               "sampler: bf16 autocast against a float32 sampler, or the reverse) and off where "
+                               "both run float32 on the same module; the gap is logged every step (mismatch/*) "
+                               "either way.", choices=("auto", "on", "off"))
+    level: str = opt("token", "'token': one ratio per token; 'sequence': the sequence's geometric-mean ratio.",
+                     choices=("token", "sequence"))
+    method: str = opt("truncate", "'truncate': weight min(ratio, threshold) (TIS); 'mask': weight 0 where the ratio "
+                                  "is above threshold or below 1/threshold, else 1 (IcePop-style).",
+                      choices=("truncate", "mask"))
+    threshold: float = opt(2.0, "The truncation cap, and the mask's bound (its inverse is the lower one).", low=1)
+
+
+@dataclass
 class ActorConfig:
     lr: float = opt(1e-6, "Peak learning rate (AdamW).", low=0)
     weight_decay: float = opt(0.01, "AdamW weight decay.", low=0)
@@ -408,8 +436,24 @@ class ActorConfig:
     clip_ratio_low: float = opt(0.2, "PPO lower clip.", low=0)
     clip_ratio_high: float = opt(0.28, "PPO upper clip.", low=0)
     clip_ratio_c: float = opt(3.0, "Dual-clip constant (> 1).", low=1)
-    loss_agg_mode: str = opt("token-mean", "Aggregation over the mini-batch.",
-                             choices=("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"))
+    ratio_level: str | None = opt(None, "The PPO ratio: 'token' (per token, dual-clip PPO) or 'sequence' (GSPO: the "
+                                        "length-normalised sequence ratio, clipped with sequence_clip_ratio_*, "
+                                        "in its GSPO-token form so per-token advantages still apply). null "
+                                        "follows algorithm.name (sequence for gspo).",
+                                  choices=(None, "token", "sequence"))
+    sequence_clip_ratio_low: float = opt(3e-4, "Lower clip of the sequence ratio (ratio_level=sequence; GSPO's "
+                                               "3e-4).", low=0)
+    sequence_clip_ratio_high: float = opt(4e-4, "Upper clip of the sequence ratio (GSPO's 4e-4).", low=0)
+    loss_agg_mode: str | None = opt(None, "Aggregation over the mini-batch; 'seq-mean-token-sum-norm' divides each "
+                                          "sequence's token sum by a constant, loss_horizon (Dr. GRPO). null "
+                                          "follows algorithm.name (token-mean; drgrpo: seq-mean-token-sum-norm; "
+                                          "gspo: seq-mean-token-mean).",
+                                    choices=(None, "token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
+                                             "seq-mean-token-sum-norm"))
+    loss_horizon: int | None = opt(None, "The constant of seq-mean-token-sum-norm; null uses "
+                                         "rollout.max_response_length.", low=1)
+    rollout_correction: RolloutCorrectionConfig = opt(help="Importance correction for the sampler/learner "
+                                                           "probability gap.", factory=lambda: RolloutCorrectionConfig())
     use_kl_loss: bool = opt(False, "Add a KL penalty to a frozen reference model.")
     kl_loss_coef: float = opt(0.001, "Weight of the KL penalty.", low=0)
     kl_loss_type: str = opt("low_var_kl", "KL estimator.", choices=("kl", "abs", "mse", "low_var_kl"))
@@ -947,7 +991,8 @@ def _resolve_algorithm(cfg: Config) -> None:
 
 # The built-in algorithms (`algorithm.name`); any other name is a user's 'pkg.module:Class'.
 BUILT_IN_ALGORITHMS = {name: f"appo.algorithms.{name}:{cls}" for name, cls in (
-    ("grpo", "GRPO"), ("arpo", "ARPO"), ("appo", "APPO"))}
+    ("grpo", "GRPO"), ("arpo", "ARPO"), ("appo", "APPO"), ("drgrpo", "DrGRPO"), ("dapo", "DAPO"),
+    ("gspo", "GSPO"), ("rloo", "RLOO"))}
 
 
 def algorithm_class(name: str) -> type:

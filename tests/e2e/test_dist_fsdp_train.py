@@ -161,3 +161,26 @@ def test_appo_launch_refuses_sizes_that_do_not_divide_before_starting(tmp_path, 
     done = _train(tmp_path / "run", tiny_model_dir, qa_file, 2, "data.batch_size=3", check=False, by_appo=True)
     assert done.returncode == 2 and "starting" not in done.stdout
     assert "data.batch_size=3 must be divisible by the number of processes (2)" in done.stderr
+
+
+def test_every_count_adds_up_over_two_processes(tmp_path, tiny_model_dir, qa_file):
+    """ARPO (in-loop copies, refill rows, decisions) for one step: every statistic that counts something
+    (its reduction is a sum) and every reward metric is the one-process run's, and maxima are not averaged
+    (before, unnamed counts such as rollout/arpo_decisions were averaged over ranks: 17 became 8.5)."""
+    from appo.train.trainer import reduction
+
+    extra = ["algorithm.name=arpo", "rollout.arpo.branch_probability=1.0", "trainer.total_steps=1"]
+    _train(tmp_path / "one", tiny_model_dir, qa_file, 1, *extra)
+    _train(tmp_path / "two", tiny_model_dir, qa_file, 2, *extra)
+    (m1,), (m2,) = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert [(r["group"], r["token_ids"]) for r in _rows(tmp_path / "one", 1)] == \
+        [(r["group"], r["token_ids"]) for r in _rows(tmp_path / "two", 1)]
+    counts = [k for k in m1 if reduction(k) == "sum" and not k.startswith("actor/")]
+    assert {"rollout/arpo_decisions", "rollout/init_rows", "rollout/branch_rows", "rollout/generated_tokens",
+            "rollout/update_rows"} <= set(counts)
+    assert m1["rollout/arpo_decisions"] > 0
+    assert {k: m2.get(k) for k in counts} == {k: m1[k] for k in counts}
+    for key in ("reward/mean", "reward/init_mean", "reward/accuracy", "rollout/tool_calls_mean",
+                "rollout/response_length_mean", "rollout/truncated_frac"):
+        assert m2[key] == pytest.approx(m1[key], abs=1e-12), key
+    assert reduction("rollout/peak_kv_bytes") == "max" and reduction("mismatch/seq_ratio_min") == "min"

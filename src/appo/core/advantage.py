@@ -94,3 +94,38 @@ def appo_advantages(scores: torch.Tensor, group_ids: Sequence[Hashable] | torch.
         adv = torch.where(aux_count > 0, adv + aux_sum / aux_count.clamp(min=1.0), adv)
     out_dtype = response_mask.dtype if response_mask.is_floating_point() else torch.float32
     return (adv * mask).to(out_dtype)
+
+
+def rloo_advantages(scores: torch.Tensor, group_ids: Sequence[Hashable] | torch.Tensor,
+                    response_mask: torch.Tensor) -> torch.Tensor:
+    """RLOO's leave-one-out advantage (Ahmadian et al. 2024), broadcast over the response: ``[B, L]``.
+
+    ``A_i = s_i − (1/(k−1))·Σ_{j≠i} s_j = k/(k−1)·(s_i − mean_G)`` for a group of k rows; a singleton group
+    has no other sample to compare with and gets 0.
+    """
+    index, n_groups = _group_index(group_ids, scores.shape[0])
+    s = scores.double()
+    mean, _, count = _group_stats(s, index, n_groups, unbiased=False)
+    base = torch.where(count > 1, (s - mean) * count / (count - 1).clamp(min=1), torch.zeros_like(s))
+    return base.to(response_mask.dtype if response_mask.is_floating_point() else torch.float32
+                   ).unsqueeze(-1) * response_mask
+
+
+def overlong_penalty(length: int, max_length: int, buffer: int, factor: float = 1.0) -> float:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13) added to the reward of a response of
+    `length` tokens: 0 up to ``max_length − buffer``, then falling linearly to ``−factor`` at
+    ``max_length`` (and ``−factor`` beyond it)."""
+    if buffer <= 0:
+        return 0.0
+    start = max_length - buffer
+    if length <= start:
+        return 0.0
+    return -factor * min(1.0, (length - start) / buffer)
+
+
+def all_equal_groups(scores: Sequence[float], group_ids: Sequence[Hashable]) -> set[Hashable]:
+    """The groups whose scores are all equal (DAPO's dynamic sampling drops them: their GRPO advantage is 0)."""
+    seen: dict[Hashable, set[float]] = {}
+    for s, g in zip(scores, group_ids, strict=True):
+        seen.setdefault(g, set()).add(float(s))
+    return {g for g, values in seen.items() if len(values) == 1}

@@ -13,7 +13,7 @@ import torch
 
 from appo.core.branching import EXP_CLAMP, discounted_future_sum
 
-AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KL_KINDS = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
 LOW_VAR_KL_CLAMP = 10.0
 SAFETY_F_RANGE = (0.8, 1.0)  # influence range where A < 0 and the ratio exceeds safety_thresh
@@ -25,12 +25,15 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def agg_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
-             normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
+             normalizer: float | torch.Tensor | None = None, horizon: int | None = None) -> torch.Tensor:
     """Reduce a ``[B, L]`` loss matrix to a scalar over the masked positions.
 
     * ``token-mean``: Σ loss·mask / (Σ mask + 1e-8).
     * ``seq-mean-token-sum``: mean over sequences with any valid token of Σ_t loss·mask.
     * ``seq-mean-token-mean``: mean over those sequences of their own token-mean.
+    * ``seq-mean-token-sum-norm`` (Dr. GRPO): ``seq-mean-token-sum`` divided by the constant ``horizon``
+      (the response budget) instead of each sequence's own length, so long and short responses weigh
+      their tokens alike.
 
     ``normalizer`` replaces the local count (tokens for ``token-mean``, sequences with a valid token
     for the seq modes) by a global one, so that a mini-batch split into micro-batches can be
@@ -50,6 +53,10 @@ def agg_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean
     seq_loss = (masked * weights).sum(dim=-1)
     if mode == "seq-mean-token-mean":
         seq_loss = seq_loss / tokens.clamp(min=1)
+    elif mode == "seq-mean-token-sum-norm":
+        if not horizon or horizon <= 0:
+            raise ValueError("loss aggregation seq-mean-token-sum-norm needs a positive horizon (the response budget)")
+        seq_loss = seq_loss / horizon
     has_tokens = tokens > 0
     total = torch.where(has_tokens, seq_loss, torch.zeros_like(seq_loss)).sum()
     if normalizer is None:
@@ -84,29 +91,134 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
 
 def ppo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
              clip_low: float = 0.2, clip_high: float = 0.28, clip_c: float = 3.0, agg: str = "token-mean",
-             normalizer: float | torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             normalizer: float | torch.Tensor | None = None, horizon: int | None = None,
+             weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Vanilla dual-clip PPO (verl ``compute_policy_loss``), no sequence filter.
 
     ``ratio = exp(log_prob − old_log_prob)`` with the log-ratio clamped to ±20 (the reference leaves it
     unclamped; the two differ only where it would overflow). Per token: ``max(−A·r, −A·clip(r, 1−low,
-    1+high))``, and for A < 0 additionally ``min(·, −A·c)``. Metrics: ``pg_clipfrac``,
-    ``pg_clipfrac_lower`` (dual-clip active), ``ppo_kl`` (masked mean of −log-ratio).
+    1+high))``, and for A < 0 additionally ``min(·, −A·c)``, times the rollout correction's constant
+    ``weights`` when given (:func:`rollout_correction`). Metrics: ``pg_clipfrac``, ``pg_clipfrac_lower``
+    (dual-clip active), ``ppo_kl`` (masked mean of −log-ratio).
     """
     _check_clip_c(clip_c)
     log_prob = _as_float(log_prob)
     old = _as_float(old_log_prob).detach().to(log_prob.dtype)
     adv = advantages.detach().to(log_prob.dtype)
-    weights = mask.to(log_prob.dtype)
+    valid = mask.to(log_prob.dtype)
     log_ratio = torch.clamp(log_prob - old, -EXP_CLAMP, EXP_CLAMP)
     ratio = torch.exp(log_ratio)
     terms = _dual_clip(adv, adv, ratio, clip_low, clip_high, clip_c)
-    loss = agg_loss(terms["per_token"], mask, agg, normalizer)
+    per_token = terms["per_token"] if weights is None else terms["per_token"] * weights.detach().to(log_prob.dtype)
+    loss = agg_loss(per_token, mask, agg, normalizer, horizon)
     metrics = {
-        "pg_clipfrac": _masked_mean(terms["clipped"].to(weights.dtype), weights).detach(),
-        "pg_clipfrac_lower": _masked_mean(terms["dual_clipped"].to(weights.dtype), weights).detach(),
-        "ppo_kl": _masked_mean(-log_ratio, weights).detach(),
+        "pg_clipfrac": _masked_mean(terms["clipped"].to(valid.dtype), valid).detach(),
+        "pg_clipfrac_lower": _masked_mean(terms["dual_clipped"].to(valid.dtype), valid).detach(),
+        "ppo_kl": _masked_mean(-log_ratio, valid).detach(),
     }
     return loss, metrics
+
+
+def sequence_log_ratio(log_prob: torch.Tensor, old_log_prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[B]``: the length-normalised sequence log-ratio ``(1/|y|)·Σ_t (log π − log π_old)`` over the masked
+    tokens (0 for a sequence without one), clamped to ±20: GSPO's ``log s_i``."""
+    valid = mask.to(log_prob.dtype)
+    total = ((log_prob - old_log_prob) * valid).sum(dim=-1)
+    return torch.clamp(total / valid.sum(dim=-1).clamp(min=1), -EXP_CLAMP, EXP_CLAMP)
+
+
+def gspo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+              clip_low: float = 3e-4, clip_high: float = 4e-4, agg: str = "seq-mean-token-mean",
+              normalizer: float | torch.Tensor | None = None, horizon: int | None = None,
+              weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GSPO's sequence-level clipped objective (Zheng et al. 2025), in its GSPO-token form.
+
+    ``s_i = exp((1/|y_i|)·Σ_t log(π/π_old))``; per token ``s_{i,t} = sg[s_i]·π_t/sg[π_t]`` (equal to s_i
+    in value, its gradient that of log π_t scaled by s_i) and the loss ``max(−A_t·s_{i,t},
+    −A_t·clip(s_{i,t}, 1−low, 1+high))``. With one advantage per sequence and ``seq-mean-token-mean``
+    this is GSPO's objective and gradient exactly; per-token advantages (APPO's prefix credit) are what
+    GSPO-token allows. No dual clip: the sequence ratio is bounded by the clip already. Metrics:
+    ``pg_clipfrac`` (share of sequences clipped, over those with a token) and ``ppo_kl``.
+    """
+    log_prob = _as_float(log_prob)
+    old = _as_float(old_log_prob).detach().to(log_prob.dtype)
+    adv = advantages.detach().to(log_prob.dtype)
+    valid = mask.to(log_prob.dtype)
+    seq = sequence_log_ratio(log_prob.detach(), old, mask)
+    ratio = torch.exp(seq.unsqueeze(-1) + log_prob - log_prob.detach())
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
+    per_token = torch.maximum(unclipped, clipped)
+    if weights is not None:
+        per_token = per_token * weights.detach().to(log_prob.dtype)
+    loss = agg_loss(per_token, mask, agg, normalizer, horizon)
+    has_tokens = valid.sum(dim=-1) > 0
+    seq_clipped = ((clipped > unclipped) & mask.bool()).any(dim=-1) & has_tokens
+    metrics = {
+        "pg_clipfrac": (seq_clipped.sum() / has_tokens.sum().clamp(min=1)).to(valid.dtype).detach(),
+        "ppo_kl": _masked_mean(-(log_prob.detach() - old), valid).detach(),
+    }
+    return loss, metrics
+
+
+def rollout_correction(learner_log_prob: torch.Tensor, sampler_log_prob: torch.Tensor, mask: torch.Tensor,
+                       level: str = "token", method: str = "truncate",
+                       threshold: float = 2.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Importance weights for the gap between the sampler's and the learner's probabilities of the same
+    tokens at the same weights (a vLLM or bf16 sampler against the learner's forward): ``[B, L]`` constants.
+
+    ``ρ_t = π_learner(y_t)/π_sampler(y_t)`` per token, or per sequence its length-normalised (geometric
+    mean) ``exp((1/|y|)·Σ_t log ρ_t)`` broadcast over the sequence. ``truncate`` weights by
+    ``min(ρ, threshold)`` (truncated importance sampling, TIS); ``mask`` weights by 1 where
+    ``1/threshold <= ρ <= threshold`` and 0 elsewhere (IcePop-style masking). Metrics are sums over the
+    masked tokens, so that micro-batches add up (:func:`mismatch_summary`): ``abs_diff_sum``,
+    ``abs_diff_max``, ``tokens``, ``over`` (tokens with ρ > threshold: what truncation caps),
+    ``outside`` (ρ outside [1/threshold, threshold]: what masking drops) and the sequence ratios
+    ``seq_ratio_sum``, ``seq_ratio_sq_sum``, ``seq_ratio_min``, ``seq_ratio_max``, ``sequences``.
+    """
+    valid = mask.bool()
+    lp = _as_float(learner_log_prob).detach()
+    delta = torch.where(valid, lp - _as_float(sampler_log_prob).to(lp.dtype), torch.zeros_like(lp))
+    delta = torch.clamp(delta, -EXP_CLAMP, EXP_CLAMP)
+    seq_log = sequence_log_ratio(delta, torch.zeros_like(delta), mask)
+    rho = torch.exp(delta) if level == "token" else torch.exp(seq_log).unsqueeze(-1).expand_as(delta)
+    if method == "truncate":
+        weights = torch.clamp(rho, max=threshold)
+    elif method == "mask":
+        weights = ((rho <= threshold) & (rho >= 1.0 / threshold)).to(lp.dtype)
+    else:
+        raise ValueError(f"unknown rollout correction method {method!r}; choose one of: truncate, mask")
+    has_tokens = valid.any(dim=-1)
+    seq_ratio = torch.exp(seq_log.double())[has_tokens]  # float64: the spread is a difference of sums
+    zero = torch.zeros((), dtype=lp.dtype, device=lp.device)
+    metrics = {
+        "abs_diff_sum": delta.abs().sum(), "abs_diff_max": delta.abs().max() if delta.numel() else zero,
+        "tokens": valid.sum().to(lp.dtype), "over": ((rho > threshold) & valid).sum().to(lp.dtype),
+        "outside": (((rho > threshold) | (rho < 1.0 / threshold)) & valid).sum().to(lp.dtype),
+        "seq_ratio_sum": seq_ratio.sum(), "seq_ratio_sq_sum": seq_ratio.square().sum(),
+        "seq_ratio_min": seq_ratio.min() if seq_ratio.numel() else torch.tensor(math.inf),
+        "seq_ratio_max": seq_ratio.max() if seq_ratio.numel() else torch.tensor(-math.inf),
+        "sequences": has_tokens.sum().to(lp.dtype),
+    }
+    return torch.where(valid, weights, torch.zeros_like(weights)), metrics
+
+
+def mismatch_summary(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Combine :func:`rollout_correction`'s per-batch sums into the logged statistics: mean and max
+    |Δ log p| per token, the share of tokens truncation caps and masking drops, and the sequence ratio's
+    spread (min, max, std)."""
+    total = {k: sum(p[k] for p in parts) for k in ("abs_diff_sum", "tokens", "over", "outside", "seq_ratio_sum",
+                                                  "seq_ratio_sq_sum", "sequences")}
+    tokens, seqs = max(total["tokens"], 1.0), max(total["sequences"], 1.0)
+    mean = total["seq_ratio_sum"] / seqs
+    return {
+        "abs_logp_diff_mean": total["abs_diff_sum"] / tokens,
+        "abs_logp_diff_max": max(p["abs_diff_max"] for p in parts),
+        "truncated_frac": total["over"] / tokens, "masked_frac": total["outside"] / tokens,
+        "seq_ratio_min": min(p["seq_ratio_min"] for p in parts) if total["sequences"] else 1.0,
+        "seq_ratio_max": max(p["seq_ratio_max"] for p in parts) if total["sequences"] else 1.0,
+        "seq_ratio_std": math.sqrt(max(0.0, total["seq_ratio_sq_sum"] / seqs - mean * mean)),
+    }
 
 
 def future_kl_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
@@ -114,7 +226,8 @@ def future_kl_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage
                    decay_rate: float = 64.0, fkl_clip: float = 0.2, fkl_clip_high_only: bool = True,
                    fkl_weight: float = 1.0, safety_thresh: float = 6.0, agg: str = "token-mean",
                    normalizer: float | torch.Tensor | None = None,
-                   chunk_size: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                   chunk_size: int | None = None, horizon: int | None = None,
+                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Future-KL (FIPO) policy loss: dual-clip PPO on ``A·(1 + fkl_weight·f)``.
 
     1. ``Δ = clamp(log_prob − old_log_prob, ±20)``, ``r = exp(Δ)``.
@@ -161,10 +274,12 @@ def future_kl_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage
         weighted_adv = adv * (1.0 + fkl_weight * influence)
 
     terms = _dual_clip(weighted_adv, adv, ratio, clip_low, clip_high, clip_c)
+    if weights is not None:
+        terms["per_token"] = terms["per_token"] * weights.detach().to(log_prob.dtype)
     dual_per_seq = (terms["dual_clipped"] & valid).sum(dim=-1)
     dropped = dual_per_seq > 1
     final_mask = valid & ~dropped.unsqueeze(-1)
-    loss = agg_loss(terms["per_token"], final_mask, agg, normalizer)
+    loss = agg_loss(terms["per_token"], final_mask, agg, normalizer, horizon)
 
     at_bound = (influence >= high - 1e-7) | (influence <= low + 1e-7)
     has_tokens = valid.any(dim=-1)

@@ -17,6 +17,7 @@ single-process step on the union of the ranks' rows.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Iterator
@@ -26,7 +27,15 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from appo.config import ActorConfig, LoraConfig, ModelConfig
-from appo.core.loss import agg_loss, future_kl_loss, kl_penalty, ppo_loss
+from appo.core.loss import (
+    agg_loss,
+    future_kl_loss,
+    gspo_loss,
+    kl_penalty,
+    mismatch_summary,
+    ppo_loss,
+    rollout_correction,
+)
 from appo.core.runs import cheapest_runs
 from appo.rollout.packed_linears import forget_packed, packed_linears
 from appo.rollout.teacher_forcing import ResponseLogits, forward_tokens, response_log_probs
@@ -46,6 +55,10 @@ class UpdateBatch:
     old_log_probs: torch.Tensor | None
     advantages: torch.Tensor
     ref_log_probs: torch.Tensor | None = None
+    # The sampler's own log-probs of the response tokens: the gap to the learner's is logged (mismatch/*)
+    # and, with `correct`, importance-corrected in the loss (actor.rollout_correction).
+    sampler_log_probs: torch.Tensor | None = None
+    correct: bool = False
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -55,7 +68,8 @@ class UpdateBatch:
         return UpdateBatch([self.prompt_ids[i] for i in idx], [self.response_ids[i] for i in idx],
                            self.loss_mask[t], None if self.old_log_probs is None else self.old_log_probs[t],
                            self.advantages[t],
-                           None if self.ref_log_probs is None else self.ref_log_probs[t])
+                           None if self.ref_log_probs is None else self.ref_log_probs[t],
+                           None if self.sampler_log_probs is None else self.sampler_log_probs[t], self.correct)
 
 
 ADDITIVE = ("actor/pg_loss", "actor/kl_loss", "actor/entropy")
@@ -186,7 +200,12 @@ class Learner:
 
     def __init__(self, model, actor: ActorConfig, model_cfg: ModelConfig, pad_id: int, device: str = "cpu",
                  total_optimizer_steps: int = 1, ref_model=None, temperature: float = 1.0):
+        # An ActorConfig built alone (not through appo.config.resolve) gets the base algorithm's choices.
+        actor = dataclasses.replace(actor, loss_agg_mode=actor.loss_agg_mode or "token-mean",
+                                    ratio_level=actor.ratio_level or "token")
         self.actor, self.model_cfg = actor, model_cfg
+        self._mismatch: list[dict[str, float]] = []
+        self._measure_mismatch = False
         self.device = torch.device(device)
         self.pad_id = pad_id
         self.temperature = temperature
@@ -330,10 +349,14 @@ class Learner:
 
     # ------------------------------------------------------------------------------------------- update
 
-    def _policy_loss(self, log_prob, old, adv, mask, normaliser):
+    def _policy_loss(self, log_prob, old, adv, mask, normaliser, weights=None):
         a = self.actor
+        if a.ratio_level == "sequence":
+            return gspo_loss(log_prob, old, adv, mask, clip_low=a.sequence_clip_ratio_low,
+                             clip_high=a.sequence_clip_ratio_high, agg=a.loss_agg_mode, normalizer=normaliser,
+                             horizon=a.loss_horizon, weights=weights)
         common = dict(clip_low=a.clip_ratio_low, clip_high=a.clip_ratio_high, clip_c=a.clip_ratio_c,
-                      agg=a.loss_agg_mode, normalizer=normaliser)
+                      agg=a.loss_agg_mode, normalizer=normaliser, horizon=a.loss_horizon, weights=weights)
         if a.loss_mode == "future_kl":
             f = a.future_kl
             return future_kl_loss(log_prob, old, adv, mask, decay_rate=f.decay_rate, fkl_clip=f.clip_ratio,
@@ -368,7 +391,9 @@ class Learner:
 
         self.model.train()
         first_step = self.optimizer_steps
-        for _ in range(a.ppo_epochs):
+        self._mismatch = []  # the sampler/learner gap of each micro-batch, in the first epoch
+        for epoch in range(a.ppo_epochs):
+            self._measure_mismatch = epoch == 0
             for mini_idx in _chunks(rows, mini):
                 mb = batch.select(mini_idx)
                 normaliser = self._normaliser(mb, moved=self.optimizer_steps > first_step)
@@ -393,6 +418,8 @@ class Learner:
                 self.scheduler.step()
                 self.optimizer_steps += 1
         out = {k: sums[k] / counts[k] for k in sums}
+        if self._mismatch:
+            out.update({f"mismatch/{k}": v for k, v in mismatch_summary(self._mismatch).items()})
         out["actor/lr"] = self.optimizer.param_groups[0]["lr"]
         out["actor/skipped_steps"] = float(self.skipped_steps)
         out["actor/optimizer_steps"] = float(self.optimizer_steps)
@@ -445,18 +472,27 @@ class Learner:
         mask = mb.loss_mask[:, :width].to(self.device)
         old = log_prob.detach() if mb.old_log_probs is None else mb.old_log_probs[:, :width].to(self.device)
         adv = mb.advantages[:, :width].to(self.device)
-        loss, metrics = self._policy_loss(log_prob, old, adv, mask, normaliser)
+        weights = None
+        if mb.sampler_log_probs is not None:  # `old` is the learner's at the weights that sampled
+            rc = a.rollout_correction
+            weights, gap = rollout_correction(old, mb.sampler_log_probs[:, :width].to(self.device), mask, rc.level,
+                                              rc.method, rc.threshold)
+            if self._measure_mismatch:
+                self._mismatch.append({k: float(v) for k, v in gap.items()})
+            if not mb.correct:
+                weights = None
+        loss, metrics = self._policy_loss(log_prob, old, adv, mask, normaliser, weights)
         metrics = {f"actor/{k}": float(v) for k, v in metrics.items() if k != "kept_count"}
         metrics["actor/pg_loss"] = float(loss.detach())
         if a.use_kl_loss and a.kl_loss_coef > 0:
             if mb.ref_log_probs is None:
                 raise RuntimeError("actor.use_kl_loss=true but the batch has no reference log-probs")
             kl = kl_penalty(log_prob, mb.ref_log_probs[:, :width].to(self.device), kind=a.kl_loss_type)
-            kl_loss = agg_loss(kl, mask, a.loss_agg_mode, normalizer=normaliser)
+            kl_loss = agg_loss(kl, mask, a.loss_agg_mode, normalizer=normaliser, horizon=a.loss_horizon)
             loss = loss + a.kl_loss_coef * kl_loss
             metrics["actor/kl_loss"] = float(kl_loss.detach())
         if need_entropy:
-            ent_loss = agg_loss(entropy, mask, a.loss_agg_mode, normalizer=normaliser)
+            ent_loss = agg_loss(entropy, mask, a.loss_agg_mode, normalizer=normaliser, horizon=a.loss_horizon)
             loss = loss - a.entropy_coeff * ent_loss
             metrics["actor/entropy"] = float(ent_loss.detach())
         # FSDP averages gradients over ranks; the normaliser is already global, so undo the average.

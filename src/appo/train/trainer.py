@@ -109,42 +109,71 @@ def loss_mask(rows: list[Trajectory], mask_branches: bool) -> torch.Tensor:
     return mask
 
 
-# Metrics that count things add up over ranks; timings take the slowest rank; the rest are means over
-# ranks, which equal row-weighted means because every rank holds the same number of rows (checked).
-SUMMED = {"rollout/init_rows", "rollout/branch_rows", "rollout/refill_rows", "rollout/candidates",
-          "rollout/strict_points", "rollout/fallback_points", "rollout/repeated_points",
-          "rollout/fv_zero_variance_groups", "rollout/tool_calls", "rollout/generated_tokens",
-          "rollout/limit_hits", "rollout/empty_calls", "rollout/update_rows", "actor/pg_loss", "actor/kl_loss",
-          "actor/entropy"}
+def behaviour_log_probs(rows: list[Trajectory], width: int) -> torch.Tensor:
+    """[rows, width]: the sampler's log-prob of each response token (0 where it did not sample)."""
+    out = torch.zeros(len(rows), width)
+    for i, t in enumerate(rows):
+        out[i, :len(t)] = torch.tensor(t.logprobs, dtype=torch.float32)
+    return out
+
+
+# How a per-step statistic combines over ranks, by what it is: rollout counters (rows, tokens, calls,
+# decisions, points, ...) add up; the loss terms too (each rank's is its share of the global normaliser);
+# peaks, wall-clock seconds and round counts take the largest rank's; a minimum the smallest; shares,
+# means and per-row figures are means over ranks, equal to the row-weighted mean because every rank holds
+# the same number of rows (checked); the row metrics of `rollout_metrics` are computed over every rank's
+# rows instead. `test_dist_fsdp_train` checks every count against the one-process run's.
+LARGEST = ("time/", "seconds", "peak_", "_max", "rollout/rounds", "rollout/fv_used", "rollout/sampling_rounds")
+MEANS = ("_mean", "_frac", "_per_row", "_std", "rollout/response_length", "actor/", "mismatch/", "epoch")
+ADDED = ("actor/pg_loss", "actor/kl_loss", "actor/entropy")
+
+
+def reduction(key: str) -> str:
+    """'sum', 'max', 'min' or 'mean': how `key` combines over ranks."""
+    if key in ADDED:
+        return "sum"
+    if any(part in key for part in LARGEST):
+        return "max"
+    if key.endswith("_min"):
+        return "min"
+    if key.startswith("rollout/") and not any(part in key for part in MEANS):
+        return "sum"
+    return "mean"
 
 
 def reduce_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
     out = {}
     for key in dict.fromkeys(k for m in per_rank for k in m):
         values = [m[key] for m in per_rank if key in m]
-        if key in SUMMED:
-            out[key] = sum(values)
-        elif key.startswith("time/") or key.endswith("seconds") or key in ("rollout/rounds", "rollout/fv_used"):
-            out[key] = max(values)
-        else:
-            out[key] = sum(values) / len(values)
+        how = reduction(key)
+        out[key] = (sum(values) if how == "sum" else max(values) if how == "max" else min(values) if how == "min"
+                    else sum(values) / len(values))
     return out
 
 
-def rollout_metrics(rows: list[Trajectory]) -> dict[str, float]:
-    rewards = [t.reward for t in rows]
-    inits = [t for t in rows if t.kind == "init"]
-    sampled = [e for t in rows for e, g in zip(t.entropies, t.generated) if g]
+def row_summaries(rows: list[Trajectory]) -> list[dict]:
+    """What `rollout_metrics` reads of each row (small: gathered from every rank under torchrun)."""
+    return [{"reward": t.reward, "initial": t.kind == "init" and not t.meta.get("refill"), "tool_calls": t.tool_calls,
+             "length": len(t), "finish_reason": t.finish_reason,
+             "entropy_sum": sum(e for e, g in zip(t.entropies, t.generated) if g), "sampled": sum(t.generated)}
+            for t in rows]
+
+
+def rollout_metrics(rows: list[dict]) -> dict[str, float]:
+    """Reward and row statistics over `row_summaries`; reward/init_mean is over the initial rollouts only
+    (not ARPO's or APPO's refill rows, which are fresh samples drawn to fill open slots)."""
+    rewards = [t["reward"] for t in rows]
+    inits = [t for t in rows if t["initial"]]
     return {
         "reward/mean": sum(rewards) / len(rewards),
-        "reward/init_mean": sum(t.reward for t in inits) / max(1, len(inits)),
+        "reward/init_mean": sum(t["reward"] for t in inits) / max(1, len(inits)),
         # Full credit (>= 1): exact answers under the built-in and deep-research rewards.
         "reward/accuracy": sum(r >= 1.0 for r in rewards) / len(rewards),
-        "rollout/tool_calls_mean": sum(t.tool_calls for t in rows) / len(rows),
-        "rollout/response_length_mean": sum(len(t) for t in rows) / len(rows),
-        "rollout/truncated_frac": sum(t.finish_reason == "length" for t in rows) / len(rows),
+        "rollout/tool_calls_mean": sum(t["tool_calls"] for t in rows) / len(rows),
+        "rollout/response_length_mean": sum(t["length"] for t in rows) / len(rows),
+        "rollout/truncated_frac": sum(t["finish_reason"] == "length" for t in rows) / len(rows),
         # The sampling policy's entropy (nats per sampled token; top-k estimates where the engine's are).
-        "rollout/entropy_mean": sum(sampled) / max(1, len(sampled)),
+        "rollout/entropy_mean": sum(t["entropy_sum"] for t in rows) / max(1, sum(t["sampled"] for t in rows)),
     }
 
 
@@ -232,8 +261,15 @@ class Trainer:
             with timer("reward"):
                 reward_metrics.update(score_groups(groups, self.reward_fn, self.tokenizer, cfg.algorithm.reward_text))
 
+        def refill(round_: int) -> tuple[list, int]:  # further prompts (dynamic sampling), seeded by step and round
+            more = random.Random(derive_seed(cfg.data.seed, "refill", step, round_)).sample(
+                range(len(self.train_prompts)), cfg.data.batch_size)
+            at, mine_more = distributed.my_share(more)
+            return [self.train_prompts[i] for i in mine_more], round_ * cfg.data.batch_size + at
+
         with timer("rollout"):
-            groups, roll_stats = algo.rollouts(self.engine, self.tools, prompts, score, step=step, first_group=first)
+            groups, roll_stats = algo.rollouts(self.engine, self.tools, prompts, score, step=step, first_group=first,
+                                               refill=refill)
         timer.seconds["rollout"] -= timer.seconds.get("reward", 0.0)
         # 2. advantages over all rows, branch rows included; 3. keep the rows that carry loss
         rows, group_ids, splits = flatten(groups)
@@ -256,7 +292,9 @@ class Trainer:
                 old_log_probs, _ = learner.log_probs(prompt_ids, response_ids)
             ref_log_probs = (learner.log_probs(prompt_ids, response_ids, reference=True)[0]
                              if cfg.actor.use_kl_loss else None)
-        batch = UpdateBatch(prompt_ids, response_ids, mask[keep], old_log_probs, adv[keep], ref_log_probs)
+        batch = UpdateBatch(prompt_ids, response_ids, mask[keep], old_log_probs, adv[keep], ref_log_probs,
+                            sampler_log_probs=behaviour_log_probs([rows[i] for i in keep], mask.shape[1]),
+                            correct=algo.corrects_rollouts())
         # 5. actor update, between the algorithm's hooks (APPO keeps the weights it starts from)
         with timer("update"):
             algo.before_update()
@@ -266,8 +304,10 @@ class Trainer:
         with timer("sync"):
             self.engine.load_weights(self._full_weights)
         # 7. metrics and rollout dump
-        metrics = {"epoch": epoch, **rollout_metrics(rows), **reward_metrics, **update_metrics, **roll_stats,
-                   "rollout/update_rows": len(keep)}
+        summaries = row_summaries(rows)
+        if self.world > 1:  # the row metrics over every rank's rows, exactly as one process computes them
+            summaries = [t for part in distributed.gather_objects(summaries) for t in part]
+        metrics = {"epoch": epoch, **reward_metrics, **update_metrics, **roll_stats, "rollout/update_rows": len(keep)}
         tool_s = roll_stats.get("rollout/tool_seconds", 0.0)
         fv_s = roll_stats.get("rollout/fv_seconds", 0.0)
         metrics.update({"time/generate": timer.seconds["rollout"] - tool_s - fv_s, "time/tools": tool_s,
@@ -277,6 +317,7 @@ class Trainer:
                         "time/sync": timer.seconds["sync"], "time/step": sum(timer.seconds.values())})
         if self.world > 1:
             metrics = reduce_metrics(distributed.gather_objects(metrics))
+        metrics.update(rollout_metrics(summaries))
         if cfg.trainer.dump_rollouts:
             self._dump(step, rows, adv, first)
         return metrics
