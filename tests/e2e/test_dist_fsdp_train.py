@@ -164,7 +164,7 @@ def test_appo_launch_refuses_sizes_that_do_not_divide_before_starting(tmp_path, 
 
 
 def test_every_count_adds_up_over_two_processes(tmp_path, tiny_model_dir, qa_file):
-    """ARPO (in-loop copies, refill rows, decisions) for one step: every statistic that counts something
+    """ARPO (refill rows, decisions, prefill token counts) for one step: every statistic that counts something
     (its reduction is a sum) and every reward metric is the one-process run's, and maxima are not averaged
     (before, unnamed counts such as rollout/arpo_decisions were averaged over ranks: 17 became 8.5)."""
     from appo.train.trainer import reduction
@@ -178,7 +178,7 @@ def test_every_count_adds_up_over_two_processes(tmp_path, tiny_model_dir, qa_fil
     counts = [k for k in m1 if reduction(k) == "sum" and not k.startswith("actor/")]
     assert {"rollout/arpo_decisions", "rollout/init_rows", "rollout/branch_rows", "rollout/generated_tokens",
             "rollout/update_rows"} <= set(counts)
-    assert m1["rollout/arpo_decisions"] > 0
+    assert m1["rollout/refill_rows"] > 0 and m1["rollout/prefill_tokens/initial"] > 0  # the random model calls no tool
     assert {k: m2.get(k) for k in counts} == {k: m1[k] for k in counts}
     for key in ("reward/mean", "reward/init_mean", "reward/accuracy", "rollout/tool_calls_mean",
                 "rollout/response_length_mean", "rollout/truncated_frac"):

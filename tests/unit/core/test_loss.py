@@ -70,7 +70,7 @@ def test_unknown_names_list_the_choices():
     with pytest.raises(ValueError, match="low_var_kl"):
         kl_penalty(ONES, ONES, "full")
     with pytest.raises(ValueError, match="seq-mean-token-mean"):
-        agg_loss(ONES, ONES, "seq-mean-token-sum-norm")
+        agg_loss(ONES, ONES, "seq-sum")  # seq-mean-token-sum-norm is a mode now (Dr. GRPO)
     with pytest.raises(ValueError, match="clip_c"):
         ppo_loss(NEW, OLD, ONES, ONES, clip_c=1.0)
 
