@@ -179,7 +179,11 @@ def test_every_count_adds_up_over_two_processes(tmp_path, tiny_model_dir, qa_fil
     assert {"rollout/arpo_decisions", "rollout/init_rows", "rollout/branch_rows", "rollout/generated_tokens",
             "rollout/update_rows"} <= set(counts)
     assert m1["rollout/refill_rows"] > 0 and m1["rollout/prefill_tokens/initial"] > 0  # the random model calls no tool
-    assert {k: m2.get(k) for k in counts} == {k: m1[k] for k in counts}
+    # How much of the prompt prefill a batch shares depends on which prompts decode together (each rank
+    # batches its own): that split differs, the prompt tokens prefilled in all do not.
+    split = ("rollout/prefill_tokens/initial", "rollout/shared_prefill_tokens")
+    assert sum(m2[k] for k in split) == sum(m1[k] for k in split)
+    assert {k: m2.get(k) for k in counts if k not in split} == {k: m1[k] for k in counts if k not in split}
     for key in ("reward/mean", "reward/init_mean", "reward/accuracy", "rollout/tool_calls_mean",
                 "rollout/response_length_mean", "rollout/truncated_frac"):
         assert m2[key] == pytest.approx(m1[key], abs=1e-12), key
