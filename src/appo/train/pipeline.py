@@ -75,9 +75,7 @@ def preflight(cfg: Config, rewards: RewardSet | Sequence[Any] | None = None) -> 
 
 def sft_plan(cfg: Config) -> str | None:
     """Why the cold-start SFT does not run (None when it does), said at start-up rather than silently."""
-    if not cfg.sft.enabled:
-        return "cold-start SFT off (sft.enabled=false): RL starts from model.path"
-    if sft_runs(cfg):
+    if not cfg.sft.enabled or sft_runs(cfg):  # sft.enabled=false is the user's own choice: nothing to say
         return None
     return ("no cold-start SFT: this run reads data files and neither sft.files nor sft.trace_key is set, so RL "
             "starts from model.path; a small model may never call the tools (reward stays 0). Give it "
