@@ -196,7 +196,7 @@ def _max_bytes(cfg: SearchToolConfig) -> int:
 def _key(env: str, backend: str) -> str:
     value = os.environ.get(env, "")
     if not value:
-        raise ValueError(f"search backend '{backend}' needs the API key in the environment variable {env}")
+        raise UserError(f"search backend '{backend}' needs the API key in the environment variable {env}")
     return value
 
 
@@ -277,7 +277,7 @@ class RetrieverBackend:
 
     def __init__(self, cfg: SearchToolConfig):
         if not cfg.url:
-            raise ValueError("search backend 'retriever' needs tools.search.url (e.g. http://127.0.0.1:8000/retrieve)")
+            raise UserError("search backend 'retriever' needs tools.search.url (e.g. http://127.0.0.1:8000/retrieve)")
         self.url = cfg.url
         self.signature = f"retriever|{self.url}"
         self.max_bytes = _max_bytes(cfg)
@@ -307,11 +307,11 @@ class CacheBackend:
 
     def __init__(self, cfg: SearchToolConfig):
         if not cfg.cache_file:
-            raise ValueError("search backend 'cache' needs tools.search.cache_file (a JSON object {query: result})")
+            raise UserError("search backend 'cache' needs tools.search.cache_file (a JSON object {query: result})")
         with open(Path(cfg.cache_file).expanduser(), encoding="utf-8") as f:
             entries = json.load(f)
         if not isinstance(entries, dict):
-            raise ValueError(f"{cfg.cache_file}: expected a JSON object {{query: result}}")
+            raise UserError(f"{cfg.cache_file}: expected a JSON object {{query: result}}")
         self.entries = {str(q).replace('"', ""): str(v) for q, v in entries.items()}
         self.signature = f"cache|{Path(cfg.cache_file).resolve()}"
 
@@ -327,13 +327,13 @@ class LocalBM25Backend:
 
     def __init__(self, cfg: SearchToolConfig):
         if not cfg.index_dir:
-            raise ValueError("search backend 'local' needs tools.search.index_dir; build one with "
+            raise UserError("search backend 'local' needs tools.search.index_dir; build one with "
                              "`appo index build --corpus FILE.jsonl --out DIR`")
         bm25s = _bm25s()
 
         path = Path(cfg.index_dir).expanduser()
         if not (path / "params.index.json").exists():
-            raise ValueError(f"{path} is not a BM25 index; build one with `appo index build --corpus FILE.jsonl "
+            raise UserError(f"{path} is not a BM25 index; build one with `appo index build --corpus FILE.jsonl "
                              f"--out {path}`")
         self.retriever = bm25s.BM25.load(str(path), load_corpus=True, mmap=True, show_progress=False)
         self.num_docs = len(self.retriever.corpus)
@@ -389,7 +389,7 @@ def build_index(docs: list[dict], out_dir: str | os.PathLike) -> Path:
     bm25s = _bm25s()
 
     if not docs:
-        raise ValueError("cannot build a search index from an empty corpus")
+        raise UserError("cannot build a search index from an empty corpus")
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     big = len(docs) > 10_000  # bm25s's own progress bars, only where they are worth seeing
@@ -406,5 +406,5 @@ BACKENDS = {"local": LocalBM25Backend, "cache": CacheBackend, "brightdata": Brig
 
 def build_backend(cfg: SearchToolConfig) -> SearchBackend:
     if cfg.backend not in BACKENDS:
-        raise ValueError(f"tools.search.backend='{cfg.backend}' is not valid; choose one of: {', '.join(BACKENDS)}")
+        raise UserError(f"tools.search.backend='{cfg.backend}' is not valid; choose one of: {', '.join(BACKENDS)}")
     return BACKENDS[cfg.backend](cfg)

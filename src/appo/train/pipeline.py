@@ -37,14 +37,15 @@ import torch
 from appo.config import Config, resolve
 from appo.data.prompt_sets import load_prompt_sets, prepare_task, with_task_index
 from appo.errors import UserError
-from appo.files import replace_file
 from appo.eval.evaluate import evaluate
+from appo.files import replace_file
 from appo.json_input import read_json_object
 from appo.models import check_model_path, load_model, load_tokenizer, merged_state_dict, resolve_device
 from appo.precision import resolve_autocast
 from appo.rewards import RewardSet, build_rewards
 from appo.tools.environment import env_columns
 from appo.tools.registry import check_tools, tool_specs, with_tools_prompt
+from appo.tools.search_backends import build_backend
 from appo.train import checkpoint as ckpt
 from appo.train import distributed
 from appo.train.report import write_report
@@ -98,6 +99,10 @@ class Pipeline:
         self.rewards = preflight(cfg, rewards)
         if tools is None:
             tool_specs(cfg.tools)  # every tool plug-in loads and has a schema, before anything expensive
+            if "search" in cfg.tools.enabled and cfg.data.task is None:
+                # A missing index, URL, cache file or API key stops the run now, not after cold-start SFT (a
+                # built-in task builds its own index later; a local index opens memory-mapped: cheap).
+                build_backend(cfg.tools.search)
         self.out = Path(cfg.trainer.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.state_path = self.out / "pipeline.json"

@@ -47,6 +47,7 @@ def _train(workdir, *overrides, timeout=300):
     (["model.path=./no/such/model"], ["model.path=./no/such/model: no such directory", "tiny"]),
     (["sft.enabled=true", "sft.files=[convs.jsonl]"], ["sft.files[0]: convs.jsonl: no such file"]),
     (["data.val_files=[mine.jsonl, val.jsonl]"], ["data.val_files[1]: val.jsonl: no such file or folder"]),
+    (["tools.enabled=[python, search]"], ["tools.search.index_dir", "appo index build"]),
 ])
 def test_bad_plugins_loggers_and_paths_stop_before_any_work(workdir, overrides, needles):
     t0 = time.monotonic()
