@@ -45,3 +45,25 @@ def tiny_model(tiny_model_dir):
     from appo.models import load_model
 
     return load_model(str(tiny_model_dir))
+
+
+LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|python_tag|>"]
+
+
+@pytest.fixture()
+def chat_tokenizer(tiny_model_dir):
+    """make(template) -> a fresh tiny tokenizer whose chat template is `template` (a name appo ships, or Jinja
+    text). 'llama3' also gets Llama 3.1's special tokens, with <|eot_id|> as EOS (the tiny vocabulary has
+    ChatML's only); the tiny model itself is not needed by a scripted engine."""
+    from appo.formats import SHIPPED_TEMPLATES, template_source
+    from appo.models import load_tokenizer
+
+    def make(template: str):
+        tok = load_tokenizer(str(tiny_model_dir))
+        if template == "llama3":
+            tok.add_special_tokens({"additional_special_tokens": LLAMA3_SPECIAL, "bos_token": "<|begin_of_text|>",
+                                    "eos_token": "<|eot_id|>"})
+        tok.chat_template = template_source(template) if template in SHIPPED_TEMPLATES else template
+        return tok
+
+    return make

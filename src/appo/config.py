@@ -293,6 +293,15 @@ class ToolsConfig:
                                         "working directory too. See docs/extending.md.", factory=list)
     environment: EnvironmentConfig = opt(help="Per-trajectory environment (its public methods are tools).",
                                          factory=lambda: EnvironmentConfig())
+    format: str = opt("tags", "How calls and results look to the model: 'tags' (appo's <python>...</python> calls "
+                              "and <result>...</result> results, taught by cold-start SFT) or 'chat_template' (the "
+                              "chat template's own tool calling: schemas rendered by apply_chat_template(tools=...), "
+                              "calls parsed in the template's syntax, results appended as it renders a tool message, "
+                              "token-exact; docs/tool-formats.md).", choices=("tags", "chat_template"))
+    chat_template: str | None = opt(None, "With tools.format=chat_template, the template: null (the tokenizer's "
+                                          "own), one appo ships (chatml: Hermes/Qwen2.5/SmolLM2; qwen3: with "
+                                          "thinking; llama3: Llama 3.1 JSON calls) or a path to a Jinja file. It "
+                                          "must be prefix-preserving (checked at start-up).")
     call_limit: int = opt(3, "Tool calls allowed per response (counted in the response only).", low=0, high=1000)
     on_limit: str = opt("stop", "At the call limit: 'stop' ends the row without training a fake token; "
                                 "'result' returns an error message as the tool result and continues; 'eos' "
@@ -1062,6 +1071,16 @@ def _cross_checks(cfg: Config) -> None:
     if cfg.sft.trace_key is not None and cfg.sft.trace_tool not in cfg.tools.enabled:
         raise ConfigError(f"sft.trace_tool={cfg.sft.trace_tool!r} is not in tools.enabled "
                           f"({', '.join(cfg.tools.enabled) or 'none'}); enable it or pick one of those")
+    if cfg.tools.chat_template is not None:
+        from appo.formats import template_source
+
+        try:
+            template_source(cfg.tools.chat_template)  # a shipped name or a readable file
+        except UserError as e:
+            raise ConfigError(str(e)) from None
+        if cfg.tools.format != "chat_template":
+            raise ConfigError(f"tools.chat_template={cfg.tools.chat_template!r} is set but tools.format="
+                              f"{cfg.tools.format!r}; set tools.format=chat_template (or drop tools.chat_template)")
     for name in cfg.trainer.eval_stages:
         if name not in ("base", "sft", "rl"):
             raise ConfigError(f"trainer.eval_stages: unknown stage '{name}'; choose from: base, sft, rl")
