@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("appo.commands.sft:main", "Supervised fine-tuning on multi-turn tool-use conversations."),
     "eval": ("appo.commands.eval:main", "Evaluate a model with the agent loop on benchmark files (pass@k, maj@k, EM/F1, judge)."),
     "rollout": ("appo.commands.rollout:main", "Sample rollout groups without training; write JSONL and an HTML tree view."),
+    "serve": ("appo.commands.serve:main", "Serve a trained agent: OpenAI-compatible chat completions that run its tools server-side."),
+    "chat": ("appo.commands.chat:main", "Talk to a trained agent in the terminal; its tool calls and results are shown as they run."),
     "tool": ("appo.commands.tool:main", "Run a tool by hand: `appo tool python --code ...`, `appo tool search QUERY`."),
     "index": ("appo.commands.index:main", "Build a BM25 index for the local search backend: `appo index build`."),
     "config": ("appo.commands.config:main", "Show the resolved config (`appo config show [preset] [overrides]`) and all keys."),

@@ -590,6 +590,24 @@ class TrainerConfig:
 
 
 @dataclass
+class ServeConfig:
+    host: str = opt("127.0.0.1", "`appo serve`: the address to bind (loopback only by default; 0.0.0.0 exposes "
+                                 "the sandboxed python tool to the network).")
+    port: int = opt(8000, "`appo serve`: the TCP port (0: any free port, printed at start-up).", low=0, high=65535)
+    engine: str = opt("auto", "`appo serve` / `appo chat` generation: 'auto' (vLLM where installed, else the HF "
+                              "engine), 'hf', 'vllm', or 'pkg.module:function' called as function(tokenizer, cfg) "
+                              "returning an engine (appo.rollout.engine.Engine).")
+    deadline: float = opt(120.0, "`appo serve`: seconds a request may take from its arrival, queue wait "
+                                 "included; checked before every decode step and generation call, so a "
+                                 "request overruns it by at most one tool call (tools.timeout). A request "
+                                 "may lower it (appo.deadline).", low=0.001)
+    max_request_bytes: int = opt(1 << 20, "`appo serve`: the largest request body accepted (larger: 413).",
+                                 low=1)
+    queue_size: int = opt(8, "`appo serve`: requests that may wait while one is answered (they run one at a "
+                             "time); a request that finds the queue full gets 503.", low=1, high=10000)
+
+
+@dataclass
 class Config:
     model: ModelConfig = opt(help="Policy model.", factory=ModelConfig)
     data: DataConfig = opt(help="Prompts and ground truths.", factory=DataConfig)
@@ -600,6 +618,8 @@ class Config:
     sft: SftConfig = opt(help="Cold-start supervised fine-tuning.", factory=SftConfig)
     trainer: TrainerConfig = opt(help="Run control and tracking.", factory=TrainerConfig)
     eval: EvalConfig = opt(help="Evaluation.", factory=EvalConfig)
+    serve: ServeConfig = opt(help="`appo serve` and `appo chat`: the trained agent behind an endpoint.",
+                             factory=ServeConfig)
 
 
 # ----------------------------------------------------------------------------- verl-style aliases

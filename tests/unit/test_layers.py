@@ -10,7 +10,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src" / "appo"
 FOUNDATION = 0
 LAYERS = {"core": 1, "rollout": 2, "tools": 2, "rewards": 2, "data": 2, "models": 2,
-          "train": 3, "algorithms": 3, "eval": 3, "commands": 4, "cli": 4}
+          "train": 3, "algorithms": 3, "eval": 3, "serve": 3, "commands": 4, "cli": 4}
 
 
 def package_of(module: str) -> str:
