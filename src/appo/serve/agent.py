@@ -157,6 +157,8 @@ class Agent:
     settings: RolloutLoopSettings
     system_prompt: str | None = None
     max_prompt_tokens: int | None = None
+    fmt: object = None   # the tool format (appo.formats.build_format): how prompts show the tools; None: tags
+
 
     @property
     def tokenizer(self):
@@ -166,8 +168,11 @@ class Agent:
         """The conversation rendered by the model's chat template, ready for the assistant's reply."""
         if self.system_prompt is not None and not any(m["role"] == "system" for m in messages):
             messages = [{"role": "system", "content": self.system_prompt}] + list(messages)
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if self.fmt is not None:
+            ids = self.fmt.prompt_ids(messages)
+        else:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
         if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
             raise PromptTooLong(f"the conversation has {len(ids)} tokens, more than the {self.max_prompt_tokens} "
                                 "this server takes (data.max_prompt_length)")

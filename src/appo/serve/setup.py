@@ -12,6 +12,7 @@ from appo.config import Config, ConfigError
 from appo.data.prompt_sets import prepare_task, with_task_index
 from appo.data.templates import resolve_system_prompt, system_prompt_for_tools
 from appo.eval.evaluate import adopt_prompt_format
+from appo.formats import build_format
 from appo.models import load_model, load_tokenizer, resolve_device, resolve_model_path
 from appo.plugins import is_spec, load_object
 from appo.rollout.engines import make_engine
@@ -23,6 +24,7 @@ from appo.tools.spec import tools_system_prompt
 
 log = logging.getLogger(__name__)
 ENGINES = ("auto", "hf", "vllm")
+LOOP_FORMATS = ("tags",)  # the tool formats the tool loop parses calls in (appo.formats)
 
 
 @dataclasses.dataclass
@@ -95,9 +97,13 @@ def load_served(cfg: Config) -> Served:
     cfg = with_tools_prompt(cfg)
     cfg = _with_search_index(cfg)
     system = _system_prompt(cfg)
+    if cfg.tools.format not in LOOP_FORMATS:
+        raise ConfigError(f"tools.format={cfg.tools.format}: the agent loop runs {', '.join(LOOP_FORMATS)} only so "
+                          "far; serve this model with tools.format=tags")
+    tokenizer = load_tokenizer(path)
+    fmt = build_format(cfg.tools.format, tokenizer, tool_specs(cfg.tools), cfg.tools.chat_template)  # probes it
     tools = build_tools(cfg.tools)
     try:
-        tokenizer = load_tokenizer(path)
         engine = _engine(cfg, choice, path, tokenizer)
     except BaseException:
         tools.close()
@@ -105,5 +111,6 @@ def load_served(cfg: Config) -> Served:
     settings = dataclasses.replace(
         RolloutLoopSettings.from_config(cfg.rollout, cfg.tools), temperature=cfg.eval.temperature,
         top_p=cfg.eval.top_p, max_response_length=cfg.eval.max_response_length or cfg.rollout.max_response_length)
-    agent = Agent(engine, tools, settings, system_prompt=system, max_prompt_tokens=cfg.data.max_prompt_length)
-    return Served(agent, Path(path).name, choice, getattr(cfg.tools, "format", "tags"), prompt_source)
+    agent = Agent(engine, tools, settings, system_prompt=system, max_prompt_tokens=cfg.data.max_prompt_length,
+                  fmt=fmt)
+    return Served(agent, Path(path).name, choice, fmt.name, prompt_source)

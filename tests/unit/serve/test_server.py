@@ -183,3 +183,12 @@ def test_the_server_binds_loopback_by_default():
 
 if sys.platform != "linux":  # the sandbox needs Linux
     pytestmark = pytest.mark.skip("the python sandbox runs on Linux only")
+
+
+def test_a_format_the_loop_does_not_run_stops_at_start_up(tiny_model_dir):
+    from appo.serve.setup import LOOP_FORMATS
+
+    if "chat_template" in LOOP_FORMATS:
+        pytest.skip("the loop runs the chat_template format")
+    proc = run_appo("serve", "--model", str(tiny_model_dir), "--config", "tiny", "tools.format=chat_template")
+    assert_user_error(proc, "serve", "tools.format=chat_template", "tags")
