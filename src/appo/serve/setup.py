@@ -94,6 +94,8 @@ def load_served(cfg: Config) -> Served:
     if not Path(path).is_dir():
         raise ConfigError(f"--model {cfg.model.path}: no such model directory")
     prompt_source = adopt_prompt_format(cfg, path)
+    if cfg.data.system_prompt is None:
+        prompt_source = "appo's prompt for the enabled tools (the model directory has no appo_prompt.json)"
     cfg = with_tools_prompt(cfg)
     cfg = _with_search_index(cfg)
     system = _system_prompt(cfg)

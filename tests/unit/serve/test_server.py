@@ -22,14 +22,14 @@ REPO = SRC.parent
 SCRIPTED = "serve.engine=tests.unit.serve.scripted_engine:build"
 
 
-def start_server(model_dir: Path, *overrides: str) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: Path, *overrides: str, startup: float = 180) -> tuple[subprocess.Popen, str]:
     """`appo serve` on a free port of 127.0.0.1; returns the process and its base URL once it listens."""
     env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     proc = subprocess.Popen(appo_command() + ["serve", "--model", str(model_dir), "--config", "tiny", "--port", "0",
                                               *overrides], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + startup
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
