@@ -82,39 +82,43 @@ class ToolEvent:
 
 
 class TracedTools:
-    """The tool runner as the loop sees it, reporting each call before it runs and its result when done."""
+    """The tool runner as the loop sees it, reporting each call before it runs and its result when done.
+    `ran` lists the calls in the order they were started (the order of the loop's `tool_log`), each with its
+    result once it has one; calls of one turn may finish in any order."""
 
     def __init__(self, tools, on_event: Callable[[ToolEvent], None] | None = None):
         self._tools, self._on_event = tools, on_event
-        self.ran: list[tuple[ToolCall, ToolResult]] = []
+        self.ran: list[list] = []    # [ToolCall, ToolResult | None]
 
     def __getattr__(self, name):
         return getattr(self._tools, name)
 
-    def _called(self, call: ToolCall) -> None:
+    def _called(self, call: ToolCall) -> list:
+        entry = [call, None]
+        self.ran.append(entry)
         if self._on_event is not None:
             self._on_event(ToolEvent("call", call.tool, call.payload))
+        return entry
 
-    def _done(self, call: ToolCall, result: ToolResult) -> None:
-        self.ran.append((call, result))
+    def _done(self, entry: list, result: ToolResult) -> None:
+        entry[1] = result
         if self._on_event is not None:
-            self._on_event(ToolEvent("result", call.tool, call.payload, result))
+            self._on_event(ToolEvent("result", entry[0].tool, entry[0].payload, result))
 
     def run(self, calls: list[ToolCall]) -> list[ToolResult]:
-        for call in calls:
-            self._called(call)
+        entries = [self._called(call) for call in calls]
         results = self._tools.run(calls)
-        for call, result in zip(calls, results):
-            self._done(call, result)
+        for entry, result in zip(entries, results):
+            self._done(entry, result)
         return results
 
     def submit(self, call: ToolCall) -> Future:
-        self._called(call)
         submit = getattr(self._tools, "submit", None)
         if submit is None:
             done: Future = Future()
-            done.set_result(self.run_one(call))
+            done.set_result(self.run([call])[0])
             return done
+        entry = self._called(call)
         outer: Future = Future()
 
         def relay(inner: Future) -> None:  # recorded before the loop can see the result
@@ -123,16 +127,11 @@ class TracedTools:
             except BaseException as e:  # noqa: BLE001 - handed on to whoever waits
                 outer.set_exception(e)
                 return
-            self._done(call, result)
+            self._done(entry, result)
             outer.set_result(result)
 
         submit(call).add_done_callback(relay)
         return outer
-
-    def run_one(self, call: ToolCall) -> ToolResult:
-        result = self._tools.run([call])[0]
-        self._done(call, result)
-        return result
 
 
 @dataclass
@@ -208,7 +207,8 @@ class Agent:
             shown = tok.decode(traj.token_ids[entry["start"]:entry["end"]], skip_special_tokens=False)
             item = {"tool": entry["tool"], "input": entry["payload"], "ok": bool(entry["ok"]),
                     "seconds": round(float(entry["seconds"]), 4), "shown": shown}
-            if pending is not None and (pending[0].tool, pending[0].payload) == (entry["tool"], entry["payload"]):
+            if pending is not None and pending[1] is not None and \
+                    (pending[0].tool, pending[0].payload) == (entry["tool"], entry["payload"]):
                 item["output"], item["executed"] = pending[1].text, True
                 pending = next(executed, None)
             else:  # the loop's own message (an empty call, a call over the budget): never executed
