@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 
 from appo.commands.common import setup_logging, split_preset
 from appo.config import Config, load_config, preset_names
+from appo.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +29,14 @@ def add_agent_args(p: argparse.ArgumentParser) -> None:
 def agent_config(args: argparse.Namespace, prog: str, extra: dict | None = None) -> Config:
     preset, overrides = split_preset(args.overrides)
     if preset is not None and args.config is not None:
-        raise SystemExit(f"{prog}: give the config once (--config {args.config} or {preset})")
+        raise UserError(f"give the config once (--config {args.config} or {preset})")
     flags = {"model.path": args.model, **(extra or {})}
     overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
     return load_config(args.config or preset or "quickstart", overrides)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,22 +56,28 @@ def main(argv: list[str]) -> int:
     from appo.serve.setup import engine_choice, load_served
 
     engine_choice(cfg)  # a bad setting stops here, before anything loads
-    served = load_served(cfg)
     limits = ServeLimits(deadline=cfg.serve.deadline, max_request_bytes=cfg.serve.max_request_bytes,
                          queue_size=cfg.serve.queue_size, max_tool_calls=cfg.tools.call_limit)
-    try:
-        server = AgentServer(served.agent, limits, model_name=served.model_name, engine_name=served.engine_name,
-                             tool_format=served.tool_format, host=cfg.serve.host, port=cfg.serve.port)
+    try:  # bound before the model loads: a taken port fails at once
+        server = AgentServer(limits, host=cfg.serve.host, port=cfg.serve.port)
     except OSError as e:
-        served.close()
-        raise SystemExit(f"appo serve: cannot listen on {cfg.serve.host}:{cfg.serve.port}: {e.strerror or e}") from None
+        raise UserError(f"cannot listen on {cfg.serve.host}:{cfg.serve.port}: {e.strerror or e} (serve.host, "
+                        "serve.port)") from None
+    try:
+        served = load_served(cfg)
+    except BaseException:
+        server.close()
+        raise
+    # SIGTERM ends the server like Ctrl-C: the tools' sandboxes are closed on the way out
+    signal.signal(signal.SIGTERM, _interrupt)
     log.info("model %s on the %s engine, tools: %s, system prompt: %s", served.model_name, served.engine_name,
              ", ".join(served.agent.tools.names), served.prompt_source)
     host = f"[{server.host}]" if ":" in server.host else server.host
     print(f"appo serve: listening on http://{host}:{server.port}/v1 (POST /v1/chat/completions, GET /v1/models; "
           "Ctrl-C stops)", flush=True)
     try:
-        server.serve_forever()
+        server.serve_forever(served.agent, model_name=served.model_name, engine_name=served.engine_name,
+                             tool_format=served.tool_format)
     except KeyboardInterrupt:
         pass
     finally:

@@ -44,12 +44,13 @@ class _Job:
 
 
 class AgentServer:
-    """Serve `agent` on host:port (port 0: a free one; see `.port`)."""
+    """Serve an agent on host:port (port 0: a free one; see `.port`). The socket is bound at construction,
+    so a taken port fails before the model loads; `serve_forever(agent, ...)` then answers requests."""
 
-    def __init__(self, agent: Agent, limits: ServeLimits, *, model_name: str, engine_name: str,
-                 tool_format: str = "tags", host: str = "127.0.0.1", port: int = 8000):
-        self.agent, self.limits = agent, limits
-        self.model_name, self.engine_name, self.tool_format = model_name, engine_name, tool_format
+    def __init__(self, limits: ServeLimits, *, host: str = "127.0.0.1", port: int = 8000):
+        self.limits = limits
+        self.agent: Agent | None = None
+        self.model_name, self.engine_name, self.tool_format = "", "", "tags"
         self.jobs: queue.Queue[_Job] = queue.Queue(maxsize=limits.queue_size)  # waiting, not running
         self.httpd = _http_server(host, port, self)
         self._worker = threading.Thread(target=self._work, name="appo-serve-worker", daemon=True)
@@ -62,12 +63,14 @@ class AgentServer:
     def host(self) -> str:
         return self.httpd.server_address[0]
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, agent: Agent, *, model_name: str, engine_name: str, tool_format: str = "tags") -> None:
+        self.agent, self.model_name, self.engine_name, self.tool_format = agent, model_name, engine_name, tool_format
         self._worker.start()
         self.httpd.serve_forever()
 
     def close(self) -> None:
-        self.httpd.shutdown()
+        if self._worker.is_alive():  # serve_forever ran (shutdown would wait forever otherwise)
+            self.httpd.shutdown()
         self.httpd.server_close()
 
     # --------------------------------------------------------------------------------------- work
@@ -189,4 +192,13 @@ def _http_server(host: str, port: int, app: AgentServer) -> ThreadingHTTPServer:
         server_cls = type("HTTPServer6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
     server = server_cls((host, port), handler)
     server.daemon_threads = True
+    server.handle_error = _client_gone
     return server
+
+
+def _client_gone(request, client_address) -> None:
+    """A client that went away before its answer (a closed connection, a read timeout): one log line, where
+    socketserver would print a traceback."""
+    import sys
+
+    log.info("connection from %s ended early: %s", client_address[0], sys.exc_info()[1])

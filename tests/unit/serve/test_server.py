@@ -192,3 +192,14 @@ def test_a_format_the_loop_does_not_run_stops_at_start_up(tiny_model_dir):
         pytest.skip("the loop runs the chat_template format")
     proc = run_appo("serve", "--model", str(tiny_model_dir), "--config", "tiny", "tools.format=chat_template")
     assert_user_error(proc, "serve", "tools.format=chat_template", "tags")
+
+
+def test_a_taken_port_stops_at_start_up_with_one_line(tiny_model_dir):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_appo("serve", "--model", str(tiny_model_dir), "--config", "tiny", "--port", str(port))
+    assert_user_error(proc, "serve", "cannot listen on 127.0.0.1", str(port))
