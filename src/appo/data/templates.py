@@ -7,6 +7,7 @@
   `evaluation/src/prompt_manager.py`), which is why one constant serves both.
 - `quickstart`: a short prompt for the built-in tasks, so that a 135M model with a 512-token budget
   spends its context on the problem rather than on instructions.
+- `chat_quickstart`: the same for `tools.format=chat_template`, where the chat template shows the tools.
 - `none`: no system message at all.
 
 A saved checkpoint carries the system prompt it was trained with in `appo_prompt.json` and as the default
@@ -40,14 +41,29 @@ QUICKSTART_SYSTEM_PROMPT = (
     "Finish with <answer>\\boxed{final answer}</answer>."
 )
 
+# With tools.format=chat_template the template lists the tools and shows how to call them; the system prompt only
+# asks for thinking and the boxed answer that rewards and evaluation read from the final turn.
+CHAT_QUICKSTART_SYSTEM_PROMPT = (
+    "Think in <think></think>. Call python to run code (print the result) or search to look facts up. "
+    "Finish with <answer>\\boxed{final answer}</answer>."
+)
+
 _TOOL_USES = {"python": "run code with <python>print(...)</python>", "search": "look facts up with <search>query</search>"}
+_CHAT_TOOL_USES = {"python": "python to run code (print the result)", "search": "search to look facts up"}
 
 
-def system_prompt_for_tools(tool_names: list[str]) -> str:
+def system_prompt_for_tools(tool_names: list[str], tool_format: str = "tags") -> str:
     """The system prompt of plain training rows that bring none: the short `quickstart` prompt when both
     built-in tools are enabled, else one offering exactly the enabled tools (a row never offers a tool the
-    run does not have, and a small model's prompt budget goes to the question)."""
+    run does not have, and a small model's prompt budget goes to the question). With `tool_format`
+    'chat_template' the prompt names the tools without tags: the chat template shows their schemas."""
     names = list(tool_names)
+    if tool_format == "chat_template":
+        if sorted(names) == ["python", "search"]:
+            return CHAT_QUICKSTART_SYSTEM_PROMPT
+        uses = [_CHAT_TOOL_USES.get(n, n) for n in names]
+        tools = f" Call {' or '.join(uses)} when it helps." if uses else ""
+        return f"Think in <think></think>.{tools} Finish with <answer>\\boxed{{final answer}}</answer>."
     if sorted(names) == ["python", "search"]:
         return QUICKSTART_SYSTEM_PROMPT
     uses = [_TOOL_USES.get(n, f"call {n} with <{n}>...</{n}>") for n in names]
@@ -58,6 +74,7 @@ def system_prompt_for_tools(tool_names: list[str]) -> str:
 SYSTEM_PROMPTS: dict[str, str | None] = {
     "reference": REFERENCE_SYSTEM_PROMPT,
     "quickstart": QUICKSTART_SYSTEM_PROMPT,
+    "chat_quickstart": CHAT_QUICKSTART_SYSTEM_PROMPT,
     "none": None,
 }
 

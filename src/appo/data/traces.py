@@ -20,6 +20,11 @@ Headroom knobs (quickstart_calibration.md): `p_notool` answers directly without 
 policy then often skips the tool, and RL has something to fix); `p_wrong` runs a corrupted arithmetic
 expression (one digit changed) and answers with its real, wrong output.
 
+With `tool_format="chat_template"` a trace is a tool-calling conversation instead (no segments): each step is an
+assistant message `{content: "<think>...</think>", tool_calls: [...]}` (the call's arguments as the tool's schema
+names them) followed by a `tool` message with the real result, and the answer is the last assistant message.
+`encode_trace` lays it out as the rollout loop builds it (`appo.formats.conversation`).
+
 `study` rows (appo.data.study_task) always use the tools; their imperfect traces show the right kind of
 procedure with one flaw, so what RL has left to learn is how to search and compute, not whether to:
 `p_skip` leaves out one search and uses a guessed year (a missing step), `p_query` sends the near-miss
@@ -35,6 +40,7 @@ import re
 from appo.data.study_task import STUDY_SOURCE
 from appo.data.tasks import evaluate_expression
 from appo.data.templates import resolve_system_prompt
+from appo.formats.conversation import call, encode_chat
 from appo.tool_format import RESULT_TEMPLATE, escape_tags, result_token_ids
 
 NOTOOL_THINK = "Easy."
@@ -88,13 +94,18 @@ def make_sft_traces(
     system_prompt: str | None = None,
     p_skip: float = 0.0,
     p_query: float = 0.0,
+    tool_format: str = "tags",
 ) -> list[dict]:
     """`n` traces from built-in task rows (cycled in a seeded order), with real tool results.
 
     `system_prompt` replaces the rows' system prompt as `data.system_prompt` does (None keeps it), so the
     traces' prompts match the RL prompts. Returns dicts with messages, segments, data_source,
     ground_truth, index and variant ('tool' | 'notool' | 'wrong', and for study rows 'skip' | 'query').
+    `tool_format` ('tags' | 'chat_template', `tools.format`) picks how calls and results are written; a
+    chat-template trace has `tool_format` set and no segments.
     """
+    if tool_format not in ("tags", "chat_template"):
+        raise ValueError(f"tool_format={tool_format!r} is not valid; choose one of: tags, chat_template")
     for name, p in (("p_notool", p_notool), ("p_wrong", p_wrong), ("p_skip", p_skip), ("p_query", p_query)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name}={p} must be within [0, 1]")
@@ -132,7 +143,8 @@ def make_sft_traces(
         for row, variant, steps in plans:
             outputs = [next(results) for _ in steps]
             names = tuple(tools.names) if tools is not None else tuple(sorted({s["tool"] for s in steps}))
-            trace = _trace(row, variant, steps, outputs, system_prompt, names)
+            specs = tool_specs_of(tools) if tool_format == "chat_template" else None
+            trace = _trace(row, variant, steps, outputs, system_prompt, names, specs)
             if trace is not None:
                 traces.append(trace)
     return traces
@@ -180,16 +192,55 @@ def _study_plan(row: dict, rng: random.Random, p_skip: float, p_query: float, p_
     return row, variant, steps
 
 
+def tool_specs_of(tools) -> dict:
+    """The tools' specs by name: the runner's, else the built-ins' (traces made without a runner)."""
+    from appo.tools.registry import BUILTIN_TOOLS
+
+    return getattr(tools, "specs", None) or {name: b.spec for name, b in BUILTIN_TOOLS.items()}
+
+
+def chat_call(specs: dict, tool: str, payload: str) -> dict:
+    """A `tool_calls` entry for a call written in the tag format's payload: the arguments the tool's schema
+    names (python: {"code": ...}, search: {"query": ...}, a JSON object for tools with several)."""
+    spec = specs.get(tool)
+    if spec is None:
+        raise ValueError(f"no spec for tool '{tool}': its call cannot be written as a chat-template tool call")
+    return call(tool, spec.parse(payload))
+
+
+def _chat_turns(steps: list[dict], outputs: list[tuple[str, bool]], answer: str, specs: dict) -> list[dict]:
+    """The response as chat messages: per step an assistant turn that thinks and calls, and the tool's
+    result; then the answer."""
+    turns: list[dict] = []
+    for step, (output, _) in zip(steps, outputs, strict=True):
+        tool = step["tool"]
+        turns.append({"role": "assistant", "content": f"<think>{step['think']}</think>",
+                      "tool_calls": [chat_call(specs, tool, step["payload"])]})
+        turns.append({"role": "tool", "name": tool, "content": output})
+    think = "" if steps else f"<think>{NOTOOL_THINK}</think>"
+    return turns + [{"role": "assistant", "content": f"{think}<answer>\\boxed{{{answer}}}</answer>"}]
+
+
 def _trace(
     row: dict, variant: str, steps: list[dict], outputs: list[tuple[str, bool]], system_prompt: str | None,
-    tool_names: tuple[str, ...] = (),
+    tool_names: tuple[str, ...] = (), chat_specs: dict | None = None,
 ) -> dict | None:
-
+    """A trace in the tag format, or with `chat_specs` (the tools' specs by name) as a chat conversation."""
     gold = row["reward_model"]["ground_truth"]
+    if any(not ok or ("fact" in step and step["fact"] not in output)
+           for step, (output, ok) in zip(steps, outputs, strict=True)):
+        return None
+    # Arithmetic answers copy the interpreter's output (wrong for a corrupted expression); search answers
+    # name the entity the last retrieved fact states.
+    answer = outputs[-1][0] if steps and steps[-1]["tool"] == "python" else gold
+    messages = _prompt_messages(row, system_prompt)
+    about = {"data_source": row["data_source"], "ground_truth": gold, "index": row["extra_info"]["index"],
+             "variant": variant}
+    if chat_specs is not None:
+        return {"messages": messages + _chat_turns(steps, outputs, answer, chat_specs), **about,
+                "tool_format": "chat_template"}
     segments = []
-    for step, (output, ok) in zip(steps, outputs, strict=True):
-        if not ok or ("fact" in step and step["fact"] not in output):
-            return None
+    for step, (output, _) in zip(steps, outputs, strict=True):
         tool = step["tool"]
         segments.append(
             {"text": f"<think>{step['think']}</think><{tool}>{step['payload']}</{tool}>", "train": True}
@@ -198,32 +249,36 @@ def _trace(
                          "tool_output": output})
     if not steps:
         segments.append({"text": f"<think>{NOTOOL_THINK}</think>", "train": True})
-    # Arithmetic answers copy the interpreter's output (wrong for a corrupted expression); search answers
-    # name the entity the last retrieved fact states.
-    answer = outputs[-1][0] if steps and steps[-1]["tool"] == "python" else gold
     segments.append({"text": f"<answer>\\boxed{{{answer}}}</answer>", "train": True})
+    content = "".join(s["text"] for s in segments)
+    return {
+        "messages": messages + [{"role": "assistant", "content": content}],
+        "segments": segments,
+        **about,
+        "tool_names": list(tool_names),  # the tags escaped inside tool output, as the rollout escapes them
+    }
+
+
+def _prompt_messages(row: dict, system_prompt: str | None) -> list[dict]:
     messages = [dict(m) for m in row["prompt"]]
     if system_prompt is not None:
         system = resolve_system_prompt(system_prompt)
         messages = ([{"role": "system", "content": system}] if system else []) + [
             m for m in messages if m["role"] != "system"
         ]
-    content = "".join(s["text"] for s in segments)
-    return {
-        "messages": messages + [{"role": "assistant", "content": content}],
-        "segments": segments,
-        "data_source": row["data_source"],
-        "ground_truth": gold,
-        "index": row["extra_info"]["index"],
-        "variant": variant,
-        "tool_names": list(tool_names),  # the tags escaped inside tool output, as the rollout escapes them
-    }
+    return messages
 
 
-def encode_trace(trace: dict, tokenizer) -> tuple[list[int], list[int]]:
+def encode_trace(trace: dict, tokenizer, fmt=None) -> tuple[list[int], list[int]]:
     """(input_ids, loss_mask) of a trace: the prompt as `build_prompts` tokenizes it (mask 0), each
-    segment tokenized on its own (mask 1 for model text, 0 for tool results), then EOS (mask 1)."""
-
+    segment tokenized on its own (mask 1 for model text, 0 for tool results), then EOS (mask 1). A
+    chat-template trace needs the run's format object `fmt` (`appo.formats.build_format`) and is laid out as
+    the rollout loop builds it (`appo.formats.conversation.encode_chat`)."""
+    if trace.get("tool_format") == "chat_template":
+        if getattr(fmt, "name", None) != "chat_template":
+            raise ValueError("a chat-template trace is encoded with the run's chat-template format object (fmt=)")
+        prompt_ids, response, mask = encode_chat(fmt, trace["messages"])
+        return prompt_ids + response, [0] * len(prompt_ids) + mask
     prompt = tokenizer.apply_chat_template(trace["messages"][:-1], add_generation_prompt=True, tokenize=False)
     ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     mask = [0] * len(ids)
@@ -239,11 +294,14 @@ def encode_trace(trace: dict, tokenizer) -> tuple[list[int], list[int]]:
     return ids, mask
 
 
-def call_traces(prompts: list, key: str, tool: str, tools, n: int, seed: int = 0) -> list[dict]:
+def call_traces(prompts: list, key: str, tool: str, tools, n: int, seed: int = 0,
+                tool_format: str = "tags") -> list[dict]:
     """Cold-start traces for a user's own rows (`sft.trace_key`): row `key` holds a call of `tool` that
     solves it; at most `n` rows (a seeded choice) have it run through the real tool, and each trace calls
     it, reads the result and answers with the output, as the built-in arithmetic traces do. Rows whose
-    call fails are left out (said in the count)."""
+    call fails are left out (said in the count). `tool_format="chat_template"`: the trace is a conversation
+    whose assistant turn calls the tool with the arguments its schema names (the column holds the tag
+    format's payload: the text of a one-string-argument tool, else a JSON object)."""
     from appo.tools.base import ToolCall
 
     usable = [p for p in prompts if isinstance(p.extra.get(key), str) and p.extra[key].strip()]
@@ -257,14 +315,24 @@ def call_traces(prompts: list, key: str, tool: str, tools, n: int, seed: int = 0
     for p, result in zip(picked, results, strict=True):
         if not result.ok:
             continue
+        about = {"data_source": p.data_source, "ground_truth": p.ground_truth, "index": p.index, "variant": "tool"}
+        if tool_format == "chat_template":
+            try:
+                made = chat_call(tool_specs_of(tools), tool, p.extra[key])
+            except ValueError:  # a payload the tool's schema does not read: no call to show
+                continue
+            turns = [{"role": "assistant", "content": "", "tool_calls": [made]},
+                     {"role": "tool", "name": tool, "content": result.text},
+                     {"role": "assistant", "content": f"<answer>\\boxed{{{result.text.strip()}}}</answer>"}]
+            traces.append({"messages": [dict(m) for m in p.messages] + turns, **about, "tool_format": "chat_template"})
+            continue
         segments = [{"text": f"<{tool}>{p.extra[key]}</{tool}>", "train": True},
                     {"text": RESULT_TEMPLATE.format(text=escape_tags(result.text, tools.names)), "train": False,
                      "tool_output": result.text},
                     {"text": f"<answer>\\boxed{{{result.text.strip()}}}</answer>", "train": True}]
         traces.append({"messages": [dict(m) for m in p.messages]
                        + [{"role": "assistant", "content": "".join(s["text"] for s in segments)}],
-                       "segments": segments, "data_source": p.data_source, "ground_truth": p.ground_truth,
-                       "index": p.index, "variant": "tool", "tool_names": list(tools.names)})
+                       "segments": segments, **about, "tool_names": list(tools.names)})
     if not traces:
         raise ValueError(f"sft.trace_key={key!r}: every one of {len(picked)} calls failed in the {tool} tool "
                          f"(first: {results[0].text[:200]!r})")

@@ -11,6 +11,12 @@ the prompt is the chat template over the turns before the first assistant turn p
 prompt; then each generated segment (text up to and including a tool's closing tag) is tokenised on
 its own, each tool result is spliced with the tool loop's own `result_token_ids` (loss mask 0), and
 the final segment ends with the EOS token. Only generated segments are trained.
+
+With `tools.format=chat_template` a conversation is in the messages format with the model's own tool calls:
+assistant messages carry `tool_calls` ([{"type": "function", "function": {"name", "arguments"}}]), each call is
+answered by a `tool` message, and the last assistant message (the answer) makes none. It is encoded as the
+rollout loop builds it (`appo.formats.conversation.encode_chat`): each assistant turn as the template renders
+it, up to its EOS (trained), each turn's results as the loop appends them (not trained).
 """
 
 from __future__ import annotations
@@ -29,11 +35,13 @@ from tqdm import tqdm
 
 from appo.config import Config, ConfigError, ModelConfig, SftConfig
 from appo.data.traces import call_traces, make_sft_traces
+from appo.formats import build_format
+from appo.formats.conversation import encode_chat
 from appo.precision import autocast
 from appo.rollout.teacher_forcing import ResponseLogits, common_prefix_length
 from appo.tool_format import result_token_ids
 from appo.tools import build_tools
-from appo.tools.registry import configured_tool_names
+from appo.tools.registry import configured_tool_names, tool_specs
 from appo.train import distributed
 from appo.train.checkpoint import save_hf
 from appo.train.learner import lr_multiplier
@@ -55,18 +63,21 @@ class SftExample:
 
 
 def normalise_messages(conv: dict) -> list[dict]:
-    """Either format as a list of {role, content} with roles system/user/assistant/tool."""
+    """Either format as a list of {role, content} with roles system/user/assistant/tool; an assistant
+    message's `tool_calls` and a tool message's `name` are kept (the chat-template format's calls)."""
     if "messages" in conv:
-        turns = [(m["role"], m["content"]) for m in conv["messages"]]
+        turns = [(m["role"], m.get("content"), m) for m in conv["messages"]]
     elif "conversations" in conv:
-        turns = [(m["from"], m["value"]) for m in conv["conversations"]]
+        turns = [(m["from"], m["value"], m) for m in conv["conversations"]]
     else:
         raise ValueError(f"an SFT row needs 'messages' or 'conversations'; got keys {sorted(conv)}")
     out = []
-    for role, content in turns:
+    for role, content, message in turns:
         if role not in ROLE_OF:
             raise ValueError(f"unknown turn role '{role}'; valid: {', '.join(sorted(ROLE_OF))}")
-        out.append({"role": ROLE_OF[role], "content": content})
+        turn = {"role": ROLE_OF[role], "content": content if content is not None else ""}
+        turn.update({k: message[k] for k in ("tool_calls", "name") if message.get(k)})
+        out.append(turn)
     return out
 
 
@@ -91,13 +102,25 @@ def response_segments(turns: list[dict]) -> list[tuple[str, bool]]:
 
 
 def encode_conversation(tokenizer, conv: dict, max_length: int | None = None,
-                        tool_names: tuple[str, ...] = ()) -> SftExample:
+                        tool_names: tuple[str, ...] = (), fmt=None) -> SftExample:
     """Prompt ids, response ids and loss mask of one conversation. A generated trace's explicit
     `segments` ({text, train, tool_output}) are used as they are; otherwise segments are parsed. Tool
     output has the protocol's and the tools' tags escaped (the trace's own `tool_names`, else `tool_names`),
-    as the rollout escapes them."""
+    as the rollout escapes them. With a chat-template format object `fmt` (`appo.formats.build_format`)
+    the conversation is laid out as that format's rollout loop builds it."""
     tool_names = tuple(conv.get("tool_names") or tool_names)
     turns = normalise_messages(conv)
+    chat = getattr(fmt, "name", "tags") == "chat_template"
+    made_for = conv.get("tool_format") or ("tags" if "segments" in conv else None)  # generated traces say
+    if made_for is not None and made_for != ("chat_template" if chat else "tags"):
+        raise ValueError(f"a trace made for tools.format={made_for} cannot be trained with "
+                         f"tools.format={'chat_template' if chat else 'tags'}")
+    if not chat and any(t.get("tool_calls") for t in turns):
+        raise ValueError("an assistant message has 'tool_calls' (the chat template's own tool calling): "
+                         "train it with tools.format=chat_template")
+    if chat:
+        prompt_ids, response, mask = encode_chat(fmt, turns)
+        return _truncated(SftExample(prompt_ids, response, mask), max_length)
     first = next((i for i, t in enumerate(turns) if t["role"] == "assistant"), None)
     if first is None:
         raise ValueError("an SFT conversation needs at least one assistant turn")
@@ -115,10 +138,14 @@ def encode_conversation(tokenizer, conv: dict, max_length: int | None = None,
         mask += [int(generated)] * len(ids)
     response.append(tokenizer.eos_token_id)
     mask.append(1)
-    if max_length is not None and len(prompt_ids) + len(response) > max_length:
-        keep = max(0, max_length - len(prompt_ids))
-        response, mask = response[:keep], mask[:keep]
-    return SftExample(prompt_ids, response, mask)
+    return _truncated(SftExample(prompt_ids, response, mask), max_length)
+
+
+def _truncated(ex: SftExample, max_length: int | None) -> SftExample:
+    if max_length is not None and len(ex) > max_length:
+        keep = max(0, max_length - len(ex.prompt_ids))
+        return SftExample(ex.prompt_ids, ex.response_ids[:keep], ex.loss_mask[:keep])
+    return ex
 
 
 def load_conversations(files: list[str]) -> list[dict]:
@@ -217,10 +244,11 @@ def sft_loss(model, batch: dict[str, torch.Tensor], autocast_dtype: str = "none"
 
 
 def run_sft(model, tokenizer, conversations: list[dict], sft: SftConfig, model_cfg: ModelConfig,
-            seed: int = 0, progress: bool = True, log=None) -> list[dict]:
+            seed: int = 0, progress: bool = True, log=None, fmt=None) -> list[dict]:
     """Train `model` in place; returns per-step records {step, loss, lr, tokens}. `log(record)` is called
-    each step when given. Each optimizer step sees `sft.batch_size` conversations."""
-    examples = [encode_conversation(tokenizer, c, sft.max_length) for c in conversations]
+    each step when given. Each optimizer step sees `sft.batch_size` conversations, encoded for the tool
+    format `fmt` (None: tags)."""
+    examples = [encode_conversation(tokenizer, c, sft.max_length, fmt=fmt) for c in conversations]
     kept = [ex for ex in examples if any(ex.loss_mask)]
     if not kept:
         raise ValueError(f"no SFT conversation keeps a trained token within sft.max_length={sft.max_length}")
@@ -283,14 +311,14 @@ def sft_conversations(cfg: Config, task_rows: list[dict] | None = None, prompts:
             tools = stack.enter_context(build_tools(cfg.tools))
         if task_rows is None:
             traces = call_traces(prompts, cfg.sft.trace_key, cfg.sft.trace_tool, tools, cfg.sft.num_examples,
-                                 seed=cfg.data.seed)
+                                 seed=cfg.data.seed, tool_format=cfg.tools.format)
             logging.getLogger(__name__).info("sft: %d traces made from sft.trace_key=%s (%d rows' calls ran)",
                                              len(traces), cfg.sft.trace_key,
                                              min(cfg.sft.num_examples, len(prompts)))
             return traces
         return make_sft_traces(task_rows, cfg.sft.num_examples, seed=cfg.data.seed, p_notool=cfg.sft.p_notool,
                                p_wrong=cfg.sft.p_wrong, tools=tools, system_prompt=cfg.data.system_prompt,
-                               p_skip=cfg.sft.p_skip, p_query=cfg.sft.p_query)
+                               p_skip=cfg.sft.p_skip, p_query=cfg.sft.p_query, tool_format=cfg.tools.format)
 
 
 def train_sft(cfg: Config, out_dir: str | Path, model, tokenizer, progress: bool = True,
@@ -299,6 +327,9 @@ def train_sft(cfg: Config, out_dir: str | Path, model, tokenizer, progress: bool
     starts from."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # The run's tool format; a chat template named by tools.chat_template is set on the tokenizer here, so the
+    # saved model carries the template it was trained with.
+    fmt = build_format(cfg.tools.format, tokenizer, tool_specs(cfg.tools), cfg.tools.chat_template)
     conversations = sft_conversations(cfg, task_rows, prompts, tools)
     board = open_tensorboard(cfg.trainer.output_dir, cfg.trainer.loggers) if distributed.is_main() else None
     with (out / "sft_log.jsonl").open("w") as f:
@@ -312,7 +343,7 @@ def train_sft(cfg: Config, out_dir: str | Path, model, tokenizer, progress: bool
         t0 = time.time()
         try:
             history = run_sft(model, tokenizer, conversations, cfg.sft, cfg.model, seed=cfg.trainer.seed,
-                              progress=progress, log=log)
+                              progress=progress, log=log, fmt=fmt)
         finally:
             if board is not None:
                 board.close()

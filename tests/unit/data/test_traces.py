@@ -114,3 +114,77 @@ def test_multihop_traces_through_the_real_bm25_tool(task, tmp_path):
                 direct = tools.run([ToolCall("search", step["payload"])])
                 assert seg["tool_output"] == direct[0].text and step["fact"] in seg["tool_output"]
             assert t["segments"][-1]["text"] == f"<answer>\\boxed{{{t['ground_truth']}}}</answer>"
+
+
+# ------------------------------------------------------------------------- tools.format=chat_template
+
+
+def test_chat_traces_call_the_tool_with_its_schema_argument_and_keep_the_real_result(task):
+    rows = arithmetic(task.train)
+    tags = make_sft_traces(rows, 12, seed=1, p_wrong=0.5, p_notool=0.2)
+    chats = make_sft_traces(rows, 12, seed=1, p_wrong=0.5, p_notool=0.2, tool_format="chat_template")
+    assert {t["variant"] for t in chats} == {"tool", "wrong", "notool"}
+    for tag, chat in zip(tags, chats, strict=True):  # the same plans, written in the other format
+        assert chat["tool_format"] == "chat_template" and "segments" not in chat
+        response = 1 if chat["variant"] == "notool" else 3
+        assert (chat["variant"], chat["index"], chat["messages"][:-response]) == (tag["variant"], tag["index"],
+                                                                                  tag["messages"][:-1])
+        answer = chat["messages"][-1]
+        assert answer["role"] == "assistant" and "tool_calls" not in answer
+        if chat["variant"] == "notool":
+            assert answer == tag["messages"][-1]
+            continue
+        turn, result = chat["messages"][-3], chat["messages"][-2]
+        code = tag["segments"][0]["text"].split("<python>")[1].split("</python>")[0]
+        assert turn["tool_calls"] == [{"type": "function", "function": {"name": "python", "arguments": {"code": code}}}]
+        printed = subprocess.run(["/usr/bin/python3", "-I", "-c", code], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+        assert result == {"role": "tool", "name": "python", "content": printed}
+        assert answer["content"] == f"<answer>\\boxed{{{printed}}}</answer>"
+
+
+def test_chat_traces_encode_as_the_rollout_renders_them_on_smollm2(task, smollm2_tokenizer):
+    from appo.formats import build_format
+    from appo.formats.conversation import encode_chat
+    from appo.tools.registry import BUILTIN_TOOLS
+
+    tok = smollm2_tokenizer("chatml")
+    fmt = build_format("chat_template", tok, [BUILTIN_TOOLS["python"].spec, BUILTIN_TOOLS["search"].spec])
+    trace = make_sft_traces(arithmetic(task.train), 1, seed=0, tool_format="chat_template")[0]
+    ids, mask = encode_trace(trace, tok, fmt)
+    prompt, response, loss = encode_chat(fmt, trace["messages"])
+    assert ids == prompt + response and mask == [0] * len(prompt) + loss
+    assert prompt == fmt.prompt_ids(trace["messages"][:-3])
+    trained = tok.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=False)
+    code = trace["messages"][-3]["tool_calls"][0]["function"]["arguments"]["code"]
+    assert trained == (f'{trace["messages"][-3]["content"]}\n<tool_call>\n{{"name": "python", "arguments": '
+                       f'{{"code": "{code}"}}}}\n</tool_call><|im_end|>{trace["messages"][-1]["content"]}<|im_end|>')
+    with pytest.raises(ValueError, match="chat-template format object"):
+        encode_trace(trace, tok)
+
+
+def test_chat_multihop_traces_through_the_real_bm25_tool(task, tmp_path):
+    from appo.tools import ToolCall, build_tools
+    from appo.tools.search_backends import build_index
+
+    build_index(task.corpus, tmp_path / "index")
+    cfg = load_config(None, ["tools.enabled=[search]", "tools.search.backend=local",
+                             f"tools.search.index_dir={tmp_path / 'index'}", "tools.search.max_results=3"])
+    multihop = [r for r in task.train if r["data_source"] == "appo/multihop"]
+    with build_tools(cfg.tools) as tools:
+        traces = make_sft_traces(multihop, 4, seed=0, tools=tools, tool_format="chat_template")
+        for t in traces:
+            plan = next(r for r in multihop if r["extra_info"]["index"] == t["index"])["extra_info"]["plan"]
+            calls = [m for m in t["messages"] if m.get("tool_calls")]
+            results = [m for m in t["messages"] if m["role"] == "tool"]
+            assert [c["tool_calls"][0]["function"]["arguments"] for c in calls] == [{"query": s["payload"]}
+                                                                                  for s in plan]
+            for result, step in zip(results, plan, strict=True):
+                assert result["content"] == tools.run([ToolCall("search", step["payload"])])[0].text
+                assert step["fact"] in result["content"]
+            assert t["messages"][-1]["content"] == f"<answer>\\boxed{{{t['ground_truth']}}}</answer>"
+
+
+def test_an_unknown_tool_format_is_refused(task):
+    with pytest.raises(ValueError, match="choose one of: tags, chat_template"):
+        make_sft_traces(arithmetic(task.train), 1, tool_format="json")

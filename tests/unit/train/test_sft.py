@@ -126,3 +126,54 @@ def test_generated_task_traces_encode_like_the_data_module(tiny_tokenizer):
         if trace["variant"] != "notool":  # notool traces split <think>/<answer> into separately tokenised segments
             plain = encode_conversation(tiny_tokenizer, {"messages": trace["messages"]})  # inline <result> parsing
             assert plain.response_ids == ex.response_ids and plain.loss_mask == ex.loss_mask
+
+
+# ------------------------------------------------------------------------- tools.format=chat_template
+
+
+def _chat_conv(a: int, b: int) -> dict:
+    """A user's own SFT row in the chat-template format: OpenAI-style tool_calls, a tool message answering it."""
+    return {"messages": [
+        {"role": "user", "content": f"Calculate {a} + {b}."},
+        {"role": "assistant", "content": "<think>Use python.</think>",
+         "tool_calls": [{"type": "function", "function": {"name": "python", "arguments": {"code": f"print({a} + {b})"}}}]},
+        {"role": "tool", "name": "python", "content": str(a + b)},
+        {"role": "assistant", "content": f"<answer>\\boxed{{{a + b}}}</answer>"},
+    ]}
+
+
+@pytest.fixture()
+def chat_fmt(chat_tokenizer):
+    from appo.formats import build_format
+    from appo.tools.registry import BUILTIN_TOOLS
+
+    return build_format("chat_template", chat_tokenizer("chatml"), [BUILTIN_TOOLS["python"].spec])
+
+
+def test_a_chat_conversation_is_encoded_as_the_loop_builds_it(chat_fmt):
+    from appo.formats.conversation import encode_chat
+
+    conv = _chat_conv(12, 7)
+    ex = encode_conversation(chat_fmt.tokenizer, conv, fmt=chat_fmt)
+    assert (ex.prompt_ids, ex.response_ids, ex.loss_mask) == encode_chat(chat_fmt, conv["messages"])
+    assert ex.response_ids[-1] == chat_fmt.tokenizer.eos_token_id and 0 in ex.loss_mask
+    short = encode_conversation(chat_fmt.tokenizer, conv, max_length=len(ex.prompt_ids) + 5, fmt=chat_fmt)
+    assert short.response_ids == ex.response_ids[:5] and short.loss_mask == ex.loss_mask[:5]
+
+
+def test_tool_calls_need_the_chat_template_format_and_traces_their_own(chat_fmt, tiny_tokenizer):
+    with pytest.raises(ValueError, match="train it with tools.format=chat_template"):
+        encode_conversation(tiny_tokenizer, _chat_conv(1, 2))
+    with pytest.raises(ValueError, match="made for tools.format=tags cannot be trained with tools.format=chat_template"):
+        encode_conversation(chat_fmt.tokenizer, {**MESSAGES, "segments": []}, fmt=chat_fmt)
+    with pytest.raises(ValueError, match="made for tools.format=chat_template cannot be trained with tools.format=tags"):
+        encode_conversation(tiny_tokenizer, {**_chat_conv(1, 2), "tool_format": "chat_template"})
+
+
+def test_sft_in_the_chat_template_format_lowers_the_loss_on_the_tiny_model(tiny_model, chat_fmt):
+    convs = [_chat_conv(a, 2 * a + 1) for a in range(16)]
+    cfg = SftConfig(num_examples=16, epochs=4, batch_size=8, lr=3e-3, warmup_steps=0, max_length=512, packing=True)
+    history = run_sft(tiny_model, chat_fmt.tokenizer, convs, cfg, ModelConfig(autocast="none"), progress=False,
+                      fmt=chat_fmt)
+    assert len(history) == 8
+    assert history[-1]["loss"] < 0.75 * history[0]["loss"]

@@ -1,0 +1,30 @@
+"""The system prompt a run's rows bring follows tools.format: tags tell the model the tag protocol; with the chat
+template's own format they name the tools and leave calling them to the template."""
+
+from appo.config import load_config
+from appo.data.prompt_sets import prepare_task
+from appo.data.templates import CHAT_QUICKSTART_SYSTEM_PROMPT, QUICKSTART_SYSTEM_PROMPT, system_prompt_for_tools
+
+
+def _system(cfg) -> set[str]:
+    task = prepare_task(cfg)
+    return {m["content"] for r in task.train + task.val for m in r["prompt"] if m["role"] == "system"}
+
+
+def test_task_rows_in_the_chat_template_format_name_the_tools_without_tags():
+    base = ["data.task=quickstart", "data.num_train=8", "data.num_val=4"]
+    assert _system(load_config(None, base)) == {QUICKSTART_SYSTEM_PROMPT}
+    chat = _system(load_config(None, base + ["tools.format=chat_template"]))
+    assert chat == {CHAT_QUICKSTART_SYSTEM_PROMPT}
+    assert "<python>" not in CHAT_QUICKSTART_SYSTEM_PROMPT and "<result>" not in CHAT_QUICKSTART_SYSTEM_PROMPT
+    assert "\\boxed{final answer}" in CHAT_QUICKSTART_SYSTEM_PROMPT
+
+
+def test_file_rows_without_a_system_prompt_get_one_for_the_format():
+    assert system_prompt_for_tools(["python"]) == ("Think in <think></think>. You may run code with "
+                                                   "<python>print(...)</python>; the result comes back in "
+                                                   "<result></result>. Finish with <answer>\\boxed{final answer}</answer>.")
+    assert system_prompt_for_tools(["python"], "chat_template") == (
+        "Think in <think></think>. Call python to run code (print the result) when it helps. "
+        "Finish with <answer>\\boxed{final answer}</answer>.")
+    assert system_prompt_for_tools(["python", "search"], "chat_template") == CHAT_QUICKSTART_SYSTEM_PROMPT
