@@ -77,21 +77,34 @@ def _judge_stats(records: list[dict]) -> dict:
             "judge_unparseable": counts["unparseable"], "judge_errors": counts["error"]}
 
 
+# Calls the loop could not run as written (tools.format=chat_template: malformed JSON, an unknown tool, arguments
+# that do not fit the schema); the model got an error result instead.
+BAD_CALL_KINDS = ("json", "unknown_tool", "arguments")
+
+
 def _tool_stats(records: list[dict]) -> dict:
     by_tool: Counter = Counter()
     errors: Counter = Counter()
+    bad: Counter = Counter()
     phase_seconds: dict[str, list[float]] = {}
     for r in records:
         for call in r["tool_log"]:
+            if call.get("kind") in BAD_CALL_KINDS:
+                bad[call["kind"]] += 1
+            if not call["tool"]:  # a call whose tool could not be read: counted as a bad call only
+                continue
             by_tool[call["tool"]] += 1
             errors[call["tool"]] += not call["ok"]
             for phase, seconds in call.get("phases", {}).items():  # the browser's search/fetch/summarise
                 phase_seconds.setdefault(f"{call['tool']}_{phase}_seconds", []).append(seconds)
     n = len(records)
-    calls = sum(by_tool.values())
+    calls = sum(len(r["tool_log"]) for r in records)
+    failed = sum(not call["ok"] for r in records for call in r["tool_log"])
     out = {"tool_calls_per_sample": calls / n,
            "tool_use_rate": _mean(float(bool(r["tool_log"])) for r in records),
-           "tool_error_rate": sum(errors.values()) / calls if calls else 0.0}
+           "tool_error_rate": failed / calls if calls else 0.0,
+           "bad_calls_per_sample": sum(bad.values()) / n}
+    out.update({f"bad_calls/{kind}": bad[kind] for kind in BAD_CALL_KINDS if bad[kind]})
     for tool in sorted(by_tool):
         out[f"{tool}_calls_per_sample"] = by_tool[tool] / n
         out[f"{tool}_errors"] = errors[tool]

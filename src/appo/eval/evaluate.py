@@ -74,7 +74,8 @@ def _record(es: EvalSet, prompt, sample: int, traj, tokenizer, reward_fn, text: 
         "pred": scored["pred"], "answer_key": answer_key(scored["pred"]), "scores": scored["scores"],
         "rule_equal": scored["rule_equal"], "judge": None, "correct": scored["rule_equal"],
         "tool_log": [{"tool": t["tool"], "ok": bool(t["ok"]), "seconds": round(float(t["seconds"]), 4),
-                      **({"phases": t["phases"]} if t.get("phases") else {})} for t in traj.tool_log],
+                      **({"phases": t["phases"]} if t.get("phases") else {}),
+                      **({"kind": t["kind"]} if t.get("kind") else {})} for t in traj.tool_log],
         "finish_reason": traj.finish_reason, "response_tokens": len(traj.token_ids),
         "generated_tokens": int(sum(traj.generated)),
     }
@@ -122,7 +123,9 @@ def fingerprint(cfg: Config, protocol: str | None = None) -> dict:
             "tool_call_limits": tool_call_limits(t), "on_limit": t.on_limit,
             "search_backend": t.search.backend if "search" in t.enabled else None,
             "judge": e.judge.model if e.judge.enabled else None, "system_prompt": cfg.data.system_prompt,
-            "reward_text": cfg.algorithm.reward_text}
+            "reward_text": cfg.algorithm.reward_text,
+            # only when not the default, so folders written before the key existed still resume
+            **({"tool_format": t.format, "chat_template": t.chat_template} if t.format != "tags" else {})}
 
 
 def check_resume(out_dir: Path, cfg: Config, protocol: str | None = None) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 # Columns of the markdown table, in order, when any benchmark has them: the headline accuracy first.
 _HEADLINE = ("pass@1", "pass@k", "maj@k", "acc", "em", "f1", "math_equal", "llm_equal", "judge_unparseable",
-             "judge_errors", "tool_use_rate", "tool_calls_per_sample", "tool_error_rate", "generated_tokens_mean",
-             "truncated_rate")
+             "judge_errors", "tool_use_rate", "tool_calls_per_sample", "tool_error_rate", "bad_calls_per_sample",
+             "generated_tokens_mean", "truncated_rate")
 _PERCENT = {"pass@1", "pass@k", "maj@k", "em", "f1", "acc", "math_equal", "llm_equal", "tool_use_rate",
             "tool_error_rate", "truncated_rate"}
 _EXPLAIN = {
@@ -22,6 +22,8 @@ _EXPLAIN = {
     "math_equal": "math equivalence of answer and gold", "llm_equal": "correct by the LLM judge (or rules)",
     "tool_use_rate": "share of samples that called a tool", "tool_error_rate": "share of tool calls that failed",
     "truncated_rate": "share of samples that hit the token budget",
+    "bad_calls_per_sample": "calls that could not run as written (tools.format=chat_template: malformed JSON, an "
+                            "unknown tool, arguments that do not fit the schema), per sample",
 }
 # The settings section of summary.md: (meta key, label), in reading order.
 _SETTINGS = (("protocol", "protocol"), ("model", "model"), ("engine", "engine"),
@@ -30,7 +32,7 @@ _SETTINGS = (("protocol", "protocol"), ("model", "model"), ("engine", "engine"),
              ("top_k", "top_k"), ("repetition_penalty", "repetition penalty"),
              ("max_tokens_per_call", "tokens per generation call"),
              ("max_response_length", "response budget (tokens, tool results included)"),
-             ("max_prompt_length", "prompt budget (tokens)"), ("tools", "tools"),
+             ("max_prompt_length", "prompt budget (tokens)"), ("tools", "tools"), ("tool_format", "tool format"),
              ("tool_call_limits", "per-tool call budgets"), ("call_limit", "tool calls per response (all tools)"),
              ("on_limit", "over a budget"), ("search_backend", "search backend"), ("judge", "LLM judge"),
              ("seed", "seed"))

@@ -84,3 +84,17 @@ def test_questions_with_fewer_samples_are_left_out_of_pass_at_k():
     s = summarize(records, 2)
     assert s["pass@2"] == 1.0 and s["maj@2"] == 1.0
     assert s["pass@1"] == pytest.approx((0.5 + 0.0) / 2)
+
+
+def test_bad_calls_of_the_chat_template_format_are_counted_by_kind():
+    records = [_rec(0, 0, True, tools=[("python", True), ("", False), ("shell", False)]),
+               _rec(1, 0, False, tools=[("python", False)])]
+    records[0]["tool_log"][1]["kind"] = "json"          # malformed JSON: its tool could not be read
+    records[0]["tool_log"][2]["kind"] = "unknown_tool"
+    records[1]["tool_log"][0]["kind"] = "arguments"
+    s = summarize(records, 1)
+    assert s["bad_calls_per_sample"] == 1.5
+    assert (s["bad_calls/json"], s["bad_calls/unknown_tool"], s["bad_calls/arguments"]) == (1, 1, 1)
+    assert s["tool_calls_per_sample"] == 2.0 and s["tool_error_rate"] == 0.75
+    assert "_calls_per_sample" not in s and s["python_calls_per_sample"] == 1.0 and s["shell_errors"] == 1
+    assert summarize([_rec(0, 0, True, tools=[("python", True)])], 1)["bad_calls_per_sample"] == 0
