@@ -47,6 +47,8 @@ def tiny_model(tiny_model_dir):
     return load_model(str(tiny_model_dir))
 
 
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|python_tag|>"]
 
 
@@ -61,8 +63,15 @@ def chat_tokenizer(tiny_model_dir):
     def make(template: str):
         tok = load_tokenizer(str(tiny_model_dir))
         if template == "llama3":
+            from tokenizers import Regex, pre_tokenizers
+
             tok.add_special_tokens({"additional_special_tokens": LLAMA3_SPECIAL, "bos_token": "<|begin_of_text|>",
                                     "eos_token": "<|eot_id|>"})
+            # Llama 3's split (a run of newlines is one piece), so its "\n\n" generation prompt tokenizes the
+            # same alone as before the answer, as with the real tokenizer.
+            tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
         tok.chat_template = template_source(template) if template in SHIPPED_TEMPLATES else template
         return tok
 

@@ -295,12 +295,13 @@ def _tokenize(texts: list[str], tokenizer) -> list[list[int]]:
 
 def build_prompts(
     rows: list[dict], tokenizer, data_cfg, source: str | None = None,
-    default_system: str | None = REFERENCE_SYSTEM_PROMPT,
+    default_system: str | None = REFERENCE_SYSTEM_PROMPT, tool_format=None,
 ) -> tuple[list[Prompt], DropReport]:
     """Template and tokenize `rows`, dropping (or rejecting) prompts longer than `data_cfg.max_prompt_length`.
 
     `source` (the file the rows came from) names the file in errors and is the default data source;
-    `default_system` is the system prompt of plain rows that bring none (benchmarks: the reference's).
+    `default_system` is the system prompt of plain rows that bring none (benchmarks: the reference's);
+    `tool_format` (appo.formats) renders the prompt with the tools' schemas (tools.format=chat_template).
     """
     report = DropReport(total=len(rows))
     parsed = []
@@ -313,7 +314,8 @@ def build_prompts(
         p["messages"] = _apply_system_prompt(p["messages"], data_cfg)
         parsed.append((position, p))
     texts = [
-        tokenizer.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False)
+        tool_format.prompt_text(p["messages"]) if tool_format is not None
+        else tokenizer.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False)
         for _, p in parsed
     ]
     prompts = []
@@ -332,7 +334,8 @@ def build_prompts(
     return prompts, report
 
 
-def load_prompts(path: str | Path, tokenizer, data_cfg, default_system: str | None = REFERENCE_SYSTEM_PROMPT
-                 ) -> tuple[list[Prompt], DropReport]:
+def load_prompts(path: str | Path, tokenizer, data_cfg, default_system: str | None = REFERENCE_SYSTEM_PROMPT,
+                 tool_format=None) -> tuple[list[Prompt], DropReport]:
     """`load_rows` + `build_prompts` for one file, with the file named in errors and as the default source."""
-    return build_prompts(load_rows(path), tokenizer, data_cfg, source=str(path), default_system=default_system)
+    return build_prompts(load_rows(path), tokenizer, data_cfg, source=str(path), default_system=default_system,
+                         tool_format=tool_format)

@@ -10,7 +10,7 @@ from appo.config import Config, ConfigError
 from appo.data.datasets import DataError, build_prompts, load_prompts
 from appo.data.tasks import TaskData, build_task
 from appo.data.templates import system_prompt_for_tools
-from appo.tools.registry import tool_specs
+from appo.tools.registry import prompt_format, tool_specs
 from appo.tools.search_backends import build_index
 from appo.tools.spec import tools_system_prompt
 
@@ -51,9 +51,10 @@ def with_task_index(cfg: Config, task) -> Config:
 def load_prompt_sets(cfg: Config, tokenizer, task: TaskData | None = None) -> tuple[list, list]:
     """Training and held-out prompts: a built-in task's generated splits (`task`, from `prepare_task`), or
     data.train_files/val_files."""
+    fmt = prompt_format(cfg.tools, tokenizer)
     if cfg.data.task is not None:
         task = task or prepare_task(cfg)
-        return tuple(build_prompts(rows, tokenizer, cfg.data, source=cfg.data.task)[0]
+        return tuple(build_prompts(rows, tokenizer, cfg.data, source=cfg.data.task, tool_format=fmt)[0]
                      for rows in (task.train, task.val))
     if not cfg.data.train_files:
         raise ConfigError("no training data: set data.task (a built-in task) or data.train_files=[...]")
@@ -65,7 +66,7 @@ def load_prompt_sets(cfg: Config, tokenizer, task: TaskData | None = None) -> tu
     for key, files in (("data.train_files", cfg.data.train_files), ("data.val_files", cfg.data.val_files)):
         prompts = []
         for path in files:
-            got, report = load_prompts(path, tokenizer, cfg.data, default_system=system)
+            got, report = load_prompts(path, tokenizer, cfg.data, default_system=system, tool_format=fmt)
             hint = _too_long_hint(report, cfg)
             if not got:  # an empty set would only fail later, or train/evaluate on nothing
                 raise DataError(f"{key}: {path}: no usable prompts ({report}){hint}")

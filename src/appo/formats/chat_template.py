@@ -298,4 +298,7 @@ def probe(fmt: ChatTemplateFormat) -> None:
         raise refuse("changes earlier turns when the next assistant turn is added (it drops earlier <think> "
                      "blocks or rewrites whitespace), so it is not prefix-preserving")
     if fmt.encode(p2) != fmt.encode(p1[:cut1]) + fmt.encode(p2[cut1:]):
-        raise refuse("tokenizes the appended tool message differently inside the whole conversation")
+        raise refuse("is tokenized differently when the tool message is appended than inside the whole conversation")
+    if fmt.encode(p3) != fmt.encode(p2) + fmt.encode(p3[len(p2):]):
+        raise refuse("ends its generation prompt with text the tokenizer merges with the start of the answer, so "
+                     "the prompt's tokens are not those of the whole conversation")

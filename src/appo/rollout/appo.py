@@ -67,7 +67,6 @@ def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
     inits = [s.trajectory for s in starts]
     groups = [RolloutGroup(p, inits=inits[g * m:(g + 1) * m]) for g, p in enumerate(prompts)]
     left = [m] * len(prompts)  # initial rows still running, per prompt
-    stops = [f"</{name}>" for name in (tools.names if tools is not None else [])]
     eos_ids = set(getattr(engine, "eos_ids", None) or {engine.tokenizer.eos_token_id})
     need_entropy = a.entropy_source == "full" and not getattr(engine, "exact_entropy", True)
     if score_inits is None and (a.fv_source != "none" or need_entropy) and budget > 0:
@@ -82,7 +81,7 @@ def appo_rollouts(engine, tools, prompts, cfg, step: int, stats: dict,
         if score_inits is not None and (a.fv_source != "none" or need_entropy):
             scores = score_inits(group_inits, need_entropy)
         t2 = time.perf_counter()
-        points = choose_branch_points(group_inits, engine.tokenizer, stops, eos_ids, r.max_response_length, budget,
+        points = choose_branch_points(group_inits, engine.tokenizer, loop.stops, eos_ids, r.max_response_length, budget,
                                       a, scores, stats).get(g, [])
         for j in range(budget):
             branch_seed = derive_seed(seed, step, first_group + g, "branch", j)

@@ -3,7 +3,7 @@ advances through its own turns, with no round barrier.
 
 A row's generation request goes into the running engine as soon as the row is ready (a fresh row, a
 branch, a row whose tool result has arrived); the engine batches whatever requests are running, step by
-step. A row that stops on a tool's closing tag hands its call to the tool runner's pool and leaves the
+step. A row whose turn ends with calls (a tool's closing tag; with a chat template, EOS) hands them to the tool runner's pool and leaves the
 engine; the others keep decoding, and it rejoins when its own result is there, whatever the other rows'
 tools are doing. The loop blocks on tools only when nothing is left to decode. Rows added from `on_done`
 (APPO's branches, as soon as their prompt's initial rows are done) join the same stream. At most
@@ -25,21 +25,20 @@ import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 
-from appo.rollout.tool_loop import LoopRow, ToolLoop
-from appo.tools.base import ToolCall
+from appo.rollout.tool_loop import LoopRow, ToolLoop, _Turn
 
 
 def run_streamed(loop: ToolLoop) -> None:
     """Every live row of `loop` (and every row added while it runs) to completion on `loop.engine`'s stream."""
     stream = loop.engine.open_stream()
     ready: deque[LoopRow] = deque()
-    calls: dict[Future, tuple[int, LoopRow, ToolCall]] = {}
+    calls: dict[Future, tuple[int, LoopRow, _Turn]] = {}
     order = itertools.count()  # results that arrive together are spliced in the order their calls were made
     loop._arrivals = deque(loop.active)
 
     def after(row: LoopRow, stop: str | None) -> None:
-        def start(call: ToolCall) -> None:
-            calls[loop._submit(call)] = (next(order), row, call)
+        def start(turn: _Turn) -> None:
+            calls[loop._submit_turn(turn)] = (next(order), row, turn)
 
         loop._dispatch(row, stop, ready, start)
 
@@ -55,9 +54,10 @@ def run_streamed(loop: ToolLoop) -> None:
                 if idle:
                     loop._count("tool_seconds", time.perf_counter() - t0)
                 for future in sorted(done, key=lambda f: calls[f][0]):
-                    _, row, call = calls.pop(future)
-                    loop._count("tool_calls", 1)
-                    loop._splice(row, call.tool, call.payload, future.result())
+                    _, row, turn = calls.pop(future)
+                    loop._count("tool_calls", len(turn.calls))
+                    turn.fill(future.result())
+                    loop._splice_turn(turn)
                     after(row, None)
             while ready and len(stream) < loop.settings.gen_batch_size:
                 row = ready.popleft()

@@ -35,6 +35,7 @@ barrier (`appo.rollout.stream_loop`); other engines get one `generate` call per 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -42,18 +43,20 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from appo.formats import ParsedCall, build_format
+from appo.formats.tags import EMPTY_TEXT  # noqa: F401  (the loop's message for an empty call, as before)
 from appo.rollout.engine import Engine, GenRequest
 from appo.rollout.trajectory import Trajectory
 from appo.seeding import derive_seed
-from appo.tool_format import result_token_ids
 from appo.tools.base import ToolCall, ToolResult
 
 LIMIT_TEXT = "Error: the tool call limit ({limit}) is reached; no more tool calls. Give your final answer now."
 TOOL_LIMIT_TEXT = ("Error: the {tool} call limit ({limit}) is reached; you may not call {tool} again. Use "
                    "another tool or give your final answer now.")
-EMPTY_TEXT = "Error: empty <{tool}> call; put the input between <{tool}> and </{tool}>."
 ON_LIMIT = ("stop", "result", "eos")
 ANSWER_STOP = "</answer>"
+# What a row's due calls are marked with when its turn ended at EOS / end-of-turn (tools.format=chat_template).
+END_OF_TURN = "<end of turn>"
 # Decode steps a row sits out for its tool call before it rejoins (its result is waited for if not ready):
 # long enough that a sandboxed call usually overlaps other rows' decoding, short enough to keep slots busy.
 REJOIN_AFTER_STEPS = 2
@@ -73,6 +76,8 @@ class RolloutLoopSettings:
     stop_at_answer: bool = False             # end the row right after its first ANSWER_STOP
     top_logprobs: int = 0                    # top-k log-probs requested per generated token
     gen_batch_size: int = 64                 # rows per engine call
+    tool_format: str = "tags"                # tools.format: tags | chat_template (appo.formats)
+    chat_template: str | None = None         # tools.chat_template: a template appo ships, a file, None: the tokenizer's
 
     def __post_init__(self):
         if self.on_limit not in ON_LIMIT:
@@ -86,7 +91,8 @@ class RolloutLoopSettings:
                    max_tokens_per_call=rollout_cfg.max_tokens_per_call, call_limit=tools_cfg.call_limit,
                    tool_call_limits=tool_call_limits(tools_cfg), on_limit=tools_cfg.on_limit,
                    stop_at_answer=rollout_cfg.stop_at_answer, top_logprobs=top_logprobs,
-                   gen_batch_size=rollout_cfg.gen_batch_size)
+                   gen_batch_size=rollout_cfg.gen_batch_size, tool_format=getattr(tools_cfg, "format", "tags"),
+                   chat_template=getattr(tools_cfg, "chat_template", None))
 
 
 def tool_call_limits(tools_cfg) -> dict[str, int]:
@@ -139,17 +145,59 @@ class LoopRow:
 
 
 @dataclass
-class _Queued:
+class _Item:
+    """One call of a turn: a ToolCall to run, or the result it gets at once (an error, a refusal)."""
+    parsed: ParsedCall
+    call: ToolCall | None = None
+    result: ToolResult | None = None
+    refused: bool = False
+    own: bool = False                # the loop's own message: the only result text not escaped
+
+
+@dataclass
+class _Turn:
+    """The calls a row's turn ended with (one with tags, one or several with a chat template), whose results
+    are appended together once all have run."""
     row: LoopRow
-    call: ToolCall
+    items: list[_Item] = field(default_factory=list)
+
+    @property
+    def calls(self) -> list[ToolCall]:
+        return [item.call for item in self.items if item.call is not None]
+
+    def fill(self, results: list[ToolResult]) -> None:
+        todo = iter(results)
+        for item in self.items:
+            if item.call is not None:
+                item.result = next(todo)
 
 
 @dataclass
 class _Waiting:
     row: LoopRow
-    call: ToolCall
+    turn: _Turn
     future: Future
     ready_at: int
+
+
+def _all_of(futures: list[Future]) -> Future:
+    """A future of the list of `futures`' results, done when the last of them is."""
+    out: Future = Future()
+    if not futures:
+        out.set_result([])
+        return out
+    left, lock = [len(futures)], threading.Lock()
+
+    def one_done(_):
+        with lock:  # the callbacks run on the tool pool's threads
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            out.set_result([f.result() for f in futures])
+
+    for f in futures:
+        f.add_done_callback(one_done)
+    return out
 
 
 class KeptCaches:
@@ -196,7 +244,9 @@ class ToolLoop:
         self.settings = settings
         self.tokenizer = engine.tokenizer
         self.tool_names = tuple(tools.names if tools is not None else ())
-        self.stops = [f"</{name}>" for name in self.tool_names]
+        self.format = build_format(settings.tool_format, self.tokenizer, _specs(tools), settings.chat_template)
+        self.stops = list(self.format.stop_strings)
+        self.calls_at_eos = not self.stops  # chat templates: a turn's calls are read when it ends at EOS
         self.engine_stops = self.stops + ([ANSWER_STOP] if settings.stop_at_answer else [])
         self.eos_ids = set(getattr(engine, "eos_ids", None) or {self.tokenizer.eos_token_id})
         self.rows: list[LoopRow] = []
@@ -204,7 +254,7 @@ class ToolLoop:
         self.keep = keep
         self.on_done = on_done
         self.sessions = bool(getattr(engine, "supports_sessions", False))
-        self._queue: list[_Queued] = []
+        self._queue: list[_Turn] = []
         self._kv_bytes = 0           # parked caches (rows outside the batch), for the peak-memory stat
         self._arrivals: deque[LoopRow] | None = None  # rows added while `run` batches continuously
         self.environment = getattr(tools, "environment", None)
@@ -243,10 +293,15 @@ class ToolLoop:
         return [r for r in self.rows if not r.done]
 
     def _resume(self, row: LoopRow) -> None:
-        """Classify a continued prefix: already finished, or ending in a closing tag whose call is due."""
+        """Classify a continued prefix: already finished, or ending in a turn whose calls are due (a closing
+        tag; with a chat template, an EOS after calls: a branch split at the end of a turn that made calls)."""
         traj, budget = row.traj, self.settings.max_response_length
         if traj.token_ids and traj.token_ids[-1] in self.eos_ids:
-            row.finish("eos")
+            if self.calls_at_eos and len(traj) > row.turn_start and len(traj) < budget \
+                    and self.format.calls_due(self._turn_text(row), None, True):
+                row.pending_stop = END_OF_TURN
+            else:
+                row.finish("eos")
         elif len(traj) >= budget:
             row.finish("length")
         elif len(traj) > row.turn_start:
@@ -254,7 +309,8 @@ class ToolLoop:
             if self.settings.stop_at_answer and ANSWER_STOP in turn:
                 row.finish("answer")
                 return
-            row.pending_stop = next((s for s in self.stops if s in turn), None)
+            if self.format.calls_due(turn, None, False):
+                row.pending_stop = next((s for s in self.stops if s in turn), END_OF_TURN)
 
     # ---------------------------------------------------------------------------------- rounds
 
@@ -307,7 +363,7 @@ class ToolLoop:
         for row in self.active:
             if row.pending_stop is not None:
                 stop, row.pending_stop = row.pending_stop, None
-                self._queue_call(row, stop)
+                self._queue_turn(row, stop)
         self._run_queued()
         rows = self.active
         if not rows:
@@ -326,7 +382,7 @@ class ToolLoop:
         for row, (res, kv) in zip(rows, outputs):
             stop = self._absorb(row, res, kv)
             if stop is not None:
-                self._queue_call(row, stop)
+                self._queue_turn(row, stop)
         self._run_queued()
         for row in self.rows:
             self._settle(row)
@@ -350,7 +406,8 @@ class ToolLoop:
                           seed=None if row.seed is None else derive_seed(row.seed, row.rounds))
 
     def _absorb(self, row: LoopRow, res, kv) -> str | None:
-        """Append a generated segment; returns the closing tag it stopped on, if a call is now due."""
+        """Append a generated segment; returns the closing tag it stopped on (END_OF_TURN: a chat-template
+        turn that ended at EOS with calls), if calls are now due."""
         budget = self.settings.max_response_length
         row.fed = len(row.traj.prompt_ids) + len(row.traj) + len(res.token_ids) - 1
         row.round_start = len(row.traj)
@@ -362,6 +419,9 @@ class ToolLoop:
         self._count("generated_tokens", len(res.token_ids))
         if res.finish_reason == "stop" and res.stop_str in self.stops:
             return res.stop_str
+        if (res.finish_reason == "eos" and self.calls_at_eos and len(row.traj) < budget
+                and self.format.calls_due(self._turn_text(row), None, True)):
+            return END_OF_TURN
         if res.finish_reason == "stop" and res.stop_str == ANSWER_STOP and self.settings.stop_at_answer:
             row.finish("answer")
         elif res.finish_reason == "eos":
@@ -431,8 +491,8 @@ class ToolLoop:
         self._arrivals = deque(self.active)
 
         def after(row: LoopRow, stop: str | None) -> None:
-            self._dispatch(row, stop, ready, lambda call: waiting.append(
-                _Waiting(row, call, self._submit(call), clock + REJOIN_AFTER_STEPS)))
+            self._dispatch(row, stop, ready, lambda turn: waiting.append(
+                _Waiting(row, turn, self._submit_turn(turn), clock + REJOIN_AFTER_STEPS)))
 
         while True:
             self._drain_arrivals(after)
@@ -443,10 +503,11 @@ class ToolLoop:
             while waiting and waiting[0].ready_at <= clock:
                 w = waiting.popleft()
                 t0 = time.perf_counter()
-                result = w.future.result()
+                results = w.future.result()
                 self._count("tool_seconds", time.perf_counter() - t0)
-                self._count("tool_calls", 1)
-                self._splice(w.row, w.call.tool, w.call.payload, result)
+                self._count("tool_calls", len(results))
+                w.turn.fill(results)
+                self._splice_turn(w.turn)
                 after(w.row, None)
             while ready and len(session) < self.settings.gen_batch_size:
                 self._admit(session, ready.popleft())
@@ -465,16 +526,23 @@ class ToolLoop:
             stop, row.pending_stop = row.pending_stop, None
             after(row, stop)
 
-    def _dispatch(self, row: LoopRow, stop: str | None, ready: deque, start_call: Callable[[ToolCall], None]) -> None:
+    def _dispatch(self, row: LoopRow, stop: str | None, ready: deque, start_turn: Callable[[_Turn], None]) -> None:
         """After a segment that ended on `stop` (or a spliced result: None), in the continuous and streamed
-        loops: start the row's due tool call, or report the finished row, or queue it for its next segment."""
-        call = self._call_for(row, stop) if stop is not None else None
-        if call is not None:
-            start_call(call)
+        loops: start the row's due tool calls, or report the finished row, or queue it for its next segment."""
+        turn = self._turn_for(row, stop) if stop is not None else None
+        if turn is not None and turn.calls:
+            start_turn(turn)
+        elif turn is not None:  # nothing to run (errors, refusals): the results go in at once
+            self._splice_turn(turn)
+            self._dispatch(row, None, ready, start_turn)
         elif row.done:
             self._settle(row)
         else:
             ready.append(row)
+
+    def _submit_turn(self, turn: _Turn) -> Future:
+        """Start every call of a turn; the future's result is the list of their ToolResults."""
+        return _all_of([self._submit(call) for call in turn.calls])
 
     def _submit(self, call: ToolCall) -> Future:
         submit = getattr(self.tools, "submit", None)
@@ -489,88 +557,112 @@ class ToolLoop:
     def _turn_text(self, row: LoopRow) -> str:
         return self.tokenizer.decode(row.traj.token_ids[row.turn_start:], skip_special_tokens=False)
 
-    def _queue_call(self, row: LoopRow, stop: str) -> None:
-        call = self._call_for(row, stop)
-        if call is not None:
-            self._queue.append(_Queued(row, call))
+    def _queue_turn(self, row: LoopRow, stop: str) -> None:
+        turn = self._turn_for(row, stop)
+        if turn is not None:
+            self._queue.append(turn)
 
-    def _call_for(self, row: LoopRow, stop: str) -> ToolCall | None:
-        """Handle a turn that ended on `stop`: the tool call to run, or None when the row was ended or got
-        its (error) result at once."""
+    def _turn_for(self, row: LoopRow, stop: str) -> _Turn | None:
+        """Read the calls of a turn that ended on `stop` (END_OF_TURN: at EOS), in order: each becomes a
+        ToolCall to run, or an error result at once (empty, malformed, unknown tool, bad arguments; counted in
+        `empty_calls` / `bad_calls`), or a refusal at the call limit. None when the row ends at the limit
+        instead (`on_limit` stop or eos, with no call of the turn accepted)."""
         traj, settings = row.traj, self.settings
-        tool = stop[2:-1]
-        limit = self._limit_reached(traj, tool)
-        if limit is not None:
-            self._count("limit_hits", 1)
-            if settings.on_limit == "stop":
-                row.finish("call_limit")
-            elif settings.on_limit == "eos":
-                if len(traj) < settings.max_response_length:
-                    traj.append([min(self.eos_ids)], generated=0)
-                row.finish("call_limit")
-            else:
-                self._splice(row, tool, "", ToolResult(limit, ok=False), refused=True, own=True)
+        turn = _Turn(row)
+        this_turn: dict[str, int] = {}
+        for parsed in self.format.parse_calls(self._turn_text(row), None if stop == END_OF_TURN else stop):
+            limit = self._limit_reached(traj, parsed.tool, this_turn.get(parsed.tool, 0))
+            if limit is not None:
+                self._count("limit_hits", 1)
+                if settings.on_limit != "result" and not turn.items:
+                    if settings.on_limit == "eos" and len(traj) < settings.max_response_length \
+                            and traj.token_ids[-1] not in self.eos_ids:
+                        traj.append([min(self.eos_ids)], generated=0)
+                    row.finish("call_limit")
+                    return None
+                turn.items.append(_Item(parsed, result=ToolResult(limit, ok=False), refused=True, own=True))
+                continue
+            traj.tool_calls += 1
+            this_turn[parsed.tool] = this_turn.get(parsed.tool, 0) + 1
+            if parsed.error is not None:
+                if parsed.kind == "empty":
+                    self._count("empty_calls", 1)
+                else:
+                    self._count("bad_calls", 1)
+                    self._count(f"bad_calls/{parsed.kind}", 1)
+                turn.items.append(_Item(parsed, result=ToolResult(parsed.error, ok=False), own=True))
+                continue
+            history = tuple(e["payload"] for e in traj.tool_log if e["tool"] == parsed.tool and e["ok"])
+            reasoning = self.tokenizer.decode(traj.token_ids, skip_special_tokens=True)
+            turn.items.append(_Item(parsed, ToolCall(tool=parsed.tool, payload=parsed.payload, history=history,
+                                                     reasoning=reasoning, env=row.env)))
+        if not turn.items:  # a continued turn whose calls were not calls after all
+            row.finish("eos")
             return None
-        turn = self._turn_text(row)
-        end = turn.find(stop)
-        opening = turn.rfind(f"<{tool}>", 0, end)
-        payload = turn[opening + len(tool) + 2:end].strip() if opening >= 0 else ""
-        traj.tool_calls += 1
-        if not payload and (opening < 0 or self._needs_input(tool)):
-            self._count("empty_calls", 1)
-            self._splice(row, tool, payload, ToolResult(EMPTY_TEXT.format(tool=tool), ok=False), own=True)
-            return None
-        history = tuple(e["payload"] for e in traj.tool_log if e["tool"] == tool and e["ok"])
-        reasoning = self.tokenizer.decode(traj.token_ids, skip_special_tokens=True)
-        return ToolCall(tool=tool, payload=payload, history=history, reasoning=reasoning, env=row.env)
+        return turn
 
-    def _needs_input(self, tool: str) -> bool:
-        needs = getattr(self.tools, "needs_input", None)
-        return needs is None or needs(tool)
-
-    def _limit_reached(self, traj: Trajectory, tool: str) -> str | None:
-        """The message for the model when this call is over the total or the tool's own limit, else None."""
+    def _limit_reached(self, traj: Trajectory, tool: str, in_turn: int = 0) -> str | None:
+        """The message for the model when this call is over the total or the tool's own limit (`in_turn`:
+        the tool's calls accepted earlier in the same turn), else None."""
         settings = self.settings
         if traj.tool_calls >= settings.call_limit:
             return LIMIT_TEXT.format(limit=settings.call_limit)
         own = settings.tool_call_limits.get(tool)
-        if own is not None and sum(e["tool"] == tool and not e.get("refused") for e in traj.tool_log) >= own:
+        if own is not None and in_turn + sum(e["tool"] == tool and not e.get("refused") for e in traj.tool_log) >= own:
             return TOOL_LIMIT_TEXT.format(tool=tool, limit=own)
         return None
 
     def _run_queued(self) -> None:
         if not self._queue:
             return
-        queued, self._queue = self._queue, []
-        t0 = time.perf_counter()
-        results = self.tools.run([q.call for q in queued])
-        self._count("tool_seconds", time.perf_counter() - t0)
-        self._count("tool_calls", len(queued))
-        for q, res in zip(queued, results):
-            self._splice(q.row, q.call.tool, q.call.payload, res)
+        turns, self._queue = self._queue, []
+        calls = [call for turn in turns for call in turn.calls]
+        if calls:
+            t0 = time.perf_counter()
+            results = iter(self.tools.run(calls))
+            self._count("tool_seconds", time.perf_counter() - t0)
+            self._count("tool_calls", len(calls))
+            for turn in turns:
+                turn.fill([next(results) for _ in turn.calls])
+        for turn in turns:
+            self._splice_turn(turn)
 
-    def _splice(self, row: LoopRow, tool: str, payload: str, result: ToolResult, refused: bool = False,
-                own: bool = False) -> None:
-        """Append a result; `own` marks the loop's own messages, the only result text not escaped."""
+    def _splice_turn(self, turn: _Turn) -> None:
+        """Append a turn's results as the format renders them (loss mask 0), cut at the response budget; each
+        call gets a `tool_log` entry spanning the appended tokens."""
+        row = turn.row
         traj, budget = row.traj, self.settings.max_response_length
-        ids = result_token_ids(self.tokenizer, result.text, escape=not own, tool_names=self.tool_names)
+        ids = self.format.result_ids([(item.parsed, item.result.text, item.own) for item in turn.items])
         ids = ids[:budget - len(traj)]
         start = len(traj)
         traj.append(ids, generated=0)
-        phases = {"phases": result.meta["phases"]} if result.meta.get("phases") else {}  # the browser's timing
-        for phase, seconds in result.meta.get("phases", {}).items():
-            self._count(f"{tool}_{phase}_seconds", seconds)
-        env = {"env_calls": result.meta["env_calls"]} if "env_calls" in result.meta else {}
-        if result.meta.get("env_error"):
-            self._count("env_errors", 1)
-        traj.tool_log.append(dict(tool=tool, payload=payload, ok=result.ok, seconds=result.seconds,
-                                  start=start, end=len(traj), refused=refused, **phases, **env))
+        for item in turn.items:
+            result = item.result
+            phases = {"phases": result.meta["phases"]} if result.meta.get("phases") else {}  # the browser's timing
+            for phase, seconds in result.meta.get("phases", {}).items():
+                self._count(f"{item.parsed.tool}_{phase}_seconds", seconds)
+            env = {"env_calls": result.meta["env_calls"]} if "env_calls" in result.meta else {}
+            if result.meta.get("env_error"):
+                self._count("env_errors", 1)
+            payload = item.parsed.payload if item.parsed.kind in (None, "empty") else item.parsed.text
+            traj.tool_log.append(dict(tool=item.parsed.tool, payload=payload, ok=result.ok, seconds=result.seconds,
+                                      start=start, end=len(traj), refused=item.refused, **phases, **env))
         row.turn_start = len(traj)
         if len(traj) >= budget:
             row.finish("length")
 
     def _count(self, key: str, value: float) -> None:
         self.stats[key] = self.stats.get(key, 0) + value
+
+
+def _specs(tools) -> list:
+    """The specs of the loop's tools: the runner's, or by name (a test double with only `names` and `run`)."""
+    specs = getattr(tools, "specs", None)
+    if specs:
+        return list(specs.values())
+    from appo.tools.registry import default_spec
+
+    return [default_spec(name) for name in (tools.names if tools is not None else ())]
 
 
 def run_tool_loop(engine: Engine, tools, starts: list[LoopStart], cfg: RolloutLoopSettings,

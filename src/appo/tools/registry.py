@@ -50,6 +50,11 @@ def _spec_of(name: str, tool: Tool) -> ToolSpec:
     spec = getattr(tool, "spec", None)
     if spec is not None:
         return spec
+    return default_spec(name)
+
+
+def default_spec(name: str) -> ToolSpec:
+    """The spec of a tool known by name only: the built-in's, else a generic one-string-argument spec."""
     return BUILTIN_TOOLS[name].spec if name in BUILTIN_TOOLS else _generic_spec(name)
 
 
@@ -166,6 +171,18 @@ def tool_specs(tools_cfg: ToolsConfig) -> list[ToolSpec]:
             check_name(name, env.where, {s.name for s in specs})
             specs.append(spec)
     return specs
+
+
+def prompt_format(tools_cfg: ToolsConfig, tokenizer):
+    """The ToolFormat (appo.formats) that renders prompts with the configured tools when
+    `tools.format=chat_template` (the template is set on `tokenizer` and probed, so a template that is not
+    prefix-preserving stops the run here with one line); None with the tag format, whose prompts are the
+    tokenizer's plain chat template."""
+    if tools_cfg.format == "tags":
+        return None
+    from appo.formats import build_format
+
+    return build_format(tools_cfg.format, tokenizer, tool_specs(tools_cfg), tools_cfg.chat_template)
 
 
 def check_tools(tools_cfg: ToolsConfig, rows: list = ()) -> list[ToolSpec]:

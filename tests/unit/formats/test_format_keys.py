@@ -35,3 +35,15 @@ def test_a_template_file_is_accepted(tmp_path):
 
 def test_the_cli_says_it_in_one_line():
     assert_user_error(run_appo("config", "show", "tiny", "tools.format=native"), "config", "tags, chat_template")
+
+
+def test_a_template_that_is_not_prefix_preserving_stops_appo_train_at_start_up(tmp_path):
+    """The probe runs before the model loads: one line naming the template and the shipped fix, exit 2."""
+    from tests.unit.formats.test_chat_template import DROPS_THINK
+
+    template = tmp_path / "drops_think.jinja"
+    template.write_text(DROPS_THINK)
+    proc = run_appo("train", "--config", "tiny", "tools.format=chat_template", f"tools.chat_template={template}",
+                    f"trainer.output_dir={tmp_path / 'run'}", "--no-progress")
+    assert_user_error(proc, "train", str(template), "not prefix-preserving", "tools.chat_template=qwen3")
+    assert not (tmp_path / "run" / "sft").exists()

@@ -1,0 +1,122 @@
+"""The tool loop in the chat template's own format (tools.format=chat_template): the token ids of a rollout are
+exactly the template's rendering of the same conversation, with the real sandbox running the calls."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from appo.formats import build_format
+from appo.rollout.tool_loop import LoopStart, RolloutLoopSettings, ToolLoop, run_tool_loop
+from appo.tools.base import ToolCall
+from tests.unit.rollout.conftest import ScriptedEngine
+
+CODE = "print(17 * 23 - 5)"
+SYSTEM = {"role": "system", "content": "Solve it; use the tools."}
+USER = {"role": "user", "content": "What is 17 * 23 - 5?"}
+
+
+def turns(family: str, eos: str) -> list[str]:
+    """What the scripted policy writes: a good call, a malformed call, then the answer; each turn ends at EOS."""
+    if family == "llama3":
+        good, bad = json.dumps({"name": "python", "parameters": {"code": CODE}}), '{"name": "python", "parameters": {"code": '
+    else:
+        good = "<tool_call>\n" + json.dumps({"name": "python", "arguments": {"code": CODE}}) + "\n</tool_call>"
+        bad = '<tool_call>\n{"name": "python", "arguments": {"code": \n</tool_call>'
+    think = "<think>\nLet me run it.\n</think>\n\n" if family == "qwen3" else ""
+    lead = "" if family == "llama3" else think + "I will compute it.\n"
+    return [lead + good + eos, bad + eos, think + "The answer is \\boxed{386}." + eos]
+
+
+def conversation(family: str, script: list[str], eos: str, results: list[str]) -> list[dict]:
+    """The same conversation as chat messages, as a user of the template would write it."""
+    first = script[0].removesuffix(eos)
+    content = "" if family == "llama3" else first[:first.index("<tool_call>")].removesuffix("\n")
+    call = {"type": "function", "function": {"name": "python", "arguments": {"code": CODE}}}
+    return [SYSTEM, USER,
+            {"role": "assistant", "content": content, "tool_calls": [call]},
+            {"role": "tool", "name": "python", "content": results[0]},
+            {"role": "assistant", "content": script[1].removesuffix(eos)},
+            {"role": "tool", "name": "python", "content": results[1]},
+            {"role": "assistant", "content": script[2].removesuffix(eos)}]
+
+
+def scripted(tokenizer, texts: list[str]) -> ScriptedEngine:
+    todo = iter(texts)
+    return ScriptedEngine(tokenizer, lambda prompt, req: next(todo))
+
+
+@pytest.mark.parametrize("family", ["chatml", "qwen3", "llama3"])
+def test_rollout_tokens_are_the_templates_rendering_of_the_conversation(chat_tokenizer, python_tools, family):
+    tok = chat_tokenizer(family)
+    specs = list(python_tools.specs.values())
+    fmt = build_format("chat_template", tok, specs)
+    prompt_ids = fmt.prompt_ids([SYSTEM, USER])
+    script = turns(family, tok.eos_token)
+    stats: dict = {}
+    settings = RolloutLoopSettings(max_response_length=1024, call_limit=5, tool_format="chat_template")
+    [traj] = run_tool_loop(scripted(tok, script), python_tools, [LoopStart.fresh(prompt_ids)], settings, stats)
+
+    ran = python_tools.run([ToolCall("python", CODE)])[0].text
+    error = fmt.parse_calls(script[1])[0].error
+    assert "386" in ran and error.startswith("Error: not valid JSON")
+    rendered = tok.apply_chat_template(conversation(family, script, tok.eos_token, [ran, error]), tools=fmt.schemas,
+                                       tokenize=False)
+    rendered = rendered[:rendered.rindex(tok.eos_token) + len(tok.eos_token)]  # the last turn ends at its EOS
+    assert traj.prompt_ids + traj.token_ids == tok(rendered, add_special_tokens=False)["input_ids"]
+    # every sampled token is the policy's (mask 1), every appended one is not
+    sampled = sum(len(tok.encode(t, add_special_tokens=False)) for t in script)
+    assert sum(traj.generated) == sampled and len(traj) > sampled
+    assert traj.finish_reason == "eos" and traj.tool_calls == 2
+    assert [(e["tool"], e["ok"]) for e in traj.tool_log] == [("python", True), ("", False)]
+    assert stats["tool_calls"] == 1 and stats["bad_calls"] == 1 and stats["bad_calls/json"] == 1
+
+
+def test_several_calls_in_one_turn_run_and_come_back_in_one_user_turn(chat_tokenizer, python_tools):
+    tok = chat_tokenizer("chatml")
+    calls = "\n".join("<tool_call>\n" + json.dumps({"name": "python", "arguments": {"code": f"print({i} * 7)"}})
+                      + "\n</tool_call>" for i in (2, 3))
+    script = [calls + "<|im_end|>", "Done.<|im_end|>"]
+    settings = RolloutLoopSettings(max_response_length=512, tool_format="chat_template")
+    fmt = build_format("chat_template", tok, list(python_tools.specs.values()))
+    [traj] = run_tool_loop(scripted(tok, script), python_tools, [LoopStart.fresh(fmt.prompt_ids([USER]))], settings)
+    text = traj.response_text(tok, skip_special_tokens=False)
+    assert text.count("<|im_start|>user") == 1 and text.index("14") < text.index("21")
+    assert traj.tool_calls == 2 and [e["ok"] for e in traj.tool_log] == [True, True]
+    assert len({(e["start"], e["end"]) for e in traj.tool_log}) == 1
+
+
+def test_a_branch_split_inside_a_turn_that_made_a_call_continues_it(chat_tokenizer, python_tools):
+    """APPO's branch copies a prefix that ends inside (or at the EOS of) a turn with a call; the continuation
+    finishes that turn, and its call runs as if the branch had written all of it."""
+    tok = chat_tokenizer("chatml")
+    fmt = build_format("chat_template", tok, list(python_tools.specs.values()))
+    prompt_ids = fmt.prompt_ids([USER])
+    call = "<tool_call>\n" + json.dumps({"name": "python", "arguments": {"code": CODE}}) + "\n</tool_call><|im_end|>"
+    settings = RolloutLoopSettings(max_response_length=512, tool_format="chat_template")
+    [parent] = run_tool_loop(scripted(tok, [call, "It is 386.<|im_end|>"]), python_tools,
+                             [LoopStart.fresh(prompt_ids)], settings)
+    first_result = parent.tool_log[0]["start"]
+    turn = tok.decode(parent.token_ids[:first_result], skip_special_tokens=False)
+    assert turn == call
+
+    # split inside the call's JSON: the branch writes the rest of the turn, then answers differently
+    cut = next(i for i in range(first_result) if "17" in tok.decode(parent.token_ids[:i + 1]))
+    rest = tok.decode(parent.token_ids[cut + 1:first_result], skip_special_tokens=False)
+    branch = parent.prefix(cut + 1)
+    branch.kind, branch.split_pos = "branch", cut
+    # split at the EOS that ended the call's turn: the call is due at once
+    at_eos = parent.prefix(first_result)
+    at_eos.kind, at_eos.split_pos = "branch", first_result - 1
+    for start, script, answer in ((branch, [rest, "Branch says 386.<|im_end|>"], "Branch says 386."),
+                                  (at_eos, ["EOS branch: 386.<|im_end|>"], "EOS branch: 386.")):
+        loop = ToolLoop(scripted(tok, script), python_tools, settings)
+        row = loop.add(LoopStart(start))
+        assert (row.pending_stop is not None) == (start is at_eos) and not row.done
+        loop.run()
+        t = row.traj
+        assert t.token_ids[:first_result] == parent.token_ids[:first_result]
+        assert t.tool_calls == 1 and t.tool_log[0]["ok"] and t.finish_reason == "eos"
+        assert t.token_ids[first_result:t.tool_log[0]["end"]] == parent.token_ids[first_result:parent.tool_log[0]["end"]]
+        assert tok.decode(t.token_ids[t.tool_log[0]["end"]:], skip_special_tokens=True) == answer
