@@ -72,6 +72,8 @@ class Trajectory:
         while the frame that format checks look for (a call, then <result>...</result>) stays."""
         parts, pos = [], 0
         for entry in sorted(self.tool_log, key=lambda e: e["start"]):
+            if entry["start"] < pos:
+                continue  # another call of the same turn: its results were appended together (chat templates)
             parts.append(tokenizer.decode(self.token_ids[pos:entry["start"]], skip_special_tokens=skip_special_tokens))
             parts.append(RESULT_PLACEHOLDER)
             pos = entry["end"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from appo.formats import build_format
 from appo.rollout.tool_loop import LoopStart, RolloutLoopSettings, ToolLoop, run_tool_loop
@@ -47,24 +48,89 @@ def scripted(tokenizer, texts: list[str]) -> ScriptedEngine:
     return ScriptedEngine(tokenizer, lambda prompt, req: next(todo))
 
 
+class _Stream:
+    """A stream over a scripted engine (the protocol of vLLM's `open_stream`): requests join, `step` answers
+    every running one."""
+
+    def __init__(self, engine):
+        self.engine, self.running = engine, []
+
+    def add(self, row, request):
+        self.running.append((row, request))
+
+    def __len__(self):
+        return len(self.running)
+
+    def step(self):
+        running, self.running = self.running, []
+        return [(row, res) for (row, _), res in zip(running, self.engine.generate([r for _, r in running]))]
+
+
+def engine_for(kind: str, tok, script: list[str], expected: list[int], model=None):
+    """'rounds': a scripted engine, one generate call per round; 'streamed': the same behind a stream (the
+    asynchronous loop); 'sessions': the HF engine's continuous batching with KV reuse, on the tiny model made to
+    write `expected` token by token (only right if every appended token is where the template puts it)."""
+    if kind == "rounds":
+        return scripted(tok, script)
+    if kind == "streamed":
+        engine = scripted(tok, script)
+        engine.supports_streaming = True
+        engine.open_stream = lambda: _Stream(engine)
+        return engine
+    from appo.rollout.hf import HFEngine
+
+    assert model is not None
+    model.resize_token_embeddings(len(tok))  # llama3: the added special tokens
+    return HFEngine(ForcedLM(model, expected), tok)
+
+
+class ForcedLM(torch.nn.Module):
+    """The tiny model (its own KV cache, its own logits) with a large logit added at absolute position p on
+    `sequence[p + 1]`: it writes `sequence` wherever its input agrees with it."""
+
+    def __init__(self, inner, sequence: list[int], margin: float = 60.0):
+        super().__init__()
+        self.inner, self.config, self.generation_config = inner, inner.config, inner.generation_config
+        self.register_buffer("sequence", torch.tensor(sequence + [sequence[-1]]))
+        self.margin = margin
+
+    def forward(self, input_ids, position_ids, logits_to_keep=0, **kw):
+        out = self.inner(input_ids=input_ids, position_ids=position_ids, logits_to_keep=logits_to_keep, **kw)
+        if isinstance(logits_to_keep, int):
+            pos = position_ids[:, -out.logits.shape[1]:]
+        else:
+            pos = position_ids[:, logits_to_keep]
+        following = self.sequence[(pos + 1).clamp(max=len(self.sequence) - 1)]
+        out.logits = out.logits.scatter_add(-1, following.unsqueeze(-1),
+                                            torch.full(following.unsqueeze(-1).shape, self.margin))
+        return out
+
+
+@pytest.mark.parametrize("kind", ["rounds", "streamed", "sessions"])
 @pytest.mark.parametrize("family", ["chatml", "qwen3", "llama3"])
-def test_rollout_tokens_are_the_templates_rendering_of_the_conversation(chat_tokenizer, python_tools, family):
+def test_rollout_tokens_are_the_templates_rendering_of_the_conversation(chat_tokenizer, python_tools, tiny_model,
+                                                                        family, kind):
     tok = chat_tokenizer(family)
     specs = list(python_tools.specs.values())
     fmt = build_format("chat_template", tok, specs)
     prompt_ids = fmt.prompt_ids([SYSTEM, USER])
     script = turns(family, tok.eos_token)
-    stats: dict = {}
-    settings = RolloutLoopSettings(max_response_length=1024, call_limit=5, tool_format="chat_template")
-    [traj] = run_tool_loop(scripted(tok, script), python_tools, [LoopStart.fresh(prompt_ids)], settings, stats)
-
     ran = python_tools.run([ToolCall("python", CODE)])[0].text
     error = fmt.parse_calls(script[1])[0].error
     assert "386" in ran and error.startswith("Error: not valid JSON")
     rendered = tok.apply_chat_template(conversation(family, script, tok.eos_token, [ran, error]), tools=fmt.schemas,
                                        tokenize=False)
     rendered = rendered[:rendered.rindex(tok.eos_token) + len(tok.eos_token)]  # the last turn ends at its EOS
-    assert traj.prompt_ids + traj.token_ids == tok(rendered, add_special_tokens=False)["input_ids"]
+    expected = tok(rendered, add_special_tokens=False)["input_ids"]
+
+    stats: dict = {}
+    settings = RolloutLoopSettings(max_response_length=1024, call_limit=5, tool_format="chat_template",
+                                   temperature=0.0 if kind == "sessions" else 1.0)
+    engine = engine_for(kind, tok, script, expected, tiny_model)
+    assert bool(getattr(engine, "supports_sessions", False)) == (kind == "sessions")
+    [traj] = run_tool_loop(engine, python_tools, [LoopStart.fresh(prompt_ids)], settings, stats)
+
+    assert traj.prompt_ids + traj.token_ids == expected
     # every sampled token is the policy's (mask 1), every appended one is not
     sampled = sum(len(tok.encode(t, add_special_tokens=False)) for t in script)
     assert sum(traj.generated) == sampled and len(traj) > sampled

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from appo.rollout.html import render_dump, render_html
-from appo.rollout.tool_loop import result_token_ids
+from appo.tool_format import result_token_ids
 from appo.rollout.trajectory import RolloutGroup, Trajectory
 
 
