@@ -120,14 +120,16 @@ def with_default_system(chat_template: str, system_prompt: str) -> str:
             "{%- endif -%}" + _DEFAULT_CLOSE + chat_template)
 
 
-def write_prompt_format(out_dir: str | Path, system_prompt: str | None, tool_names: Iterable[str] = ()) -> Path:
-    """`<out_dir>/appo_prompt.json`: {"system_prompt": text or null, "tags": the protocol's tags and those of
-    the tools the model was trained with}, read back by `appo eval` (and anyone scripting against the
-    checkpoint)."""
+def write_prompt_format(out_dir: str | Path, system_prompt: str | None, tool_names: Iterable[str] = (),
+                        tool_format: str = "tags") -> Path:
+    """`<out_dir>/appo_prompt.json`: {"system_prompt": text or null, "tool_format": 'tags' | 'chat_template',
+    "tags": the protocol's tags and, in the tags format, those of the tools the model was trained with}, read
+    back by `appo eval` / `appo serve` (and anyone scripting against the checkpoint)."""
     path = Path(out_dir) / PROMPT_FILE
-    tags = {"think": "<think></think>", **{name: f"<{name}></{name}>" for name in tool_names},
-            "result": "<result></result>", "answer": "<answer>\\boxed{...}</answer>"}
-    path.write_text(json.dumps({"system_prompt": system_prompt, "tags": tags}, indent=2,
+    tools = {name: f"<{name}></{name}>" for name in tool_names} if tool_format == "tags" else {}
+    tags = {"think": "<think></think>", **tools, **({"result": "<result></result>"} if tool_format == "tags" else {}),
+            "answer": "<answer>\\boxed{...}</answer>"}
+    path.write_text(json.dumps({"system_prompt": system_prompt, "tool_format": tool_format, "tags": tags}, indent=2,
                                ensure_ascii=False) + "\n")
     return path
 

@@ -238,19 +238,28 @@ def build_sets(benchmarks: list[bm.Benchmark], cfg: Config, tokenizer) -> list[E
 
 def adopt_prompt_format(cfg: Config, model_path: str | Path) -> str:
     """Prompt benchmark rows the way the checkpoint was trained unless `data.system_prompt` says otherwise:
-    the system prompt in its `appo_prompt.json` (written by `appo train` / `appo sft`). Returns a line
-    saying which prompt is used."""
-    if cfg.data.system_prompt is not None:
-        named = cfg.data.system_prompt in SYSTEM_PROMPTS
-        return f"data.system_prompt={cfg.data.system_prompt if named else '<custom text>'} (as configured)"
+    the system prompt in its `appo_prompt.json` (written by `appo train` / `appo sft`). A checkpoint trained
+    with `tools.format=chat_template` is run in that format (the template saved with its tokenizer) when the
+    configuration left the default `tags`. Returns a line saying which prompt (and format) is used."""
     try:
         saved = read_prompt_format(model_path)
     except ValueError as e:
-        raise ConfigError(f"{e}; fix or delete it, or set data.system_prompt") from None
+        if cfg.data.system_prompt is not None:
+            saved = None
+        else:
+            raise ConfigError(f"{e}; fix or delete it, or set data.system_prompt") from None
+    note = ""
+    if saved is not None and saved.get("tool_format") == "chat_template" and cfg.tools.format == "tags":
+        cfg.tools.format = "chat_template"
+        note = "; tools.format=chat_template (the checkpoint's own)"
+    if cfg.data.system_prompt is not None:
+        named = cfg.data.system_prompt in SYSTEM_PROMPTS
+        return f"data.system_prompt={cfg.data.system_prompt if named else '<custom text>'} (as configured){note}"
     if saved is None:
         return "the benchmark files' own (the reference system prompt for question/answer rows)"
     cfg.data.system_prompt = saved["system_prompt"] if saved["system_prompt"] is not None else "none"
-    return f"the checkpoint's training prompt ({Path(model_path) / PROMPT_FILE}); data.system_prompt=... overrides it"
+    return (f"the checkpoint's training prompt ({Path(model_path) / PROMPT_FILE}); data.system_prompt=... "
+            f"overrides it{note}")
 
 
 def check_runtime(cfg: Config) -> None:

@@ -40,7 +40,8 @@ def checkpoint_root(output_dir: str | Path) -> Path:
 
 
 def save_hf(model, tokenizer, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None,
-            trained_on: list[list[dict]] | None = None, tool_names: tuple[str, ...] = ()) -> Path:
+            trained_on: list[list[dict]] | None = None, tool_names: tuple[str, ...] = (),
+            tool_format: str = "tags") -> Path:
     """Save a loadable Hugging Face checkpoint (adapters merged) with its tokenizer. `state_dict` gives the
     weights when the module's own are sharded (FSDP2: the full state dict gathered to rank 0).
 
@@ -63,7 +64,7 @@ def save_hf(model, tokenizer, out_dir: str | Path, state_dict: dict[str, torch.T
     finally:
         tokenizer.chat_template = original
     if trained_on is not None:
-        write_prompt_format(out, system, tool_names)
+        write_prompt_format(out, system, tool_names, tool_format)
     return out
 
 
@@ -88,7 +89,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, trainer_state: dict[str, Any],
                     keep_last: int | None = None, state_dict: dict[str, torch.Tensor] | None = None,
-                    trained_on: list[list[dict]] | None = None, tool_names: tuple[str, ...] = ()) -> Path:
+                    trained_on: list[list[dict]] | None = None, tool_names: tuple[str, ...] = (),
+                    tool_format: str = "tags") -> Path:
     """Write step_<step>/ (HF dir + trainer_state.pt) atomically and point `latest` at it; `state_dict`
     and `trained_on` as in `save_hf`."""
     root = checkpoint_root(output_dir)
@@ -98,7 +100,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, trainer
         root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
             shutil.rmtree(tmp)
-        save_hf(model, tokenizer, tmp / "hf", state_dict, trained_on, tool_names)
+        save_hf(model, tokenizer, tmp / "hf", state_dict, trained_on, tool_names, tool_format)
         state = dict(trainer_state, step=step, rng=rng_state(), format=STATE_FORMAT)
         if hasattr(model, "peft_config"):
             from peft import get_peft_model_state_dict

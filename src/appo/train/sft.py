@@ -348,7 +348,7 @@ def train_sft(cfg: Config, out_dir: str | Path, model, tokenizer, progress: bool
             if board is not None:
                 board.close()
     save_hf(model, tokenizer, out, trained_on=[normalise_messages(c) for c in conversations],
-            tool_names=tuple(configured_tool_names(cfg.tools)))
+            tool_names=tuple(configured_tool_names(cfg.tools)), tool_format=cfg.tools.format)
     print(f"[appo] sft: {len(conversations)} conversations, {len(history)} steps in {time.time() - t0:.0f}s, "
           f"loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; model saved to {out}", flush=True)
     return out

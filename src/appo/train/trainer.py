@@ -364,7 +364,7 @@ class Trainer:
         if distributed.is_main():
             ckpt.save_checkpoint(self.out, self.step, self.learner.model, self.tokenizer, state,
                                  state_dict=weights, trained_on=[p.messages for p in self.train_prompts],
-                                 tool_names=tuple(self.tools.names))
+                                 tool_names=tuple(self.tools.names), tool_format=self.cfg.tools.format)
         distributed.barrier()
 
     def state(self) -> dict:

@@ -50,3 +50,31 @@ def test_a_broken_prompt_file_is_named(tmp_path):
     (tmp_path / PROMPT_FILE).write_text("{not json")
     with pytest.raises(ValueError, match=PROMPT_FILE):
         read_prompt_format(tmp_path)
+
+
+def test_a_chat_template_checkpoint_is_evaluated_in_its_own_format(tiny_model, chat_tokenizer, tmp_path):
+    from appo.config import load_config
+    from appo.data.templates import CHAT_QUICKSTART_SYSTEM_PROMPT
+    from appo.eval.evaluate import adopt_prompt_format
+    from appo.formats import build_format
+    from appo.models import load_tokenizer
+    from appo.tools.registry import BUILTIN_TOOLS
+
+    save_hf(tiny_model, chat_tokenizer("chatml"), tmp_path / "hf", trained_on=_trained_on(CHAT_QUICKSTART_SYSTEM_PROMPT),
+            tool_names=("python", "search"), tool_format="chat_template")
+    saved = read_prompt_format(tmp_path / "hf")
+    assert saved["tool_format"] == "chat_template" and "python" not in saved["tags"] and "result" not in saved["tags"]
+    # the saved template (with the training system prompt as its default) still passes the start-up probe
+    fmt = build_format("chat_template", load_tokenizer(str(tmp_path / "hf")), [BUILTIN_TOOLS["python"].spec])
+    assert CHAT_QUICKSTART_SYSTEM_PROMPT in fmt.prompt_text([{"role": "user", "content": "hi"}])
+    cfg = load_config(None, [])
+    line = adopt_prompt_format(cfg, tmp_path / "hf")
+    assert cfg.tools.format == "chat_template" and "tools.format=chat_template" in line
+    assert cfg.data.system_prompt == CHAT_QUICKSTART_SYSTEM_PROMPT
+    cfg = load_config(None, ["data.system_prompt=none"])
+    assert "tools.format=chat_template" in adopt_prompt_format(cfg, tmp_path / "hf")
+    assert cfg.tools.format == "chat_template" and cfg.data.system_prompt == "none"
+    save_hf(tiny_model, chat_tokenizer("chatml"), tmp_path / "tags", trained_on=_trained_on("x"))
+    cfg = load_config(None, [])
+    adopt_prompt_format(cfg, tmp_path / "tags")
+    assert cfg.tools.format == "tags" and read_prompt_format(tmp_path / "tags")["tool_format"] == "tags"
