@@ -4,6 +4,7 @@ exactly the template's rendering of the same conversation, with the real sandbox
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 import torch
@@ -186,3 +187,79 @@ def test_a_branch_split_inside_a_turn_that_made_a_call_continues_it(chat_tokeniz
         assert t.tool_calls == 1 and t.tool_log[0]["ok"] and t.finish_reason == "eos"
         assert t.token_ids[first_result:t.tool_log[0]["end"]] == parent.token_ids[first_result:parent.tool_log[0]["end"]]
         assert tok.decode(t.token_ids[t.tool_log[0]["end"]:], skip_special_tokens=True) == answer
+
+
+class CallTurnEngine(ScriptedEngine):
+    """A policy that writes CALL, then (after its result) ANSWER, continuing whatever part of the turn a
+    prefix already holds; the tokens of a call turn get the highest entropies, so APPO branches inside it."""
+
+    CALL = "I will compute it.\n<tool_call>\n" + json.dumps({"name": "python", "arguments": {"code": CODE}}) \
+        + "\n</tool_call><|im_end|>"
+    ANSWER = "The answer is \\boxed{386}.<|im_end|>"
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer, self.write)
+
+    def write(self, prompt: str, req) -> str:
+        current = prompt.rsplit("<|im_start|>assistant\n", 1)[1]
+        target = self.ANSWER if "<tool_response>" in prompt else self.CALL
+        assert target.startswith(current), (current, target)
+        return target[len(current):]
+
+    def generate(self, requests):
+        results = super().generate(requests)
+        for res in results:
+            in_call = "</tool_call>" in self.tokenizer.decode(res.token_ids, skip_special_tokens=False)
+            res.entropies = [(3.0 if in_call else 0.1) + 0.01 * i for i in range(len(res.token_ids))]
+        return results
+
+
+def test_appo_branches_split_inside_a_turn_that_made_a_call(chat_tokenizer, python_tools):
+    """sample_groups with APPO in the chat-template format: the branch points fall inside the call turn; every
+    branch finishes that turn from its copied prefix, its call runs, and its row is the parent's call turn
+    and result followed by its own answer."""
+    from appo.rollout.sampling import sample_groups
+    from tests.unit.rollout.conftest import make_cfg
+
+    tok = chat_tokenizer("chatml")
+    fmt = build_format("chat_template", tok, list(python_tools.specs.values()))
+    prompt = types.SimpleNamespace(prompt_ids=fmt.prompt_ids([SYSTEM, USER]), index=0)
+    cfg = make_cfg(**{"rollout.n": 4, "rollout.initial_rollouts": 2, "rollout.max_response_length": 256,
+                      "rollout.appo.fv_source": "none", "tools.format": "chat_template", "tools.enabled": "[python]"})
+    [group], metrics = sample_groups(CallTurnEngine(tok), python_tools, [prompt], cfg)
+    assert len(group.branches) == 2
+    for branch in group.branches:
+        parent = group.inits[branch.parent]
+        call_end = parent.tool_log[0]["start"]
+        assert branch.split_pos < call_end - 1  # inside the call turn, before its EOS
+        assert branch.tool_calls == 1 and branch.tool_log[0]["ok"] and branch.finish_reason == "eos"
+        assert tok.decode(branch.token_ids[:call_end], skip_special_tokens=False) == CallTurnEngine.CALL
+        assert branch.token_ids[call_end:branch.tool_log[0]["end"]] == parent.token_ids[call_end:parent.tool_log[0]["end"]]
+        assert branch.generated[call_end:branch.tool_log[0]["end"]] == [0] * (branch.tool_log[0]["end"] - call_end)
+    assert metrics["rollout/tool_calls"] == 4 and "rollout/bad_calls" not in metrics
+
+
+def test_smollm2_runs_in_this_format_with_the_shipped_chatml_template(smollm2_tokenizer, python_tools):
+    """SmolLM2's own ChatML template has no tools: the probe refuses it and names chatml; with chatml a
+    rollout is token for token the rendering of its conversation, on SmolLM2's real tokenizer."""
+    from appo.errors import UserError
+
+    specs = list(python_tools.specs.values())
+    from appo.models import load_tokenizer, resolve_model_path
+
+    smollm2_tokenizer("chatml")  # converts the model into the cache once
+    own = load_tokenizer(resolve_model_path("smollm2-135m-instruct"))
+    assert own.chat_template and "<|im_start|>" in own.chat_template
+    with pytest.raises(UserError, match="tools.chat_template=chatml"):
+        build_format("chat_template", own, specs)
+    tok = smollm2_tokenizer("chatml")
+    fmt = build_format("chat_template", tok, specs)
+    script = turns("chatml", tok.eos_token)
+    settings = RolloutLoopSettings(max_response_length=1024, call_limit=5, tool_format="chat_template")
+    [traj] = run_tool_loop(scripted(tok, script), python_tools, [LoopStart.fresh(fmt.prompt_ids([SYSTEM, USER]))],
+                           settings)
+    ran = python_tools.run([ToolCall("python", CODE)])[0].text
+    rendered = tok.apply_chat_template(conversation("chatml", script, tok.eos_token, [ran, fmt.parse_calls(script[1])[0].error]),
+                                       tools=fmt.schemas, tokenize=False)
+    rendered = rendered[:rendered.rindex(tok.eos_token) + len(tok.eos_token)]
+    assert traj.prompt_ids + traj.token_ids == tok(rendered, add_special_tokens=False)["input_ids"]
