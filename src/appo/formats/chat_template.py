@@ -45,6 +45,7 @@ class ChatTemplateFormat:
         specials |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
         self._specials = sorted((s for s in specials if s), key=len, reverse=True)
         self.syntax = "hermes"
+        self._base: str | None = None
         probe(self)
 
     # ------------------------------------------------------------------------------------------ prompts
@@ -151,13 +152,15 @@ class ChatTemplateFormat:
         base = _probe_conversation(self)[1:3]
         tools = [{"role": "tool", "name": call.tool or "error", "content": text if own else self.defuse(text)}
                  for call, text, own in results]
-        before = self.render(base, False)
+        if self._base is None:  # the conversation up to the end of the assistant turn, the same for every call
+            before = self.render(base, False)
+            cut = self._turn_end_in(before)
+            self._base = before[:cut] if cut is not None else None
         after = self.render(base + tools, True)
-        cut = self._turn_end_in(before)
-        if cut is None or not after.startswith(before[:cut]):
+        if self._base is None or not after.startswith(self._base):
             raise RuntimeError(f"{self.template_name} did not render tool messages after an assistant turn as "
                                "an extension of it (the start-up probe should have refused it)")
-        return after[cut:]
+        return after[len(self._base):]
 
     def result_ids(self, results: list[tuple[ParsedCall, str, bool]]) -> list[int]:
         return self.encode(self.result_text(results))
@@ -251,7 +254,8 @@ def probe(fmt: ChatTemplateFormat) -> None:
     """Refuse a template the loop cannot use token-exactly, with one line naming it and the fix: it must
     render the tools' schemas, start each assistant turn with its generation prompt, end it with EOS, write a
     call in a syntax appo reads back, and leave every earlier turn as it was when a tool message or the next
-    assistant turn is added (Qwen3's own template drops earlier <think> blocks, QwQ's and DeepSeek-R1's too)."""
+    assistant turn is added (QwQ's and DeepSeek-R1's templates drop the <think> block of every earlier assistant
+    turn; Qwen3's drops those before the last user message only, which a one-question rollout never has)."""
     template = fmt.tokenizer.chat_template
     if isinstance(template, dict):
         template = template.get("tool_use") or template.get("default") or ""

@@ -263,3 +263,27 @@ def test_smollm2_runs_in_this_format_with_the_shipped_chatml_template(smollm2_to
                                        tools=fmt.schemas, tokenize=False)
     rendered = rendered[:rendered.rindex(tok.eos_token) + len(tok.eos_token)]
     assert traj.prompt_ids + traj.token_ids == tok(rendered, add_special_tokens=False)["input_ids"]
+
+
+def test_arpo_branches_from_the_end_of_a_chat_template_tool_result(chat_tokenizer, python_tools):
+    """ARPO copies a row up to the end of a tool result, which in this format ends with the template's next
+    generation prompt: the copy answers from there, and its row is the parent's up to that point."""
+    from appo.rollout.sampling import sample_groups
+    from tests.unit.rollout.conftest import make_cfg
+
+    tok = chat_tokenizer("chatml")
+    fmt = build_format("chat_template", tok, list(python_tools.specs.values()))
+    prompt = types.SimpleNamespace(prompt_ids=fmt.prompt_ids([SYSTEM, USER]), index=0)
+    cfg = make_cfg(**{"algorithm.name": "arpo", "rollout.n": 3, "rollout.initial_rollouts": 2,
+                      "rollout.max_response_length": 256, "rollout.arpo.beam_size": 2,
+                      "rollout.arpo.branch_probability": 1.0, "tools.format": "chat_template",
+                      "tools.enabled": "[python]"})
+    [group], metrics = sample_groups(CallTurnEngine(tok), python_tools, [prompt], cfg, draw=lambda: 0.0)
+    [copy] = group.branches
+    parent = group.inits[copy.parent]
+    assert copy.split_pos == parent.tool_log[0]["end"] - 1
+    assert tok.decode(copy.token_ids[:copy.split_pos + 1], skip_special_tokens=False).endswith(
+        "</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    assert copy.token_ids[:copy.split_pos + 1] == parent.token_ids[:copy.split_pos + 1]
+    assert copy.tool_calls == 1 and copy.finish_reason == "eos"
+    assert tok.decode(copy.token_ids[copy.split_pos + 1:], skip_special_tokens=False) == CallTurnEngine.ANSWER
