@@ -58,7 +58,9 @@ def load_prompt_sets(cfg: Config, tokenizer, task: TaskData | None = None) -> tu
                      for rows in (task.train, task.val))
     if not cfg.data.train_files:
         raise ConfigError("no training data: set data.task (a built-in task) or data.train_files=[...]")
-    if cfg.tools.custom or cfg.tools.environment.spec:  # plug-ins: every tool with its arguments
+    if fmt is not None:  # the chat template shows every tool's schema; the prompt only names them
+        system = system_prompt_for_tools([s.name for s in tool_specs(cfg.tools)], cfg.tools.format)
+    elif cfg.tools.custom or cfg.tools.environment.spec:  # plug-ins: every tool with its arguments
         system = tools_system_prompt(tool_specs(cfg.tools))
     else:
         system = system_prompt_for_tools(cfg.tools.enabled, cfg.tools.format)

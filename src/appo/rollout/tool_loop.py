@@ -9,6 +9,12 @@ rows run in parallel through the ToolRunner, and each result is spliced in as
 escaped) with generated=0 and 0.0 log-prob and entropy records, so that every per-token array stays
 aligned with the response tokens. Tool results count toward the response budget and are cut at it.
 
+That is the tag format. How calls look is the ToolFormat's business (`appo.formats`, `tools.format`): with
+`chat_template` there are no stop strings; a turn that ends at EOS is read for calls in the template's syntax
+(several per turn; malformed ones answered with an error result and counted in `bad_calls`), they run
+together, and what is appended is the template's rendering of their tool messages plus the next generation
+prompt, so a row is exactly the template's rendering of its conversation.
+
 Decisions the reference leaves implicit:
 - Call limit: counted over the calls in the response only, so a branch starts at the calls of its
   copied prefix. At the limit `on_limit` says what happens: 'stop' ends the row (finish_reason

@@ -234,17 +234,37 @@ def test_appo_train_stops_before_the_model_loads_when_the_environment_cannot_set
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_rows_without_a_system_prompt_are_offered_exactly_the_runs_plugin_tools(tmp_path, monkeypatch, tiny_tokenizer):
-    from appo.data.prompt_sets import load_prompt_sets
-
+def _shout_rows(tmp_path, monkeypatch, *overrides):
+    """A config whose only tool is the plug-in `shouting:shout` and whose data is one row without a system turn."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delitem(sys.modules, "shouting", raising=False)
     (tmp_path / "shouting.py").write_text("def shout(text: str) -> str:\n    '''Upper-case a text.'''\n"
                                           "    return text.upper()\n")
     (tmp_path / "rows.jsonl").write_text(json.dumps({"question": "Shout hi.", "answer": "HI"}) + "\n")
-    cfg = load_config(None, ["data.task=null", "data.train_files=[rows.jsonl]", "tools.enabled=[]",
-                             "tools.custom=[shouting:shout]", "data.max_prompt_length=1024"])
+    return load_config(None, ["data.task=null", "data.train_files=[rows.jsonl]", "tools.enabled=[]",
+                              "tools.custom=[shouting:shout]", "data.max_prompt_length=1024", *overrides])
+
+
+def test_rows_without_a_system_prompt_are_offered_exactly_the_runs_plugin_tools(tmp_path, monkeypatch, tiny_tokenizer):
+    from appo.data.prompt_sets import load_prompt_sets
+
+    cfg = _shout_rows(tmp_path, monkeypatch)
     (prompt,), _ = load_prompt_sets(cfg, tiny_tokenizer)
     system = prompt.messages[0]["content"]
     assert prompt.messages[0]["role"] == "system" and "<shout>text</shout>: Upper-case a text." in system
     assert "search" not in system and "python" not in system
+
+
+def test_in_the_chat_template_format_plugin_tools_reach_the_prompt_as_schemas_not_tags(tmp_path, monkeypatch,
+                                                                                      chat_tokenizer):
+    from appo.data.prompt_sets import load_prompt_sets
+    from appo.models import CHAT_TEMPLATE
+
+    tokenizer = chat_tokenizer(CHAT_TEMPLATE)  # its own (the loading sets chatml on it)
+
+    cfg = _shout_rows(tmp_path, monkeypatch, "tools.format=chat_template", "tools.chat_template=chatml")
+    (prompt,), _ = load_prompt_sets(cfg, tokenizer)
+    system = prompt.messages[0]["content"]
+    assert "shout" in system and "<shout>" not in system and "<result>" not in system
+    text = tokenizer.decode(prompt.prompt_ids)
+    assert '"name": "shout", "description": "Upper-case a text."' in text  # the schema, from the template
