@@ -52,6 +52,7 @@ class AgentServer:
         self.agent: Agent | None = None
         self.model_name, self.engine_name, self.tool_format = "", "", "tags"
         self.jobs: queue.Queue[_Job] = queue.Queue(maxsize=limits.queue_size)  # waiting, not running
+        self.running = 0
         self.httpd = _http_server(host, port, self)
         self._worker = threading.Thread(target=self._work, name="appo-serve-worker", daemon=True)
 
@@ -91,6 +92,7 @@ class AgentServer:
     def _work(self) -> None:
         while True:
             job = self.jobs.get()
+            self.running = 1
             try:
                 job.status, job.body = self._run(job)
             except RequestError as e:
@@ -99,6 +101,7 @@ class AgentServer:
                 log.exception("request failed")
                 job.status, job.body = 500, error_body(f"internal error: {type(e).__name__}: {e}", "server_error")
             finally:
+                self.running = 0
                 job.done.set()
 
     def _run(self, job: _Job) -> tuple[int, dict]:
@@ -152,7 +155,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/v1/models":
             self._send(200, self.app.models())
         elif path in ("/health", "/v1/health"):
-            self._send(200, {"status": "ok"})
+            self._send(200, {"status": "ok", "running": self.app.running, "waiting": self.app.jobs.qsize(),
+                             "queue_size": self.app.limits.queue_size})
         elif path == "/v1/chat/completions":
             self._error(RequestError(405, "use POST for /v1/chat/completions", code="method_not_allowed"))
         else:

@@ -24,7 +24,6 @@ from appo.tools.spec import tools_system_prompt
 
 log = logging.getLogger(__name__)
 ENGINES = ("auto", "hf", "vllm")
-LOOP_FORMATS = ("tags",)  # the tool formats the tool loop parses calls in (appo.formats)
 
 
 @dataclasses.dataclass
@@ -58,7 +57,7 @@ def _system_prompt(cfg: Config) -> str | None:
         return resolve_system_prompt(cfg.data.system_prompt)
     if cfg.tools.custom or cfg.tools.environment.spec:  # as training rows that bring no system prompt
         return tools_system_prompt(tool_specs(cfg.tools))
-    return system_prompt_for_tools(cfg.tools.enabled)
+    return system_prompt_for_tools(cfg.tools.enabled, cfg.tools.format)
 
 
 def _with_search_index(cfg: Config) -> Config:
@@ -99,9 +98,6 @@ def load_served(cfg: Config) -> Served:
     cfg = with_tools_prompt(cfg)
     cfg = _with_search_index(cfg)
     system = _system_prompt(cfg)
-    if cfg.tools.format not in LOOP_FORMATS:
-        raise ConfigError(f"tools.format={cfg.tools.format}: the agent loop runs {', '.join(LOOP_FORMATS)} only so "
-                          "far; serve this model with tools.format=tags")
     tokenizer = load_tokenizer(path)
     fmt = build_format(cfg.tools.format, tokenizer, tool_specs(cfg.tools), cfg.tools.chat_template)  # probes it
     tools = build_tools(cfg.tools)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.serve.test_server import ask, post, start_server
+from tests.unit.serve.test_server import ask, post, start_server, stop
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 pytest.importorskip("vllm", reason="the optional vllm extra is not installed (pip install -e .[vllm])")
@@ -21,7 +21,6 @@ def test_serve_generates_on_vllm(tmp_path, monkeypatch):
     try:
         status, body = post(url, ask("Calculate 1 + 2.", appo={"deadline": 120}))
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        stop(proc)
     assert status == 200, body
     assert body["appo"]["engine"] == "vllm" and body["usage"]["completion_tokens"] > 0

@@ -43,7 +43,17 @@ def start_server(model_dir: Path, *overrides: str, startup: float = 180) -> tupl
     raise AssertionError(f"appo serve did not start: {''.join(lines)}\n{proc.stderr.read()[-3000:]}")
 
 
-def post(url: str, body, timeout: float = 120) -> tuple[int, dict]:
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM (the server closes its tools on the way out); a loaded machine may take a while."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
+def post(url: str, body, timeout: float = 300) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(url + "/v1/chat/completions", data=data,
                                  headers={"Content-Type": "application/json"}, method="POST")
@@ -73,8 +83,7 @@ def server(tiny_model_dir):
                              "tools.timeout=10", "serve.deadline=60", "serve.max_request_bytes=4096",
                              "serve.queue_size=1")
     yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop(proc)
 
 
 def test_the_python_call_runs_in_the_sandbox_and_the_answer_carries_its_result(server):
@@ -91,6 +100,21 @@ def test_the_python_call_runs_in_the_sandbox_and_the_answer_carries_its_result(s
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
 
 
+def test_the_chat_template_format_runs_the_same_call(tiny_model_dir):
+    proc, url = start_server(tiny_model_dir, SCRIPTED, "tools.enabled=[python]", "rollout.max_response_length=200",
+                             "tools.format=chat_template", "tools.chat_template=chatml", "data.max_prompt_length=1024")
+    try:
+        status, body = post(url, ask("Calculate 17 * 23 - 5."))
+    finally:
+        stop(proc)
+    assert status == 200, body
+    assert body["appo"]["tool_format"] == "chat_template"
+    assert "<tool_call>" in body["appo"]["response"] and "<tool_response>" in body["appo"]["response"]
+    assert [(t["tool"], t["input"], t["output"].strip(), t["executed"]) for t in body["appo"]["trace"]] == \
+        [("python", "print(17 * 23 - 5)", "386", True)]
+    assert body["choices"][0]["message"]["content"] == "<answer>\\boxed{386}</answer>"
+
+
 def test_a_request_over_the_tool_budget_stops_at_it(server):
     status, body = post(server, ask("Call python forever."))
     assert status == 200, body
@@ -104,13 +128,10 @@ def test_a_request_over_the_tool_budget_stops_at_it(server):
 
 
 def test_a_request_over_its_deadline_stops_there(server):
-    t0 = time.monotonic()
     status, body = post(server, ask("Sleep, then answer.", appo={"deadline": 1.0}))
-    seconds = time.monotonic() - t0
     assert status == 200, body
     assert body["appo"]["finish_reason"] == "deadline" and body["choices"][0]["finish_reason"] == "length"
     assert [t["output"].strip() for t in body["appo"]["trace"]] == ["slept"]  # one 2 s call, then stopped
-    assert seconds < 10, seconds
 
 
 def test_an_oversize_request_is_refused_unread(server):
@@ -118,22 +139,37 @@ def test_an_oversize_request_is_refused_unread(server):
     assert_error(status, body, 413, "4096")
 
 
+def health(url: str) -> dict:
+    with urllib.request.urlopen(url + "/health", timeout=60) as resp:
+        return json.loads(resp.read())
+
+
+def wait_for(url: str, **want) -> None:
+    deadline = time.monotonic() + 120
+    while any(health(url)[k] != v for k, v in want.items()):
+        assert time.monotonic() < deadline, (want, health(url))
+        time.sleep(0.05)
+
+
 def test_a_full_queue_answers_503_with_a_json_error(server):
-    results: list[tuple[int, dict]] = []
-    slow = threading.Thread(target=lambda: results.append(post(server, ask("Sleep", appo={"deadline": 3.0}))))
-    slow.start()
-    time.sleep(1.0)  # the worker has taken it; the queue (serve.queue_size=1) is empty
-    others = [threading.Thread(target=lambda: results.append(post(server, ask("Calculate 17 * 23 - 5."))))
-              for _ in range(2)]
-    for t in others:
+    results: dict[str, tuple[int, dict]] = {}
+
+    def send(name: str, text: str, **extra) -> threading.Thread:
+        t = threading.Thread(target=lambda: results.__setitem__(name, post(server, ask(text, **extra))))
         t.start()
-        time.sleep(0.2)
-    for t in [slow, *others]:
-        t.join(timeout=120)
-    statuses = sorted(s for s, _ in results)
-    assert statuses == [200, 200, 503], results
-    status, body = next(r for r in results if r[0] == 503)
-    assert_error(status, body, 503, "queue")
+        return t
+
+    threads = [send("running", "Sleep", appo={"deadline": 5.0})]
+    wait_for(server, running=1, waiting=0)
+    threads.append(send("queued", "Calculate 17 * 23 - 5."))
+    wait_for(server, running=1, waiting=1)   # serve.queue_size=1: the queue is full now
+    threads.append(send("refused", "Calculate 17 * 23 - 5."))
+    for t in threads:
+        t.join(timeout=300)
+    assert results["running"][0] == 200 and results["queued"][0] == 200, results
+    assert "386" in results["queued"][1]["choices"][0]["message"]["content"]
+    assert_error(*results["refused"], 503, "queue")
+    assert health(server) == {"status": "ok", "running": 0, "waiting": 0, "queue_size": 1}
 
 
 @pytest.mark.parametrize("body, needle", [
@@ -163,8 +199,7 @@ def test_the_hf_engine_serves_the_tiny_model(tiny_model_dir):
     try:
         status, body = post(url, ask("Calculate 1 + 2."))
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
     assert status == 200, body
     assert isinstance(body["choices"][0]["message"]["content"], str)
     assert body["usage"]["completion_tokens"] > 0 and body["appo"]["engine"] == "hf"
@@ -183,15 +218,6 @@ def test_the_server_binds_loopback_by_default():
 
 if sys.platform != "linux":  # the sandbox needs Linux
     pytestmark = pytest.mark.skip("the python sandbox runs on Linux only")
-
-
-def test_a_format_the_loop_does_not_run_stops_at_start_up(tiny_model_dir):
-    from appo.serve.setup import LOOP_FORMATS
-
-    if "chat_template" in LOOP_FORMATS:
-        pytest.skip("the loop runs the chat_template format")
-    proc = run_appo("serve", "--model", str(tiny_model_dir), "--config", "tiny", "tools.format=chat_template")
-    assert_user_error(proc, "serve", "tools.format=chat_template", "tags")
 
 
 def test_a_taken_port_stops_at_start_up_with_one_line(tiny_model_dir):
