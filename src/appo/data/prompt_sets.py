@@ -48,6 +48,15 @@ def with_task_index(cfg: Config, task) -> Config:
     return cfg
 
 
+def default_system_prompt(cfg: Config) -> str:
+    """The system prompt of rows that bring none (data files; `appo serve` / `appo chat` conversations)."""
+    if cfg.tools.format != "tags":  # the chat template shows every tool's schema; the prompt only names them
+        return system_prompt_for_tools([s.name for s in tool_specs(cfg.tools)], cfg.tools.format)
+    if cfg.tools.custom or cfg.tools.environment.spec:  # plug-ins: every tool with its arguments
+        return tools_system_prompt(tool_specs(cfg.tools))
+    return system_prompt_for_tools(cfg.tools.enabled, cfg.tools.format)
+
+
 def load_prompt_sets(cfg: Config, tokenizer, task: TaskData | None = None) -> tuple[list, list]:
     """Training and held-out prompts: a built-in task's generated splits (`task`, from `prepare_task`), or
     data.train_files/val_files."""
@@ -58,12 +67,7 @@ def load_prompt_sets(cfg: Config, tokenizer, task: TaskData | None = None) -> tu
                      for rows in (task.train, task.val))
     if not cfg.data.train_files:
         raise ConfigError("no training data: set data.task (a built-in task) or data.train_files=[...]")
-    if fmt is not None:  # the chat template shows every tool's schema; the prompt only names them
-        system = system_prompt_for_tools([s.name for s in tool_specs(cfg.tools)], cfg.tools.format)
-    elif cfg.tools.custom or cfg.tools.environment.spec:  # plug-ins: every tool with its arguments
-        system = tools_system_prompt(tool_specs(cfg.tools))
-    else:
-        system = system_prompt_for_tools(cfg.tools.enabled, cfg.tools.format)
+    system = default_system_prompt(cfg)
     sets = []
     for key, files in (("data.train_files", cfg.data.train_files), ("data.val_files", cfg.data.val_files)):
         prompts = []

@@ -9,8 +9,8 @@ import logging
 from pathlib import Path
 
 from appo.config import Config, ConfigError
-from appo.data.prompt_sets import prepare_task, with_task_index
-from appo.data.templates import resolve_system_prompt, system_prompt_for_tools
+from appo.data.prompt_sets import default_system_prompt, prepare_task, with_task_index
+from appo.data.templates import resolve_system_prompt
 from appo.eval.evaluate import adopt_prompt_format
 from appo.formats import build_format
 from appo.models import load_model, load_tokenizer, resolve_device, resolve_model_path
@@ -20,7 +20,6 @@ from appo.rollout.tool_loop import RolloutLoopSettings
 from appo.serve.agent import Agent
 from appo.tools import build_tools
 from appo.tools.registry import tool_specs, with_tools_prompt
-from appo.tools.spec import tools_system_prompt
 
 log = logging.getLogger(__name__)
 ENGINES = ("auto", "hf", "vllm")
@@ -55,9 +54,7 @@ def engine_choice(cfg: Config) -> str:
 def _system_prompt(cfg: Config) -> str | None:
     if cfg.data.system_prompt is not None:
         return resolve_system_prompt(cfg.data.system_prompt)
-    if cfg.tools.custom or cfg.tools.environment.spec:  # as training rows that bring no system prompt
-        return tools_system_prompt(tool_specs(cfg.tools))
-    return system_prompt_for_tools(cfg.tools.enabled, cfg.tools.format)
+    return default_system_prompt(cfg)  # as training rows that bring none
 
 
 def _with_search_index(cfg: Config) -> Config:
