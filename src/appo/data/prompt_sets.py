@@ -63,8 +63,14 @@ def load_prompt_sets(cfg: Config, tokenizer, task: TaskData | None = None) -> tu
     fmt = prompt_format(cfg.tools, tokenizer)
     if cfg.data.task is not None:
         task = task or prepare_task(cfg)
-        return tuple(build_prompts(rows, tokenizer, cfg.data, source=cfg.data.task, tool_format=fmt)[0]
-                     for rows in (task.train, task.val))
+        sets = []
+        for rows in (task.train, task.val):
+            got, report = build_prompts(rows, tokenizer, cfg.data, source=cfg.data.task, tool_format=fmt)
+            if report.dropped:  # e.g. the tools' schemas of tools.format=chat_template made them too long
+                logging.getLogger(__name__).warning("data.task=%s: %s%s", cfg.data.task, report,
+                                                    _too_long_hint(report, cfg))
+            sets.append(got)
+        return sets[0], sets[1]
     if not cfg.data.train_files:
         raise ConfigError("no training data: set data.task (a built-in task) or data.train_files=[...]")
     system = default_system_prompt(cfg)

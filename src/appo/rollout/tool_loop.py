@@ -252,7 +252,7 @@ class ToolLoop:
         self.tool_names = tuple(tools.names if tools is not None else ())
         self.format = build_format(settings.tool_format, self.tokenizer, _specs(tools), settings.chat_template)
         self.stops = list(self.format.stop_strings)
-        self.calls_at_eos = not self.stops  # chat templates: a turn's calls are read when it ends at EOS
+        self.calls_at_eos = self.format.name != "tags"  # chat templates: a turn is read for calls at its EOS
         self.engine_stops = self.stops + ([ANSWER_STOP] if settings.stop_at_answer else [])
         self.eos_ids = set(getattr(engine, "eos_ids", None) or {self.tokenizer.eos_token_id})
         self.rows: list[LoopRow] = []

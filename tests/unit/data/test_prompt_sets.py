@@ -28,3 +28,17 @@ def test_file_rows_without_a_system_prompt_get_one_for_the_format():
         "Think in <think></think>. Call python to run code (print the result) when it helps. "
         "Finish with <answer>\\boxed{final answer}</answer>.")
     assert system_prompt_for_tools(["python", "search"], "chat_template") == CHAT_QUICKSTART_SYSTEM_PROMPT
+
+
+def test_task_prompts_dropped_as_too_long_are_reported_with_the_fix(chat_tokenizer, caplog):
+    """The tools' schemas make chat-template prompts longer (747 tokens on the tiny tokenizer): a task whose
+    prompts no longer fit says so and names data.max_prompt_length, instead of an empty set with no reason."""
+    from appo.data.prompt_sets import load_prompt_sets
+    from appo.models import CHAT_TEMPLATE
+
+    cfg = load_config(None, ["data.task=quickstart", "data.num_train=4", "data.num_val=2", "data.max_prompt_length=256",
+                             "tools.format=chat_template", "tools.chat_template=chatml"])
+    with caplog.at_level("WARNING"):
+        train, val = load_prompt_sets(cfg, chat_tokenizer(CHAT_TEMPLATE))
+    assert (train, val) == ([], [])
+    assert "kept 0/4 rows" in caplog.text and "data.max_prompt_length=256" in caplog.text
