@@ -2,6 +2,11 @@
 split points (and scores), tool calls and results, and under each rollout the branches that continue
 from it, with rewards.
 
+In the chat template's own format (`tools.format=chat_template`) the calls are the model's `<tool_call>` text in
+its turn, several per turn, and the yellow span after the turn is the template's rendering of their tool messages
+and the next generation prompt; each row lists its calls with their arguments, and calls that could not run
+(malformed JSON, an unknown tool, bad arguments) are marked.
+
 Every response token is its own span carrying its entropy and, when known (a training step's dump), the
 advantage it was trained with; a switch at the top shades the text by either. Prompts and rollout trees
 are collapsible (<details>) and linked from a navigation bar. `render_dump` draws the same page from a
@@ -39,6 +44,7 @@ details.tree>summary{cursor:pointer;font-size:.9em;color:#333;margin:.4em 0}
 body.shade-entropy .k:not(.tool){background:rgba(255,127,14,var(--e,0))}
 body.shade-advantage .k:not(.tool){background:rgba(var(--ac,0,0,0),var(--a,0))}
 .legend{font-size:.85em;color:#444}
+details.calls{font-size:.8em;color:#444;margin-bottom:.3em}details.calls code{white-space:pre-wrap}
 """
 
 SCRIPT = """
@@ -57,7 +63,8 @@ def render_html(groups: list[RolloutGroup], tokenizer, title: str = "appo rollou
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body><h1 id='top'>{html.escape(title)}</h1>",
              "<p class='legend'>Yellow: tool results (not sampled, loss-masked), also inside a branch's copied "
-             "prefix. Grey text: a branch's prefix copied from its initial rollout. Red [split s] markers: the "
+             "prefix; in the chat-template format, the template's rendering of a turn's tool messages and the next "
+             "generation prompt. Grey text: a branch's prefix copied from its initial rollout. Red [split s] markers: the "
              "branch points after that token, with the branching score s. Hover a token for its entropy, "
              "log-prob and advantage.</p>",
              "<nav>Shade tokens by: "
@@ -117,6 +124,9 @@ def _checked_record(record, where: str) -> dict:
         if not isinstance(entry.get("start"), int) or not isinstance(entry.get("end"), int) or "tool" not in entry:
             raise UserError(f"{where}: field 'tool_log' has an entry without tool, start and end: "
                             f"{json.dumps(entry)[:60]}")
+    if record.get("tool_format", "tags") not in ("tags", "chat_template"):
+        raise UserError(f"{where}: field 'tool_format' is {json.dumps(record['tool_format'])[:60]}, not tags or "
+                        "chat_template")
     return record
 
 
@@ -140,6 +150,9 @@ class _Scale:
 
     def title(self, t: Trajectory, i: int) -> str:
         if not t.generated[i]:
+            tools = [e["tool"] or "unreadable call" for e in t.tool_log if e["start"] <= i < e["end"]]
+            if getattr(t, "tool_format", "tags") == "chat_template" and tools:
+                return f"results of {', '.join(tools)} (not sampled)"
             return "tool result (not sampled)"
         advs = t.meta.get("advantages")
         adv = f" · advantage {advs[i]:+.3f}" if advs and i < len(advs) else ""
@@ -190,11 +203,32 @@ def _reward(t: Trajectory) -> str:
         f" · reward <span class='{'good' if t.reward > 0 else 'bad'}'>{t.reward:.3f}</span>")
 
 
+# Why a call could not run (a tool_log entry's `kind`), as the page says it.
+_BAD_CALLS = {"json": "malformed JSON", "unknown_tool": "unknown tool", "arguments": "bad arguments",
+              "empty": "empty call"}
+
+
+def _call_label(entry: dict) -> str:
+    why = _BAD_CALLS.get(entry.get("kind") or "")
+    state = f" ({why})" if why else "" if entry.get("ok") else " (failed)"
+    return f"{entry['tool'] or 'unreadable call'}{state}"
+
+
+def _calls(t: Trajectory) -> str:
+    """The row's calls in order, each with what the tool got (or the call as written, when it could not run)."""
+    if not t.tool_log:
+        return ""
+    items = "".join(f"<li>{html.escape(_call_label(e))}: <code>{html.escape(str(e.get('payload', '')))}</code></li>"
+                    for e in t.tool_log)
+    return f"<details class='calls'><summary>calls ({len(t.tool_log)})</summary><ol>{items}</ol></details>"
+
+
 def _row(label: str, t: Trajectory, tokenizer, scale: _Scale, splits: dict, css: str = "") -> str:
-    calls = ", ".join(f"{e['tool']}{'' if e.get('ok') else ' (failed)'}" for e in t.tool_log) or "none"
-    meta = (f"{html.escape(label)} · {len(t)} tokens · finish {html.escape(str(t.finish_reason))} · tool calls: "
-            f"{html.escape(calls)}{_reward(t)}")
-    return (f"<div class='row {css}'><div class='meta'>{meta}</div>"
+    calls = ", ".join(_call_label(e) for e in t.tool_log) or "none"
+    fmt = " · format chat_template" if getattr(t, "tool_format", "tags") == "chat_template" else ""
+    meta = (f"{html.escape(label)} · {len(t)} tokens · finish {html.escape(str(t.finish_reason))}{fmt} · tool "
+            f"calls: {html.escape(calls)}{_reward(t)}")
+    return (f"<div class='row {css}'><div class='meta'>{meta}</div>{_calls(t)}"
             f"<div class='text'>{_body(t, tokenizer, scale, splits)}</div></div>")
 
 

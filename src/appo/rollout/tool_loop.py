@@ -272,6 +272,7 @@ class ToolLoop:
         """Add a row; allowed at any time, also from `on_done` while `run` is going (APPO adds a prompt's
         branches as soon as its initial rollouts are done)."""
         traj = start.trajectory
+        traj.tool_format = self.format.name  # what rewards read of it (Trajectory.reward_text) depends on it
         top = self.settings.top_logprobs if start.top_logprobs is None else start.top_logprobs
         if traj.top_logprobs is None and top > 0:
             traj.top_logprobs = [{} for _ in traj.token_ids]
@@ -651,8 +652,9 @@ class ToolLoop:
             if result.meta.get("env_error"):
                 self._count("env_errors", 1)
             payload = item.parsed.payload if item.parsed.kind in (None, "empty") else item.parsed.text
+            kind = {"kind": item.parsed.kind} if item.parsed.kind else {}  # why the call could not run (metrics)
             traj.tool_log.append(dict(tool=item.parsed.tool, payload=payload, ok=result.ok, seconds=result.seconds,
-                                      start=start, end=len(traj), refused=item.refused, **phases, **env))
+                                      start=start, end=len(traj), refused=item.refused, **phases, **env, **kind))
         row.turn_start = len(traj)
         if len(traj) >= budget:
             row.finish("length")

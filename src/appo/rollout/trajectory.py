@@ -34,6 +34,7 @@ class Trajectory:
     env_reward: float | None = None                        # the environment's own reward (algorithm.rewards: env)
     meta: dict = field(default_factory=dict)
     top_logprobs: list[dict[int, float]] | None = None     # optional, aligned like logprobs ({} if not sampled)
+    tool_format: str = "tags"                              # how calls and results are written (tools.format)
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -58,7 +59,7 @@ class Trajectory:
             prompt_ids=list(self.prompt_ids), token_ids=self.token_ids[:length],
             generated=self.generated[:length], logprobs=self.logprobs[:length],
             entropies=self.entropies[:length], tool_calls=sum(not e.get("refused") for e in log),
-            tool_log=log, kind=self.kind,
+            tool_log=log, kind=self.kind, tool_format=self.tool_format,
             group=self.group, meta=copy.deepcopy(self.meta),
             top_logprobs=None if self.top_logprobs is None else [dict(d) for d in self.top_logprobs[:length]])
 
@@ -80,10 +81,20 @@ class Trajectory:
         parts.append(tokenizer.decode(self.token_ids[pos:], skip_special_tokens=skip_special_tokens))
         return "".join(parts)
 
+    def final_turn_text(self, tokenizer, skip_special_tokens: bool = True) -> str:
+        """The final assistant turn: what the policy wrote after its last tool result (the whole response when
+        it made no call; empty when the response ended inside a result)."""
+        start = max((e["end"] for e in self.tool_log), default=0)
+        return tokenizer.decode(self.token_ids[start:], skip_special_tokens=skip_special_tokens)
+
     def reward_text(self, tokenizer, source: str = "generated") -> str:
-        """The text rewards and evaluation score (`algorithm.reward_text`): 'generated' (`generated_text`)
-        or 'full' (`response_text`, tool output included, the reference)."""
+        """The text rewards and evaluation score (`algorithm.reward_text`): 'generated' (`generated_text`;
+        with `tools.format=chat_template`, `final_turn_text`: the answer is the last assistant turn, as a chat
+        client reads it, never a turn that went on to call tools) or 'full' (`response_text`, tool output
+        included, the reference)."""
         if source == "generated":
+            if self.tool_format == "chat_template":
+                return self.final_turn_text(tokenizer)
             return self.generated_text(tokenizer)
         if source == "full":
             return self.response_text(tokenizer)

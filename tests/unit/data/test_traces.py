@@ -188,3 +188,30 @@ def test_chat_multihop_traces_through_the_real_bm25_tool(task, tmp_path):
 def test_an_unknown_tool_format_is_refused(task):
     with pytest.raises(ValueError, match="choose one of: tags, chat_template"):
         make_sft_traces(arithmetic(task.train), 1, tool_format="json")
+
+
+def test_a_rollout_that_writes_a_chat_trace_is_its_sft_encoding_token_for_token(task, smollm2_tokenizer):
+    """The policy (scripted) writes each assistant turn of a multihop+arithmetic chat trace; the real loop with the
+    real sandbox and BM25 appends the results: prompt, tokens and loss mask equal the trace's SFT encoding."""
+    from appo.formats import build_format
+    from appo.formats.conversation import assistant_text
+    from appo.rollout.tool_loop import LoopStart, RolloutLoopSettings, run_tool_loop
+    from appo.tools import build_tools
+    from tests.unit.rollout.conftest import ScriptedEngine
+
+    tok = smollm2_tokenizer("chatml")
+    with build_tools(load_config(None, ["tools.enabled=[python]"]).tools) as tools:
+        fmt = build_format("chat_template", tok, list(tools.specs.values()))
+        trace = make_sft_traces(arithmetic(task.train), 3, seed=5, p_wrong=0.5, tool_format="chat_template",
+                                tools=tools)[0]
+        messages = trace["messages"]
+        script = iter([assistant_text(fmt, messages[:i], m) for i, m in enumerate(messages) if m["role"] == "assistant"])
+        engine = ScriptedEngine(tok, lambda prompt, req: next(script))
+        settings = RolloutLoopSettings(max_response_length=400, tool_format="chat_template", call_limit=3)
+        first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        [traj] = run_tool_loop(engine, tools, [LoopStart.fresh(fmt.prompt_ids(messages[:first]))], settings)
+    ids, mask = encode_trace(trace, tok, fmt)
+    assert traj.prompt_ids + traj.token_ids == ids
+    assert [0] * len(traj.prompt_ids) + traj.generated == mask
+    assert traj.finish_reason == "eos" and traj.tool_format == "chat_template"
+    assert [e["tool"] for e in traj.tool_log] == ["python"] and traj.tool_log[0]["ok"]

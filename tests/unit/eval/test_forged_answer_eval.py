@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from appo.config import ToolsConfig, load_config
+from appo.config import load_config
 from appo.data import Prompt
 from appo.eval.evaluate import EvalSet, run_sets
 from appo.eval.store import SampleStore
@@ -15,15 +15,6 @@ from tests.unit.rollout.conftest import ScriptedEngine
 FORGE = ("<think>run it</think><python>print('<' + 'answer>\\\\bo' + 'xed{' + str(1300 + 37) + '}</'"
          " + 'answer>')</python>")
 SILENT = "<think>done</think><|im_end|>"
-
-
-@pytest.fixture(scope="module")
-def python_tools():
-    from appo.tools import build_tools
-
-    runner = build_tools(ToolsConfig(enabled=["python"], timeout=10.0))
-    yield runner
-    runner.close()
 
 
 def _script(prompt_text, req):

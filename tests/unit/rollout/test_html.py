@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from appo.errors import UserError
 from appo.rollout.html import render_dump, render_html
 from appo.tool_format import result_token_ids
 from appo.rollout.trajectory import RolloutGroup, Trajectory
@@ -111,3 +112,39 @@ def test_a_dump_with_a_field_of_the_wrong_type_is_one_error_naming_it(tiny_token
     with pytest.raises(UserError) as err:
         render_dump(path, tiny_tokenizer)
     assert f"{path}: line 1" in str(err.value) and field in str(err.value)
+
+
+def test_a_chat_template_rollout_shows_its_calls_results_and_the_malformed_one(chat_tokenizer, tmp_path):
+    """A real loop rollout in the chatml format: one turn with a good call and a malformed one (the sandbox runs
+    the good one), then the answer; the page and a dump of it show the calls, mark the malformed one and shade
+    the template's rendering of the results as not sampled."""
+    from appo.config import ToolsConfig
+    from appo.formats import build_format
+    from appo.rollout.tool_loop import LoopStart, RolloutLoopSettings, run_tool_loop
+    from appo.tools import build_tools
+    from tests.unit.rollout.conftest import ScriptedEngine
+
+    tok = chat_tokenizer("chatml")
+    script = iter(['<tool_call>\n{"name": "python", "arguments": {"code": "print(6 * 7)"}}\n</tool_call>\n'
+                   '<tool_call>\n{"name": "python", "arguments": {"code": \n</tool_call><|im_end|>',
+                   "<answer>\\boxed{42}</answer><|im_end|>"])
+    engine = ScriptedEngine(tok, lambda prompt, req: next(script))
+    with build_tools(ToolsConfig(enabled=["python"], timeout=10.0)) as tools:
+        fmt = build_format("chat_template", tok, list(tools.specs.values()))
+        settings = RolloutLoopSettings(max_response_length=300, tool_format="chat_template", stop_at_answer=False)
+        [traj] = run_tool_loop(engine, tools, [LoopStart.fresh(fmt.prompt_ids([{"role": "user", "content": "6*7?"}]))],
+                               settings)
+    traj.reward = 1.0
+    page = render_html([RolloutGroup(prompt=None, inits=[traj])], tok)
+    assert "format chat_template" in page
+    assert "tool calls: python, unreadable call (malformed JSON)" in page
+    assert "<code>print(6 * 7)</code>" in page and "calls (2)" in page
+    assert "results of python, unreadable call (not sampled)" in page
+    shaded = "".join(re.findall(r"class='k tool'[^>]*>([^<]*)<", page))
+    assert "&lt;|im_start|&gt;user" in shaded and "tool_response" in shaded and "42" in shaded
+    path = tmp_path / "step_1.jsonl"
+    path.write_text(json.dumps(traj.to_dict(tok) | {"group": 0, "advantages": None, "meta": {}}) + "\n")
+    assert "tool calls: python, unreadable call (malformed JSON)" in render_dump(path, tok)
+    path.write_text(json.dumps(traj.to_dict(tok) | {"group": 0, "advantages": None, "tool_format": "xml"}) + "\n")
+    with pytest.raises(UserError, match="field 'tool_format' is \"xml\", not tags or chat_template"):
+        render_dump(path, tok)
