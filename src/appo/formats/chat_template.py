@@ -69,7 +69,12 @@ class ChatTemplateFormat:
         return eos and bool(self.parse_calls(turn_text))
 
     def parse_calls(self, turn_text: str, stop: str | None = None) -> list[ParsedCall]:
+        """The calls of a turn, in order; a call the model only thinks about (inside <think>) is not one."""
         body = self._strip_end(turn_text)
+        if "</think>" in body:
+            body = body.rsplit("</think>", 1)[1]
+        elif "<think>" in body:
+            body = body.split("<think>", 1)[0]
         return self._parse_llama(body) if self.syntax == "llama3" else self._parse_hermes(body)
 
     def _strip_end(self, text: str) -> str:

@@ -85,3 +85,11 @@ def test_tool_output_cannot_inject_a_special_token(chat_tokenizer, name):
     special = set(tok.all_special_ids)
     assert sum(i in special for i in ids) == sum(i in special for i in honest)
     assert "<tool_call>" not in tok.decode(ids)
+
+
+def test_a_call_written_inside_the_thinking_is_not_run(chat_tokenizer):
+    fmt = build_format("chat_template", chat_tokenizer("qwen3"), SPECS)
+    call = '<tool_call>\n{"name": "python", "arguments": {"code": "print(1)"}}\n</tool_call>'
+    assert fmt.parse_calls(f"<think>\nMaybe {call}?\n</think>\n\nNo call needed: 1.<|im_end|>") == []
+    assert fmt.parse_calls(f"<think>\nMaybe {call}<|im_end|>") == []
+    assert [c.tool for c in fmt.parse_calls(f"<think>\n{call}\n</think>\n\n{call}<|im_end|>")] == ["python"]
