@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from appo.config import Config, ConfigError
 from appo.data.datasets import build_prompts
-from appo.data.templates import PROMPT_FILE, SYSTEM_PROMPTS, read_prompt_format, system_prompt_for_tools
+from appo.data.prompt_sets import default_system_prompt
+from appo.data.templates import PROMPT_FILE, SYSTEM_PROMPTS, read_prompt_format
 from appo.eval import benchmarks as bm
 from appo.eval.aggregate import summarize
 from appo.eval.judge import JudgeClient, decide
@@ -36,7 +37,7 @@ from appo.rollout.engines import make_engine
 from appo.rollout.tool_loop import LoopStart, RolloutLoopSettings, run_tool_loop, tool_call_limits
 from appo.seeding import derive_seed
 from appo.tools import build_tools
-from appo.tools.registry import prompt_format, tool_specs
+from appo.tools.registry import prompt_format
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +230,7 @@ def build_sets(benchmarks: list[bm.Benchmark], cfg: Config, tokenizer) -> list[E
     fmt = prompt_format(cfg.tools, tokenizer)
     # Rows without a system prompt get the reference's, which teaches the tags; the chat template's own format
     # gets one that names the tools and leaves calling them to the template.
-    system = {"default_system": system_prompt_for_tools([s.name for s in tool_specs(cfg.tools)], "chat_template")} \
-        if fmt is not None else {}
+    system = {"default_system": default_system_prompt(cfg)} if fmt is not None else {}
     for bench in benchmarks:
         prompts, report = build_prompts(bench.rows, tokenizer, cfg.data, source=str(bench.path), tool_format=fmt,
                                         **system)
