@@ -22,9 +22,11 @@ teacher-forced recompute. What differs from the HF engine, by construction of vL
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import os
+from pathlib import Path
 
 import torch
 from torch.distributed.tensor import DTensor
@@ -61,6 +63,12 @@ class VLLMEngine:
         # Untested here (no GPUs).
         under_torchrun = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
         launcher = {"distributed_executor_backend": "external_launcher"} if under_torchrun else {}
+        if not torch.cuda.is_available() and "enable_chunked_prefill" not in llm_kwargs:
+            # vLLM (0.32) rewinds a seeded request's generator after a prefill split over steps, which torch's
+            # CPU generator cannot do: the step raises. Unsplit prefills wait for room in the step instead.
+            longest = max_model_len or _max_positions(model_path)
+            llm_kwargs["enable_chunked_prefill"] = False
+            llm_kwargs["max_num_batched_tokens"] = max(llm_kwargs.get("max_num_batched_tokens") or 4096, longest)
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                        enable_prefix_caching=True, enforce_eager=enforce_eager, max_logprobs=max(entropy_topk, 20),
@@ -250,3 +258,12 @@ def _eos_ids(model_path: str, tokenizer) -> set[int]:
     if extra is not None:
         ids.update(int(x) for x in (extra if isinstance(extra, (list, tuple)) else [extra]))
     return ids
+
+
+def _max_positions(model_path: str) -> int:
+    """The longest sequence the checkpoint's config allows (what vLLM takes as max_model_len when none is set)."""
+    try:
+        cfg = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return int(cfg.get("max_position_embeddings") or 0)
