@@ -90,3 +90,22 @@ def test_study_traces_refuse_to_skip_the_tools(task):
         make_sft_traces(task.train, 4, p_notool=0.5)
     with pytest.raises(ValueError, match="<= 1"):
         make_sft_traces(task.train, 4, p_skip=0.5, p_query=0.4, p_wrong=0.2)
+
+
+def test_chat_template_study_traces_are_the_same_procedures_as_calls(task, traces, tmp_path):
+    """In tools.format=chat_template the study traces hold the same calls, results and answers, each step an
+    assistant turn with its think and one call."""
+    index = build_index(task.corpus, tmp_path / "index")
+    cfg = load_config("study", [f"tools.search.index_dir={index}"])
+    with build_tools(cfg.tools) as tools:
+        chats = make_sft_traces(task.train, 40, seed=2, tools=tools, p_skip=RATES["skip"], p_query=RATES["query"],
+                                p_wrong=RATES["wrong"], tool_format="chat_template")
+    for tag, chat in zip(traces[:40], chats, strict=True):
+        turns = [m for m in chat["messages"] if m.get("tool_calls")]
+        made = [(c["function"]["name"], c["function"]["arguments"]) for m in turns for c in m["tool_calls"]]
+        assert made == [(tool, {"query" if tool == "search" else "code": payload})
+                        for tool in ("search", "python") for payload in calls(tag, tool)]
+        assert [len(m["tool_calls"]) for m in turns] == [1] * len(turns)
+        assert chat["messages"][-1]["content"].endswith(f"\\boxed{{{answer(tag)}}}</answer>")
+        results = [m["content"] for m in chat["messages"] if m["role"] == "tool"]
+        assert [s["tool_output"] for s in tag["segments"] if not s["train"]] == results
