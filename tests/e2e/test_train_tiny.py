@@ -184,3 +184,22 @@ def test_two_steps_of_each_baseline(tmp_path, tiny_model_dir, qa_file, overrides
     if cfg.algorithm.overlong_buffer:
         assert all("overlong_penalty" in d["meta"] for d in dumped)
         assert any(d["meta"]["overlong_penalty"] < 0 for d in dumped)  # tiny responses run into the budget
+
+
+def test_the_quickstart_pipeline_in_the_chat_template_format(tmp_path, tiny_model_dir):
+    """Cold-start SFT on chat-template traces of the built-in task, evaluation, RL and the saved checkpoint all in
+    tools.format=chat_template: the checkpoint records the format, the dumps and the page show it."""
+    cfg = load_config("tiny", [f"model.path={tiny_model_dir}", f"trainer.output_dir={tmp_path / 'run'}",
+                               "trainer.device=cpu", "tools.format=chat_template", "tools.chat_template=chatml",
+                               "data.max_prompt_length=1024", "sft.max_length=1280", "trainer.total_steps=1",
+                               "trainer.eval_stages=[sft]"])
+    Pipeline(cfg, progress=False).run()
+    out = tmp_path / "run"
+    sft = [json.loads(line) for line in (out / "sft" / "sft_log.jsonl").read_text().splitlines()]
+    assert sft and sft[-1]["loss"] < sft[0]["loss"]
+    saved = json.loads((out / "checkpoints" / "step_1" / "hf" / "appo_prompt.json").read_text())
+    assert saved["tool_format"] == "chat_template" and "<python>" not in saved["system_prompt"]
+    dumped = [json.loads(line) for line in (out / "rollouts" / "step_1.jsonl").read_text().splitlines()]
+    assert {r["tool_format"] for r in dumped} == {"chat_template"}
+    assert "format chat_template" in (out / "rollouts" / "step_1.html").read_text()
+    assert json.loads((out / "eval" / "sft" / "run.json").read_text())["tool_format"] == "chat_template"
