@@ -13,6 +13,9 @@ def test_tags_is_the_default_of_every_preset():
 
     for name in preset_names():
         cfg = load_config(name)
+        if name == "quickstart-chat":  # the one preset that is the quickstart in the chat-template format
+            assert (cfg.tools.format, cfg.tools.chat_template) == ("chat_template", "chatml")
+            continue
         assert (cfg.tools.format, cfg.tools.chat_template) == ("tags", None), name
 
 
