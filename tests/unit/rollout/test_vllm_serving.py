@@ -7,6 +7,7 @@ Needs the optional vllm extra; the server takes about two minutes to start on a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -33,6 +34,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def api_server(model, *args: str, ready_within: float = 400):
+    """vLLM's OpenAI server for `model` on a free loopback port (extra command-line `args`); yields its base URL
+    once /v1/models answers, and stops it afterwards."""
+    port = _free_port()
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")
+    server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+                               "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
+                               *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + ready_within
+        while True:
+            assert server.poll() is None, f"the server exited: {server.stderr.read()[-2000:]}"
+            try:
+                with urllib.request.urlopen(f"{base}/v1/models", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, f"the server did not become ready in {ready_within:.0f} s"
+            time.sleep(2)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
 def test_api_server_serves_a_checkpoint_with_its_training_prompt(tmp_path):
     from appo.data.templates import QUICKSTART_SYSTEM_PROMPT
     from appo.models import build_tiny, load_model, load_tokenizer
@@ -42,25 +71,7 @@ def test_api_server_serves_a_checkpoint_with_its_training_prompt(tmp_path):
     tok = load_tokenizer(str(src))
     ckpt = save_hf(load_model(str(src)), tok, tmp_path / "hf", trained_on=[
         [{"role": "system", "content": QUICKSTART_SYSTEM_PROMPT}, {"role": "user", "content": "1 + 1?"}]])
-    port = _free_port()
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")
-    server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(ckpt),
-                               "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512",
-                               "--dtype", "float32", "--enforce-eager"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 400
-        while True:
-            assert server.poll() is None, f"the server exited: {server.stderr.read()[-2000:]}"
-            try:
-                with urllib.request.urlopen(f"{base}/v1/models", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, "the server did not become ready in 400 s"
-            time.sleep(2)
+    with api_server(ckpt, "--max-model-len", "512") as base:
         user = [{"role": "user", "content": "Calculate 2 + 2."}]
         reply = _post(f"{base}/v1/chat/completions", {"model": str(ckpt), "messages": user, "max_tokens": 8,
                                                       "temperature": 0})
@@ -69,6 +80,3 @@ def test_api_server_serves_a_checkpoint_with_its_training_prompt(tmp_path):
         trained = tok.apply_chat_template([{"role": "system", "content": QUICKSTART_SYSTEM_PROMPT}] + user,
                                           add_generation_prompt=True, tokenize=False)
         assert served["tokens"] == tok.encode(trained, add_special_tokens=False)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)

@@ -5,16 +5,11 @@ Needs the optional vllm extra; the server takes minutes to start on a 2-core CPU
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
 from tests.unit.appo_cli import run_appo
+from tests.unit.rollout.test_vllm_serving import _post, api_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 pytest.importorskip("vllm", reason="the optional vllm extra is not installed (pip install -e .[vllm])")
@@ -26,18 +21,6 @@ CONVERSATION = {"messages": [
     {"role": "tool", "name": "python", "content": "386"},
     {"role": "assistant", "content": "<answer>\\boxed{386}</answer>"},
 ]}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=300) as resp:
-        return json.loads(resp.read())
 
 
 def test_vllm_parses_the_call_of_a_model_trained_in_the_chat_template_format(tmp_path):
@@ -53,35 +36,14 @@ def test_vllm_parses_the_call_of_a_model_trained_in_the_chat_template_format(tmp
                     "tools.enabled=[python]", "tools.format=chat_template", "tools.chat_template=chatml",
                     "sft.epochs=4", "sft.lr=3e-3", "sft.batch_size=1", "sft.packing=false", "sft.max_length=1024",
                     "model.autocast=none",
-                    f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path, timeout=900)
+                    f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    port = _free_port()
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")
-    server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(trained),
-                               "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024",
-                               "--dtype", "float32", "--enforce-eager", "--enable-auto-tool-choice",
-                               "--tool-call-parser", "hermes"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 600
-        while True:
-            assert server.poll() is None, f"the server exited: {server.stderr.read()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, "the server did not become ready in 600 s"
-            time.sleep(2)
+    with api_server(trained, "--max-model-len", "1024", "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+                    ready_within=600) as url:
         schema = tool_specs(ToolsConfig(enabled=["python"]))[0].schema()
         reply = _post(f"{url}/v1/chat/completions", {
             "model": str(trained), "messages": CONVERSATION["messages"][:1], "temperature": 0, "max_tokens": 128,
             "tools": [{"type": "function", "function": schema}]})
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
     message = reply["choices"][0]["message"]
     calls = message.get("tool_calls") or []
     assert reply["choices"][0]["finish_reason"] == "tool_calls" and len(calls) == 1, reply
