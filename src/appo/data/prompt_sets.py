@@ -66,6 +66,8 @@ def load_prompt_sets(cfg: Config, tokenizer, task: TaskData | None = None) -> tu
         sets = []
         for rows in (task.train, task.val):
             got, report = build_prompts(rows, tokenizer, cfg.data, source=cfg.data.task, tool_format=fmt)
+            if rows and not got:  # training or evaluating on nothing would only fail later, with less to go on
+                raise DataError(f"data.task={cfg.data.task}: no usable prompts ({report}){_too_long_hint(report, cfg)}")
             if report.dropped:  # e.g. the tools' schemas of tools.format=chat_template made them too long
                 logging.getLogger(__name__).warning("data.task=%s: %s%s", cfg.data.task, report,
                                                     _too_long_hint(report, cfg))

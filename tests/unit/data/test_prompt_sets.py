@@ -1,7 +1,10 @@
 """The system prompt a run's rows bring follows tools.format: tags tell the model the tag protocol; with the chat
 template's own format they name the tools and leave calling them to the template."""
 
+import pytest
+
 from appo.config import load_config
+from appo.data.datasets import DataError
 from appo.data.prompt_sets import prepare_task
 from appo.data.templates import CHAT_QUICKSTART_SYSTEM_PROMPT, QUICKSTART_SYSTEM_PROMPT, system_prompt_for_tools
 
@@ -38,7 +41,10 @@ def test_task_prompts_dropped_as_too_long_are_reported_with_the_fix(chat_tokeniz
 
     cfg = load_config(None, ["data.task=quickstart", "data.num_train=4", "data.num_val=2", "data.max_prompt_length=256",
                              "tools.format=chat_template", "tools.chat_template=chatml"])
-    with caplog.at_level("WARNING"):
-        train, val = load_prompt_sets(cfg, chat_tokenizer(CHAT_TEMPLATE))
-    assert (train, val) == ([], [])
-    assert "kept 0/4 rows" in caplog.text and "data.max_prompt_length=256" in caplog.text
+    with pytest.raises(DataError) as err:
+        load_prompt_sets(cfg, chat_tokenizer(CHAT_TEMPLATE))
+    assert "kept 0/4 rows" in str(err.value) and "data.max_prompt_length=256" in str(err.value)
+    cfg = load_config(None, ["data.task=quickstart", "data.num_train=4", "data.num_val=2", "data.max_prompt_length=900",
+                             "tools.format=chat_template", "tools.chat_template=chatml"])
+    train, val = load_prompt_sets(cfg, chat_tokenizer(CHAT_TEMPLATE))
+    assert (len(train), len(val)) == (4, 2)
