@@ -251,7 +251,8 @@ def run_sft(model, tokenizer, conversations: list[dict], sft: SftConfig, model_c
     examples = [encode_conversation(tokenizer, c, sft.max_length, fmt=fmt) for c in conversations]
     kept = [ex for ex in examples if any(ex.loss_mask)]
     if not kept:
-        raise ValueError(f"no SFT conversation keeps a trained token within sft.max_length={sft.max_length}")
+        raise ConfigError(f"no SFT conversation keeps a trained token within sft.max_length={sft.max_length}: "
+                          "raise sft.max_length (or shorten the conversations' prompts)")
     if len(kept) < len(examples):
         logging.getLogger(__name__).warning("sft: %d of %d conversations have no trained token within "
                                             "sft.max_length=%d and are skipped", len(examples) - len(kept),

@@ -177,3 +177,21 @@ def test_sft_in_the_chat_template_format_lowers_the_loss_on_the_tiny_model(tiny_
                       fmt=chat_fmt)
     assert len(history) == 8
     assert history[-1]["loss"] < 0.75 * history[0]["loss"]
+
+
+def test_a_max_length_that_cuts_every_conversation_is_one_line_naming_the_key(tmp_path, tiny_model_dir):
+    """`appo sft` with sft.max_length shorter than every conversation's prompt: one line naming sft.max_length
+    and exit 2, before any training (it was a ValueError traceback)."""
+    import json
+
+    from tests.unit.appo_cli import run_appo
+
+    data = tmp_path / "conv.jsonl"
+    row = {"messages": [{"role": "user", "content": "Calculate 17 * 23 - 5, please, and show your work. " * 4},
+                        {"role": "assistant", "content": "<answer>\\boxed{386}</answer>"}]}
+    data.write_text(json.dumps(row) + "\n")
+    proc = run_appo("sft", "--config", "tiny", "--output", str(tmp_path / "out"), f"model.path={tiny_model_dir}",
+                    f"sft.files=[{data}]", "sft.max_length=16", "sft.packing=false",
+                    f"trainer.output_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "sft.max_length=16" in proc.stderr, proc.stderr[-2000:]
