@@ -65,7 +65,8 @@ class VLLMEngine:
         launcher = {"distributed_executor_backend": "external_launcher"} if under_torchrun else {}
         if not torch.cuda.is_available() and "enable_chunked_prefill" not in llm_kwargs:
             # vLLM (0.32) rewinds a seeded request's generator after a prefill split over steps, which torch's
-            # CPU generator cannot do: the step raises. Unsplit prefills wait for room in the step instead.
+            # CPU generator cannot do: the step raises. Unsplit prefills wait for room in the step instead
+            # (4096: vLLM's own per-step token budget on CPU).
             longest = max_model_len or _max_positions(model_path)
             llm_kwargs["enable_chunked_prefill"] = False
             llm_kwargs["max_num_batched_tokens"] = max(llm_kwargs.get("max_num_batched_tokens") or 4096, longest)
