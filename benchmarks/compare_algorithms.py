@@ -75,6 +75,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "each evaluation for pass@k (default: all; greedy pass@1 always uses all).")
     p.add_argument("--final-questions", type=int, default=None, help="Held-out questions of the SFT and "
                    "final evaluations (default: all; 0 skips the final one, for timing runs).")
+    p.add_argument("--greedy-between", action="store_true", help="Evaluations between the first and the last "
+                   "step are greedy only (sampling stays in the SFT and final evaluations): the curve's middle "
+                   "points cost a fraction of a sampled evaluation.")
     p.add_argument("--no-sft-eval", action="store_true", help="Do not evaluate the SFT checkpoint (timing runs; "
                    "an evaluation made before is still used).")
     p.add_argument("--sft-only", action="store_true", help="Train and evaluate the SFT checkpoint, then stop.")
@@ -167,6 +170,17 @@ class Study:
             return str(path), {}
         if cached.exists():
             result = json.loads(cached.read_text())
+            samples = self.work / "eval" / "sft" / "full" / "greedy" / "samples.jsonl"
+            if "greedy/correct" not in result.get("full", {}) and samples.exists():  # evaluated before it was kept
+                result["full"]["greedy/correct"] = correct_per_question(samples)
+                _write_json(cached, result)
+            if self.args.sampled_k and "sampled/pass@1" not in result["full"]:  # an SFT try evaluated greedy only
+                cfg = self.config([f"model.path={path}"])
+                final = self.val[: self.args.final_questions] if self.args.final_questions else self.val
+                result["full"].update(self.evaluate(load_model(str(path), cfg.model.dtype), cfg, final,
+                                                    self.work / "eval" / "sft" / "full", greedy=False))
+                result["subset"] = self._subset_of(self.work / "eval" / "sft" / "full", {p.index for p in self.subset})
+                _write_json(cached, result)
             _write_json(self.out / "sft.json", result)
             return str(path), result
         cfg = self.config([f"model.path={path}"])
@@ -183,11 +197,13 @@ class Study:
         _write_json(self.out / "sft.json", result)
         return str(path), result
 
-    def evaluate(self, model, cfg, prompts: list, out_dir: Path, engine=None, tools=None) -> dict:
-        """Greedy pass@1 and (with --sampled-k) sampled pass@1 / pass@k of `prompts`."""
+    def evaluate(self, model, cfg, prompts: list, out_dir: Path, engine=None, tools=None,
+                 sampled: bool = True, greedy: bool = True) -> dict:
+        """Greedy pass@1 and (with --sampled-k, unless `sampled` is false) sampled pass@1 / pass@k of `prompts`."""
         from appo.eval.evaluate import evaluate
 
-        modes = [("greedy", 0.0, 1)] + ([("sampled", 1.0, self.args.sampled_k)] if self.args.sampled_k else [])
+        k = self.args.sampled_k if sampled else 0
+        modes = ([("greedy", 0.0, 1)] if greedy else []) + ([("sampled", 1.0, k)] if k else [])
         result = {"questions": len(prompts)}
         for mode, temperature, k in modes:
             c = copy.deepcopy(cfg)
@@ -202,6 +218,8 @@ class Study:
             for key in ("tool_use_rate", "tool_calls_per_sample", "response_tokens_mean"):
                 if key in summary:
                     result[f"{mode}/{key}"] = summary[key]
+            # per question, for paired analysis across arms and for the power calculation (study_power.py)
+            result[f"{mode}/correct"] = correct_per_question(out_dir / mode / "samples.jsonl")
         return result
 
     # --------------------------------------------------------------------------------------- runs
@@ -242,7 +260,7 @@ class Study:
                 if self.args.eval_every and step % self.args.eval_every == 0 and step < self.args.steps:
                     evals.append({"step": step, "tokens": tokens, **self.evaluate(
                         trainer.learner.model, cfg, self.subset, run_dir / "eval" / f"step_{step}",
-                        trainer.engine, trainer.tools)})
+                        trainer.engine, trainer.tools, sampled=not self.args.greedy_between)})
             train_seconds = time.time() - t0
             final = {}
             if self.args.final_questions != 0:
@@ -280,6 +298,20 @@ class Study:
             if k > 1:
                 result[f"{mode}/pass@{k}"] = sum(pass_at_k(len(c), sum(c), k) for c in by_q.values()) / len(by_q)
         return result
+
+
+def _shown(result: dict) -> dict:
+    """An evaluation's numbers without the per-question lists, for the log."""
+    return {k: v for k, v in result.items() if not k.endswith("/correct")}
+
+
+def correct_per_question(samples: Path) -> dict[str, int]:
+    """{question index: samples answered correctly} from an evaluation's samples.jsonl."""
+    counts: dict[str, int] = {}
+    for line in samples.read_text().splitlines():
+        r = json.loads(line)
+        counts[str(r["index"])] = counts.get(str(r["index"]), 0) + int(bool(r["correct"]))
+    return counts
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -407,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare_algorithms: {e}", file=sys.stderr)
         return 2
     sft_path, sft_result = study.sft()
-    print(f"[compare] SFT held-out: {sft_result.get('full', 'not evaluated')}", flush=True)
+    print(f"[compare] SFT held-out: {_shown(sft_result['full']) if sft_result else 'not evaluated'}", flush=True)
     if args.sft_only:
         return 0
     for arm, seed in args.run_list:
@@ -417,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         result = study.run(arm, seed, sft_path, sft_result)
         _write_json(path, result)
-        print(f"[compare] {arm} seed {seed}: final {result['final']}, {result['tokens_per_step']:.0f} tokens/step, "
+        print(f"[compare] {arm} seed {seed}: final {_shown(result['final'])}, {result['tokens_per_step']:.0f} tokens/step, "
               f"{result['wall_seconds']:.0f}s", flush=True)
         summarize(out)
     print(markdown_table(summarize(out)))

@@ -32,7 +32,7 @@ def test_the_final_turn_answers_and_bad_calls_are_counted(chat_tokenizer, python
     sets = build_sets([Benchmark("forge", Path("forge.jsonl"), kind,
                                  [{"question": "What is 1300 + 37?", "answer": "1337"}])], cfg, tok)
     prompt_text = tok.decode(sets[0].prompts[0].prompt_ids, skip_special_tokens=False)
-    assert '"name": "python"' in prompt_text and "<tool_call>" in prompt_text  # the schemas, as the template shows them
+    assert "- python(code: string)" in prompt_text and "<tool_call>" in prompt_text  # the tools, as the template shows them
     assert "<python>" not in prompt_text  # not the reference prompt's tags
     script = iter([GUESS_AND_FORGE, MALFORMED, final])
     engine = ScriptedEngine(tok, lambda prompt, req: next(script))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from appo.errors import UserError
@@ -25,6 +27,29 @@ def test_shipped_templates_pass_the_probe(chat_tokenizer, name):
     assert fmt.syntax == ("llama3" if name == "llama3" else "hermes")
     text = fmt.prompt_text([{"role": "user", "content": "hi"}])
     assert all(s.description[:30] in text for s in SPECS)  # the schemas are in the prompt
+
+
+def test_chatml_lists_each_tool_on_one_line_with_its_arguments(chat_tokenizer):
+    """appo's ChatML shows a tool as a signature line, not its JSON schema: the schema text cost every prompt,
+    trace and learner pass three times a tags prompt. Nothing the model needs is lost: optional arguments are
+    marked, argument descriptions kept, a type a word cannot say (an array of..., an enum) stays JSON."""
+    table = ToolSpec("table", "Fetch rows of a table.", (
+        Param("name", "string", "which table"), Param("limit", "integer", required=False),
+        Param("columns", "array", "column names")))
+    fmt = build_format("chat_template", chat_tokenizer("chatml"), [*SPECS, table])
+    fmt.schemas[-1]["function"]["parameters"]["properties"]["columns"]["items"] = {"type": "string"}
+    text = fmt.prompt_text([{"role": "user", "content": "hi"}])
+    lines = [line for line in text.splitlines() if line.startswith("- ")]
+    assert lines[:3] == [f"- python(code: string): {SPECS[0].description} code: a Python cell.",
+                         f"- search(query: string): {SPECS[1].description} query: what to look up.",
+                         "- put(key: string, value: integer): Store a value under a key."]
+    assert lines[3] == ('- table(name: string, limit?: integer, columns: {"type": "array", "description": '
+                        '"column names", "items": {"type": "string"}}): Fetch rows of a table. name: which table. '
+                        'columns: column names.')
+    assert '"parameters"' not in text  # no schema JSON
+    listing = "\n".join(lines)
+    as_json = "\n".join(json.dumps(s) for s in fmt.schemas)
+    assert len(fmt.encode(listing)) < 0.6 * len(fmt.encode(as_json))  # well under the schemas it replaces
 
 
 def test_a_template_that_drops_earlier_think_blocks_is_refused_with_the_fix(chat_tokenizer):

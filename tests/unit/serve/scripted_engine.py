@@ -17,7 +17,7 @@ END = "<|im_end|>"
 
 
 def _call(prompt: str, code: str) -> str:
-    if "<tools>" in prompt:  # the chat template's own tool calling
+    if "<tool_call>" in prompt:  # the chat template's own tool calling, shown in its system turn
         return f'<tool_call>\n{json.dumps({"name": "python", "arguments": {"code": code}})}\n</tool_call>{END}'
     return f"<think>Let me run it.</think><python>{code}</python>"
 

@@ -1,0 +1,61 @@
+"""study_power's plan: seeds from the run-to-run spread, the cost, and what a capped budget resolves."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "study_power.py"
+
+
+@pytest.fixture(scope="module")
+def power():
+    spec = importlib.util.spec_from_file_location("study_power", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_run(out: Path, arm: str, seed: int, right: set[int], questions: int = 100, minutes: float = 30.0):
+    final = {"greedy/questions": questions, "greedy/pass@1": len(right) / questions,
+             "greedy/correct": {str(q): int(q in right) for q in range(questions)}}
+    run = {"arm": arm, "seed": seed, "finished": True, "final": final, "steps": [{}] * 10,
+           "tokens_per_step": 5000.0, "wall_seconds": minutes * 60, "train_seconds": minutes * 40}
+    (out / arm).mkdir(parents=True, exist_ok=True)
+    (out / arm / f"seed{seed}.json").write_text(json.dumps(run))
+
+
+def test_seeds_come_from_the_pooled_within_arm_spread(power, tmp_path):
+    # grpo seeds at 30% and 40%, appo at 50% and 60%: each arm's sd is 7.07 points (squared deviations 25 + 25
+    # over one degree of freedom), so 2 * (2 * 7.07 / 5)^2 = 16 seeds per arm.
+    write_run(tmp_path, "grpo", 1, set(range(30)))
+    write_run(tmp_path, "grpo", 2, set(range(40)))
+    write_run(tmp_path, "appo", 1, set(range(50)))
+    write_run(tmp_path, "appo", 2, set(range(60)))
+    runs = power.load(tmp_path)
+    sd, how = power.run_sd(runs)
+    assert sd == pytest.approx(0.0707, abs=1e-4) and "pooled within arms (2 degrees" in how
+    text = power.plan(runs, 0.05, 2.0, arms=3, min_seeds=5, max_hours=100)
+    assert "-> 16 (at least 5)" in text
+    assert "16 seeds x 3 arms x 30 min per run = 24.0 hours" in text
+    assert "disagree on" in text  # the per-question discordance is reported
+
+
+def test_one_seed_per_arm_gives_an_upper_bound_and_a_capped_budget_says_what_it_resolves(power, tmp_path):
+    for arm, right in (("grpo", 20), ("arpo", 25), ("appo", 30)):
+        write_run(tmp_path, arm, 1, set(range(right)), minutes=60)
+    runs = power.load(tmp_path)
+    sd, how = power.run_sd(runs)
+    assert sd == pytest.approx(0.05) and "upper bound" in how
+    text = power.plan(runs, 0.05, 2.0, arms=3, min_seeds=5, max_hours=8)
+    assert "-> 8 (at least 5)" in text and "= 24.0 hours" in text
+    # 8 hours of 60-minute runs over 3 arms: 2 seeds each, resolving 2 * 5 * sqrt(2 / 2) = 10 points
+    assert "2 seeds per arm fit, and resolve a difference of 10.0 points" in text
+
+
+def test_without_runs_it_stops_with_one_line(power, tmp_path, capsys):
+    assert power.main(["--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"study_power: no finished runs under {tmp_path}"
