@@ -34,7 +34,7 @@ def test_file_rows_without_a_system_prompt_get_one_for_the_format():
 
 
 def test_task_prompts_dropped_as_too_long_are_reported_with_the_fix(chat_tokenizer, caplog):
-    """The tools' schemas make chat-template prompts longer (747 tokens on the tiny tokenizer): a task whose
+    """The tools' listing makes chat-template prompts longer (over 256 tokens on the tiny tokenizer): a task whose
     prompts no longer fit says so and names data.max_prompt_length, instead of an empty set with no reason."""
     from appo.data.prompt_sets import load_prompt_sets
     from appo.models import CHAT_TEMPLATE

@@ -255,8 +255,8 @@ def test_rows_without_a_system_prompt_are_offered_exactly_the_runs_plugin_tools(
     assert "search" not in system and "python" not in system
 
 
-def test_in_the_chat_template_format_plugin_tools_reach_the_prompt_as_schemas_not_tags(tmp_path, monkeypatch,
-                                                                                      chat_tokenizer):
+def test_in_the_chat_template_format_plugin_tools_reach_the_prompt_through_the_template_not_as_tags(
+        tmp_path, monkeypatch, chat_tokenizer):
     from appo.data.prompt_sets import load_prompt_sets
     from appo.models import CHAT_TEMPLATE
 
@@ -267,4 +267,4 @@ def test_in_the_chat_template_format_plugin_tools_reach_the_prompt_as_schemas_no
     system = prompt.messages[0]["content"]
     assert "shout" in system and "<shout>" not in system and "<result>" not in system
     text = tokenizer.decode(prompt.prompt_ids)
-    assert '"name": "shout", "description": "Upper-case a text."' in text  # the schema, from the template
+    assert "\n- shout(text: string): Upper-case a text." in text  # its signature, from the template
