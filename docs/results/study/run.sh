@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The algorithm study (issue 28), resumable: a finished run is skipped when this starts again, an interrupted
+# one restarts from its first step. Run from the repository root; SEEDS (default 1, the pilot) and WORK (the
+# SFT checkpoint, the search index, evaluation samples; default /work/study-work) can be set.
+set -euo pipefail
+exec python benchmarks/compare_algorithms.py --out docs/results/study/runs --work "${WORK:-/work/study-work}" \
+  --arms appo,grpo,arpo,appo-fv_none --seeds "${SEEDS:-1}" --steps 10 --eval-every 5 --eval-subset 100 \
+  --greedy-between --sampled-k 4 --sampled-questions 100 --rows grpo=4,arpo=6:3,appo=6:3 \
+  sft.num_examples=224 actor.ppo_mini_batch_size=2
