@@ -56,6 +56,16 @@ def test_one_seed_per_arm_gives_an_upper_bound_and_a_capped_budget_says_what_it_
     assert "2 seeds per arm fit, and resolve a difference of 10.0 points" in text
 
 
+def test_a_spread_below_what_the_per_question_flips_make_is_replaced_by_them(power, tmp_path):
+    # Both runs get 50 right but not the same 50: the arms' spread is 0, yet the runs disagree on every
+    # question, which alone makes a run-to-run sd of sqrt(1 / 2 / 100) = 7.07 points -> 16 seeds.
+    write_run(tmp_path, "grpo", 1, set(range(50)))
+    write_run(tmp_path, "appo", 1, set(range(50, 100)))
+    text = power.plan(power.load(tmp_path), 0.05, 2.0, arms=2, min_seeds=5, max_hours=100)
+    assert "sd of final greedy pass@1: 0.0 points" in text and "disagree on 100.0%" in text
+    assert "The plan uses the larger, 7.1 points." in text and "-> 16 (at least 5)" in text
+
+
 def test_without_runs_it_stops_with_one_line(power, tmp_path, capsys):
     assert power.main(["--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f"study_power: no finished runs under {tmp_path}"
