@@ -171,7 +171,7 @@ class Study:
         if cached.exists():
             result = json.loads(cached.read_text())
             samples = self.work / "eval" / "sft" / "full" / "greedy" / "samples.jsonl"
-            if "greedy/correct" not in result.get("full", {}) and samples.exists():  # evaluated before it was kept
+            if "greedy/correct" not in result["full"] and samples.exists():  # evaluated before it was kept
                 result["full"]["greedy/correct"] = correct_per_question(samples)
                 _write_json(cached, result)
             if self.args.sampled_k and "sampled/pass@1" not in result["full"]:  # an SFT try evaluated greedy only
@@ -202,8 +202,8 @@ class Study:
         """Greedy pass@1 and (with --sampled-k, unless `sampled` is false) sampled pass@1 / pass@k of `prompts`."""
         from appo.eval.evaluate import evaluate
 
-        k = self.args.sampled_k if sampled else 0
-        modes = ([("greedy", 0.0, 1)] if greedy else []) + ([("sampled", 1.0, k)] if k else [])
+        sampled_k = self.args.sampled_k if sampled else 0
+        modes = ([("greedy", 0.0, 1)] if greedy else []) + ([("sampled", 1.0, sampled_k)] if sampled_k else [])
         result = {"questions": len(prompts)}
         for mode, temperature, k in modes:
             c = copy.deepcopy(cfg)
@@ -286,11 +286,7 @@ class Study:
             path = eval_dir / mode / "samples.jsonl"
             if not path.exists():
                 continue
-            by_q: dict[int, list[bool]] = {}
-            for line in path.read_text().splitlines():
-                r = json.loads(line)
-                if r["index"] in ids:
-                    by_q.setdefault(r["index"], []).append(bool(r["correct"]))
+            by_q = {q: c for q, c in _answers(path).items() if q in ids}
             if not by_q:
                 continue
             result[f"{mode}/pass@1"] = sum(sum(c) / len(c) for c in by_q.values()) / len(by_q)
@@ -305,13 +301,18 @@ def _shown(result: dict) -> dict:
     return {k: v for k, v in result.items() if not k.endswith("/correct")}
 
 
-def correct_per_question(samples: Path) -> dict[str, int]:
-    """{question index: samples answered correctly} from an evaluation's samples.jsonl."""
-    counts: dict[str, int] = {}
+def _answers(samples: Path) -> dict[int, list[bool]]:
+    """{question index: whether each of its samples was right} from an evaluation's samples.jsonl."""
+    by_q: dict[int, list[bool]] = {}
     for line in samples.read_text().splitlines():
         r = json.loads(line)
-        counts[str(r["index"])] = counts.get(str(r["index"]), 0) + int(bool(r["correct"]))
-    return counts
+        by_q.setdefault(r["index"], []).append(bool(r["correct"]))
+    return by_q
+
+
+def correct_per_question(samples: Path) -> dict[str, int]:
+    """{question index: samples answered correctly}, as a run's JSON keeps it."""
+    return {str(q): sum(c) for q, c in _answers(samples).items()}
 
 
 # ------------------------------------------------------------------------------------------- report

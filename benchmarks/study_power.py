@@ -54,7 +54,8 @@ def run_sd(runs: dict[str, list[dict]]) -> tuple[float, str]:
         raise SystemExit("study_power: need two finished runs (two arms, or two seeds of one arm)")
     mean = sum(firsts) / len(firsts)
     sd = math.sqrt(sum((y - mean) ** 2 for y in firsts) / (len(firsts) - 1))
-    return sd, f"spread of {len(firsts)} arms' single runs (an upper bound: it includes true arm differences)"
+    return sd, (f"spread of {len(firsts)} arms' single runs (an upper bound in expectation: it includes true arm "
+                "differences)")
 
 
 def discordance(a: dict, b: dict) -> tuple[int, int]:

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "study_power.py"
-
-
-@pytest.fixture(scope="module")
-def power():
-    spec = importlib.util.spec_from_file_location("study_power", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_run(out: Path, arm: str, seed: int, right: set[int], questions: int = 100, minutes: float = 30.0):
