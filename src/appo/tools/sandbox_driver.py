@@ -214,6 +214,12 @@ def _proportional_held(pid, plain):
     return split if seen else plain  # a kernel before 5.10, without Pss_Anon
 
 
+def _private(fields):
+    """What of (RssAnon, RssShmem, VmSwap) only this process's own allocations can raise: anonymous pages,
+    resident or swapped. A rise in RssShmem may be a page some other process already holds."""
+    return fields[0] + fields[2]
+
+
 class _MemoryWatch:
     """Whether the call's processes together hold more than `budget` bytes.
 
@@ -222,8 +228,12 @@ class _MemoryWatch:
     duration, under ~20% of a core), and in between every poll still reads each process's held fields,
     O(1) each: a rise of any field over the lowest value seen since the full check counts as new memory
     (frees are credited only by the next full check), and once the last total plus that growth passes the
-    budget a full check runs at once, reading the processes that grew first and stopping as soon as the
-    sum passes the budget."""
+    budget a full check runs at once, reading the processes that grew first.
+
+    A full check itself must not open a window either: between its slow reads it re-reads every process's
+    O(1) fields, and stops the call once the PSS read so far plus the anonymous memory allocated since
+    (a lower bound on what the call holds, so this never stops a call under its budget) passes the budget.
+    """
 
     def __init__(self, budget, swap):
         self.budget, self.swap = budget, swap
@@ -244,18 +254,37 @@ class _MemoryWatch:
         started = time.monotonic()
         if self.base is not None and started < self.next_full and self.base + sum(growth.values()) <= self.budget:
             return False
-        plain = {pid: sum(fields) for pid, fields in now.items()}
-        if sum(plain.values()) > self.budget:
-            total = 0
-            for pid in sorted(plain, key=lambda p: -growth[p]):
-                total += _proportional_held(pid, plain[pid])
-                if total > self.budget:
-                    return True
+        if sum(sum(fields) for fields in now.values()) > self.budget:
+            total, seen = self._full_check(now, growth)
+            if total is None:
+                return True
         else:
-            total = sum(plain.values())
-        self.base, self.low = total, now
+            total, seen = sum(sum(fields) for fields in now.values()), now
+        self.base, self.low = total, seen
         self.next_full = time.monotonic() + 4 * (time.monotonic() - started)
         return False
+
+    def _full_check(self, now, growth):
+        """(The call's PSS total and each process's fields as of its read), or (None, None) once it is
+        sure the call holds more than the budget."""
+        total, seen, read = 0, dict(now), set()
+        refreshed = time.monotonic()
+        for pid in sorted(now, key=lambda p: -growth[p]):
+            held = _proportional_held(pid, sum(now[pid]))
+            seen[pid] = _held_fields(pid)  # after the read: what it allocates from here on is new
+            total += held
+            read.add(pid)
+            if total > self.budget:
+                return None, None
+            if time.monotonic() - refreshed < 0.005:
+                continue  # cheap reads so far: nothing could have grown much
+            refreshed = time.monotonic()
+            current = {p: _held_fields(p) for p in now}
+            since = sum(_private(current[p]) - _private(seen[p]) for p in read)
+            since += sum(max(0, _private(current[p]) - _private(now[p])) for p in now if p not in read)
+            if total + since > self.budget:
+                return None, None
+        return total, seen
 
 
 def _files():
