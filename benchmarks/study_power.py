@@ -4,7 +4,7 @@
 
 Reads the finished runs `benchmarks/compare_algorithms.py` wrote under --out (<arm>/seed<k>.json) and prints
 the plan: seeds per arm so that a difference of --delta points in final greedy pass@1 between two arms is
---z standard errors, and the machine time that costs at the pilot's measured wall time per run.
+--z standard errors, and the machine time that costs at the pilot's median wall time per run.
 
 The model: a run's final greedy pass@1 is its arm's mean plus run-to-run noise of variance s^2 (the
 questions are the same for every run, so question difficulty is not part of it; what varies is which
@@ -25,6 +25,7 @@ import argparse
 import itertools
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -91,11 +92,11 @@ def plan(runs: dict[str, list[dict]], delta: float, z: float, arms: int, min_see
             sd = flips
             lines.append(f"The plan uses the larger, {sd * 100:.1f} points.")
     need = max(min_seeds, math.ceil(2 * (z * sd / delta) ** 2)) if sd > 0 else min_seeds
-    minutes = sum(r["wall_seconds"] for r in everything) / len(everything) / 60
+    minutes = statistics.median(r["wall_seconds"] for r in everything) / 60  # a run beside other work is slower
     hours = need * arms * minutes / 60
     lines.append(f"Seeds per arm for {delta * 100:.0f} points = {z:g} SE: 2 * ({z:g} * {sd * 100:.1f} / "
                  f"{delta * 100:.0f})^2 = {2 * (z * sd / delta) ** 2:.1f} -> {need} (at least {min_seeds}).")
-    lines.append(f"Cost: {need} seeds x {arms} arms x {minutes:.0f} min per run = {hours:.1f} hours of this machine.")
+    lines.append(f"Cost: {need} seeds x {arms} arms x {minutes:.0f} min per run (median of {len(everything)} runs) = {hours:.1f} hours of this machine.")
     if hours > max_hours:
         fit = max(2, int(max_hours * 60 / minutes / arms))
         resolved = z * sd * math.sqrt(2 / fit)

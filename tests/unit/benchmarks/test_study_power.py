@@ -29,7 +29,7 @@ def test_seeds_come_from_the_pooled_within_arm_spread(power, tmp_path):
     assert sd == pytest.approx(0.0707, abs=1e-4) and "pooled within arms (2 degrees" in how
     text = power.plan(runs, 0.05, 2.0, arms=3, min_seeds=5, max_hours=100)
     assert "-> 16 (at least 5)" in text
-    assert "16 seeds x 3 arms x 30 min per run = 24.0 hours" in text
+    assert "16 seeds x 3 arms x 30 min per run (median of 4 runs) = 24.0 hours" in text
     assert "disagree on" in text  # the per-question discordance is reported
 
 
@@ -58,3 +58,11 @@ def test_a_spread_below_what_the_per_question_flips_make_is_replaced_by_them(pow
 def test_without_runs_it_stops_with_one_line(power, tmp_path, capsys):
     assert power.main(["--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f"study_power: no finished runs under {tmp_path}"
+
+
+def test_the_cost_is_the_median_run_so_one_run_that_shared_the_machine_does_not_set_it(power, tmp_path):
+    write_run(tmp_path, "grpo", 1, set(range(20)), minutes=30)
+    write_run(tmp_path, "arpo", 1, set(range(25)), minutes=30)
+    write_run(tmp_path, "appo", 1, set(range(30)), minutes=90)  # ran beside a test suite
+    text = power.plan(power.load(tmp_path), 0.05, 2.0, arms=3, min_seeds=5, max_hours=100)
+    assert "x 30 min per run (median of 3 runs)" in text
