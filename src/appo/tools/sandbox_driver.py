@@ -254,12 +254,11 @@ class _MemoryWatch:
         started = time.monotonic()
         if self.base is not None and started < self.next_full and self.base + sum(growth.values()) <= self.budget:
             return False
-        if sum(sum(fields) for fields in now.values()) > self.budget:
+        total, seen = sum(sum(fields) for fields in now.values()), now
+        if total > self.budget:
             total, seen = self._full_check(now, growth)
             if total is None:
                 return True
-        else:
-            total, seen = sum(sum(fields) for fields in now.values()), now
         self.base, self.low = total, seen
         self.next_full = time.monotonic() + 4 * (time.monotonic() - started)
         return False
