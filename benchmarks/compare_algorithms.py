@@ -23,7 +23,7 @@ loop).
 
 Outputs: <out>/<arm>/seed<k>.json per finished run (a finished run is skipped when the script runs again;
 an interrupted one restarts from its first step), <out>/sft.json, <out>/summary.json, <out>/summary.md
-(the table) and <out>/accuracy_vs_tokens.png (mean +- standard error over seeds per arm). Checkpoints,
+(the table, and each arm's difference to the others with its standard error) and <out>/accuracy_vs_tokens.png (mean +- standard error over seeds per arm). Checkpoints,
 search index and evaluation samples go under --work.
 """
 
@@ -34,6 +34,7 @@ import copy
 import json
 import math
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -335,6 +336,43 @@ def load_runs(out: Path) -> dict[str, list[dict]]:
     return runs
 
 
+# the comparisons the study reads: each main arm against the others, and APPO against its one ablation
+PAIRS = (("appo", "grpo"), ("appo", "arpo"), ("arpo", "grpo"), ("appo", "appo-fv_none"))
+DIFF_METRICS = ("greedy/pass@1", "sampled/pass@1", "sampled/pass@4")
+
+
+def differences(runs: dict[str, list[dict]], z: float = 2.0) -> list[dict]:
+    """Arm a minus arm b for every PAIRS pair and final metric with two or more seeds on each side.
+
+    The runs of two arms are independent (a seed fixes the sampling, which diverges after the first
+    update), so the standard error of the difference of means is sqrt(se_a^2 + se_b^2); every run is
+    evaluated on the same questions, so question difficulty is not part of it. The difference paired by
+    seed is printed beside it: where the seeds make the arms' runs move together it is the tighter one,
+    where they do not it is no better.
+    """
+    rows = []
+    for a, b in PAIRS:
+        if a not in runs or b not in runs:
+            continue
+        for metric in DIFF_METRICS:
+            ya = {r["seed"]: r["final"][metric] for r in runs[a] if metric in r["final"]}
+            yb = {r["seed"]: r["final"][metric] for r in runs[b] if metric in r["final"]}
+            if len(ya) < 2 or len(yb) < 2:
+                continue
+            (ma, sa), (mb, sb) = mean_se(list(ya.values())), mean_se(list(yb.values()))
+            diff, se = ma - mb, math.sqrt(sa ** 2 + sb ** 2)
+            common = sorted(ya.keys() & yb.keys())
+            paired = mean_se([ya[s] - yb[s] for s in common]) if len(common) >= 2 else None
+            if se > 0 and abs(diff) > z * se:
+                verdict = f"{a if diff > 0 else b} higher"
+            else:
+                verdict = f"not resolved (this design resolves {z * se * 100:.1f} points)"
+            rows.append({"a": a, "b": b, "metric": metric, "seeds": [len(ya), len(yb)], "diff": diff, "se": se,
+                         "paired": list(paired) if paired else None, "paired_seeds": len(common),
+                         "verdict": verdict})
+    return rows
+
+
 def summarize(out: Path) -> dict:
     runs = load_runs(out)
     sft = json.loads((out / "sft.json").read_text()) if (out / "sft.json").exists() else None
@@ -348,8 +386,11 @@ def summarize(out: Path) -> dict:
             row[key] = mean_se([r["final"][key] for r in items if key in r["final"]])
         for key in ("tokens_per_step", "rows_per_step", "update_rows_per_step", "train_seconds", "wall_seconds"):
             row[key] = mean_se([r[key] for r in items])
+        # a run that shared the machine is slower: the median and the range, not a mean, describe the cost
+        times = sorted(r["train_seconds"] for r in items)
+        row["train_seconds_median_range"] = [statistics.median(times), times[0], times[-1]]
         table[arm] = row
-    summary = {"sft": sft, "arms": table}
+    summary = {"sft": sft, "arms": table, "differences": differences(runs)}
     _write_json(out / "summary.json", summary)
     (out / "summary.md").write_text(markdown_table(summary))
     if runs:
@@ -374,7 +415,7 @@ def markdown_table(summary: dict) -> str:
                      + ".\n")
     keys = sorted({k for row in summary["arms"].values() for k in row if "pass@" in k})
     lines.append("| arm | seeds | " + "".join(f"{k} (%) | " for k in keys)
-                 + "sampled tokens / step | rows / step | update rows / step | RL wall time / run (s) |")
+                 + "sampled tokens / step | rows / step | update rows / step | RL wall time / run (s), median [range] |")
     lines.append("|---" * (len(keys) + 6) + "|")
     order = [a for a in (*MAIN_ARMS, *ABLATIONS) if a in summary["arms"]]
     for arm in order:
@@ -382,14 +423,32 @@ def markdown_table(summary: dict) -> str:
         cells = [_fmt(row[k]) if k in row else "-" for k in keys]
         lines.append(f"| {arm} | {len(row['seeds'])} | " + "".join(f"{c} | " for c in cells)
                      + f"{_fmt(row['tokens_per_step'], 1, 0)} | {_fmt(row['rows_per_step'], 1, 1)}"
-                     f" | {_fmt(row['update_rows_per_step'], 1, 1)} | {_fmt(row['train_seconds'], 1, 0)} |")
+                     f" | {_fmt(row['update_rows_per_step'], 1, 1)} | {_wall(row)} |")
     greedy = sorted({q for row in summary["arms"].values() for q in row["final_questions"]})
     sampled = sorted({q for row in summary["arms"].values() for q in row.get("sampled_questions", [])})
     if greedy:
         lines.append(f"\nmean ± standard error over seeds; final evaluation on the first "
                      f"{'/'.join(map(str, greedy))} held-out questions"
                      + (f" (sampled pass@k on the first {'/'.join(map(str, sampled))})" if sampled else "") + ".\n")
+    if summary.get("differences"):
+        lines.append("| comparison | metric | difference (points) | SE | difference / SE | paired by seed | verdict |")
+        lines.append("|---" * 7 + "|")
+        for d in summary["differences"]:
+            paired = (f"{_fmt(tuple(d['paired']))} ({d['paired_seeds']} seeds)" if d["paired"] else "-")
+            ratio = d["diff"] / d["se"] if d["se"] > 0 else float("nan")
+            lines.append(f"| {d['a']} - {d['b']} ({d['seeds'][0]} vs {d['seeds'][1]} seeds) | {d['metric']} | "
+                         f"{d['diff'] * 100:+.1f} | {d['se'] * 100:.1f} | {ratio:+.1f} | {paired} | {d['verdict']} |")
+        lines.append("\nA difference is claimed only where it exceeds 2 standard errors (SE = sqrt(SE_a^2 + SE_b^2), "
+                     "the runs of two arms being independent).\n")
     return "\n".join(lines)
+
+
+def _wall(row: dict) -> str:
+    spread = row.get("train_seconds_median_range")
+    if not spread:
+        return _fmt(row["train_seconds"], 1, 0)
+    median, low, high = spread
+    return f"{median:.0f}" + ("" if low == high else f" [{low:.0f}-{high:.0f}]")
 
 
 def plot(runs: dict[str, list[dict]], sft: dict | None, path: Path) -> None:

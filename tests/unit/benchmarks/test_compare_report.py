@@ -58,3 +58,36 @@ def test_summary_table_and_plot_over_finished_runs_only(compare, tmp_path):
     table = (tmp_path / "summary.md").read_text()
     assert "| grpo | 3 | 30.0 ± 5.8 | 500 ± 0 |" in table
     assert (tmp_path / "accuracy_vs_tokens.png").stat().st_size > 0
+
+
+def _write(tmp_path, arm, seed, **final):
+    path = tmp_path / arm / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run = _run(arm, seed, final.pop("greedy/pass@1"), 1000)
+    run["final"].update(final)
+    run["train_seconds"] = 60 * seed
+    path.write_text(json.dumps(run))
+
+
+def test_differences_claim_only_above_two_standard_errors(compare, tmp_path):
+    # appo 0.80/0.84/0.88 (mean 0.84, se 0.023), grpo 0.60/0.62/0.64 (mean 0.62, se 0.012): +22 points, ~8 SE
+    for seed, (a, g) in enumerate(((0.80, 0.60), (0.84, 0.62), (0.88, 0.64)), start=1):
+        _write(tmp_path, "appo", seed, **{"greedy/pass@1": a, "sampled/pass@1": 0.5})
+        _write(tmp_path, "grpo", seed, **{"greedy/pass@1": g, "sampled/pass@1": 0.5 + 0.1 * (seed - 2)})
+    _write(tmp_path, "arpo", 1, **{"greedy/pass@1": 0.9})  # one seed: no standard error, no comparison
+    summary = compare.summarize(tmp_path)
+    rows = {(d["a"], d["b"], d["metric"]): d for d in summary["differences"]}
+    assert set(rows) == {("appo", "grpo", "greedy/pass@1"), ("appo", "grpo", "sampled/pass@1")}
+    greedy = rows[("appo", "grpo", "greedy/pass@1")]
+    se = math.sqrt(compare.mean_se([0.80, 0.84, 0.88])[1] ** 2 + compare.mean_se([0.60, 0.62, 0.64])[1] ** 2)
+    assert greedy["diff"] == pytest.approx(0.22) and greedy["se"] == pytest.approx(se)
+    assert greedy["verdict"] == "appo higher"
+    # paired by seed: the differences 0.20/0.22/0.24
+    assert greedy["paired"] == pytest.approx(list(compare.mean_se([0.20, 0.22, 0.24])))
+    sampled = rows[("appo", "grpo", "sampled/pass@1")]
+    assert sampled["diff"] == pytest.approx(0.0, abs=1e-12)
+    assert sampled["verdict"].startswith("not resolved (this design resolves 11.5 points")
+    table = (tmp_path / "summary.md").read_text()
+    assert "| appo - grpo (3 vs 3 seeds) | greedy/pass@1 | +22.0 | 2.6 | +8.5 |" in table
+    # the wall time is the median and the range: seed k took 60k seconds
+    assert "| 120 [60-180] |" in table and "| arpo | 1 |" in table
