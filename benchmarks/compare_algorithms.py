@@ -43,6 +43,10 @@ ARMS = {
     "grpo": ["algorithm.name=grpo"],
     "arpo": ["algorithm.name=arpo"],
     "appo": ["algorithm.name=appo"],
+    # the other baselines of the algorithms menu, with GRPO's whole rows (DAPO's dynamic sampling draws more
+    # prompts when groups are constant: its extra sampled tokens are counted, so the curves show the cost)
+    "dapo": ["algorithm.name=dapo"],
+    "gspo": ["algorithm.name=gspo"],
     "appo-fv_none": ["algorithm.name=appo", "rollout.appo.fv_source=none"],
     "appo-future_kl": ["algorithm.name=appo", "actor.loss_mode=future_kl"],
     "appo-keep_branches": ["algorithm.name=appo", "algorithm.drop_branch_rows=false"],
@@ -53,9 +57,10 @@ ARMS = {
     "appo-2updates-future_kl": ["algorithm.name=appo", "actor.mini_batch_size=4", "actor.loss_mode=future_kl"],
 }
 MAIN_ARMS = ("grpo", "arpo", "appo")
+BASELINES = ("dapo", "gspo")
 ABLATIONS = ("appo-fv_none", "appo-future_kl", "appo-keep_branches", "appo-2updates", "appo-2updates-future_kl")
 # n[:m] per algorithm: grpo's 4 whole rows vs 2 whole rows + 4 shorter continuations.
-DEFAULT_ROWS = {"grpo": "4", "arpo": "6:2", "appo": "6:2"}
+DEFAULT_ROWS = {"grpo": "4", "arpo": "6:2", "appo": "6:2", "dapo": "4", "gspo": "4"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -94,7 +99,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for spec in filter(None, args.rows.split(",")):
         algo, _, value = spec.partition("=")
         if algo not in DEFAULT_ROWS or not all(part.isdigit() for part in value.split(":")):
-            p.error(f"--rows {spec!r}: expected grpo=N, arpo=N:M or appo=N:M")
+            p.error(f"--rows {spec!r}: expected ALGO=N or ALGO=N:M with ALGO one of {', '.join(DEFAULT_ROWS)}")
         rows[algo] = value
     args.row_spec = rows
     args.arms = [a for a in args.arms.split(",") if a]
@@ -337,7 +342,8 @@ def load_runs(out: Path) -> dict[str, list[dict]]:
 
 
 # the comparisons the study reads: each main arm against the others, and APPO against its one ablation
-PAIRS = (("appo", "grpo"), ("appo", "arpo"), ("arpo", "grpo"), ("appo", "appo-fv_none"))
+PAIRS = (("appo", "grpo"), ("appo", "arpo"), ("arpo", "grpo"), ("appo", "dapo"), ("appo", "gspo"),
+         ("appo", "appo-fv_none"))
 DIFF_METRICS = ("greedy/pass@1", "sampled/pass@1", "sampled/pass@4")
 
 
@@ -417,7 +423,7 @@ def markdown_table(summary: dict) -> str:
     lines.append("| arm | seeds | " + "".join(f"{k} (%) | " for k in keys)
                  + "sampled tokens / step | rows / step | update rows / step | RL wall time / run (s), median [range] |")
     lines.append("|---" * (len(keys) + 6) + "|")
-    order = [a for a in (*MAIN_ARMS, *ABLATIONS) if a in summary["arms"]]
+    order = [a for a in (*MAIN_ARMS, *BASELINES, *ABLATIONS) if a in summary["arms"]]
     for arm in order:
         row = summary["arms"][arm]
         cells = [_fmt(row[k]) if k in row else "-" for k in keys]

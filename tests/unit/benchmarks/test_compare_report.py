@@ -91,3 +91,12 @@ def test_differences_claim_only_above_two_standard_errors(compare, tmp_path):
     assert "| appo - grpo (3 vs 3 seeds) | greedy/pass@1 | +22.0 | 2.6 | +8.5 |" in table
     # the wall time is the median and the range: seed k took 60k seconds
     assert "| 120 [60-180] |" in table and "| arpo | 1 |" in table
+
+
+def test_dapo_and_gspo_are_arms_with_whole_rows(compare):
+    args = compare.parse_args(["--arms", "appo,dapo,gspo", "--rows", "dapo=5,gspo=5,appo=6:3", "--seeds", "1"])
+    assert args.run_list == [("appo", 1), ("dapo", 1), ("gspo", 1)]
+    assert compare.ARMS["dapo"] == ["algorithm.name=dapo"] and compare.ARMS["gspo"] == ["algorithm.name=gspo"]
+    assert compare.row_overrides("dapo", args.row_spec) == ["rollout.n=5"]
+    assert compare.row_overrides("gspo", args.row_spec) == ["rollout.n=5"]
+    assert compare.row_overrides("appo", args.row_spec) == ["rollout.n=6", "rollout.initial_rollouts=3"]
