@@ -347,35 +347,55 @@ PAIRS = (("appo", "grpo"), ("appo", "arpo"), ("arpo", "grpo"), ("appo", "dapo"),
 DIFF_METRICS = ("greedy/pass@1", "sampled/pass@1", "sampled/pass@4")
 
 
+MIN_SEEDS_TO_CLAIM = 3  # with fewer, a standard error is itself too noisy to claim a difference by
+
+
+def pooled_sd(runs: dict[str, list[dict]], metric: str) -> tuple[float, int]:
+    """The run-to-run standard deviation of a final metric pooled within arms, and its degrees of freedom."""
+    ss, dof = 0.0, 0
+    for items in runs.values():
+        ys = [r["final"][metric] for r in items if metric in r["final"]]
+        if len(ys) > 1:
+            mean = sum(ys) / len(ys)
+            ss += sum((y - mean) ** 2 for y in ys)
+            dof += len(ys) - 1
+    return (math.sqrt(ss / dof) if dof else float("nan")), dof
+
+
 def differences(runs: dict[str, list[dict]], z: float = 2.0) -> list[dict]:
     """Arm a minus arm b for every PAIRS pair and final metric with two or more seeds on each side.
 
     The runs of two arms are independent (a seed fixes the sampling, which diverges after the first
-    update), so the standard error of the difference of means is sqrt(se_a^2 + se_b^2); every run is
-    evaluated on the same questions, so question difficulty is not part of it. The difference paired by
-    seed is printed beside it: where the seeds make the arms' runs move together it is the tighter one,
-    where they do not it is no better.
+    update) and every run is evaluated on the same questions, so question difficulty is not part of the
+    noise; what is, is the run-to-run spread. Its standard deviation s is pooled within all arms (every arm's
+    seeds spread alike in expectation, and a few seeds of one arm say little about it alone), and the
+    standard error of the difference is s * sqrt(1/n_a + 1/n_b). A difference is claimed above z of those
+    and only with MIN_SEEDS_TO_CLAIM seeds on each side. The difference paired by seed is printed beside it:
+    where the seeds make the arms' runs move together it is the tighter one, where they do not it is no better.
     """
     rows = []
-    for a, b in PAIRS:
-        if a not in runs or b not in runs:
-            continue
-        for metric in DIFF_METRICS:
+    for metric in DIFF_METRICS:
+        sd, dof = pooled_sd(runs, metric)
+        for a, b in PAIRS:
+            if a not in runs or b not in runs:
+                continue
             ya = {r["seed"]: r["final"][metric] for r in runs[a] if metric in r["final"]}
             yb = {r["seed"]: r["final"][metric] for r in runs[b] if metric in r["final"]}
             if len(ya) < 2 or len(yb) < 2:
                 continue
-            (ma, sa), (mb, sb) = mean_se(list(ya.values())), mean_se(list(yb.values()))
-            diff, se = ma - mb, math.sqrt(sa ** 2 + sb ** 2)
+            diff = sum(ya.values()) / len(ya) - sum(yb.values()) / len(yb)
+            se = sd * math.sqrt(1 / len(ya) + 1 / len(yb))
             common = sorted(ya.keys() & yb.keys())
             paired = mean_se([ya[s] - yb[s] for s in common]) if len(common) >= 2 else None
-            if se > 0 and abs(diff) > z * se:
+            if min(len(ya), len(yb)) < MIN_SEEDS_TO_CLAIM:
+                verdict = f"too few seeds to claim (at least {MIN_SEEDS_TO_CLAIM} each)"
+            elif se > 0 and abs(diff) > z * se:
                 verdict = f"{a if diff > 0 else b} higher"
             else:
                 verdict = f"not resolved (this design resolves {z * se * 100:.1f} points)"
             rows.append({"a": a, "b": b, "metric": metric, "seeds": [len(ya), len(yb)], "diff": diff, "se": se,
-                         "paired": list(paired) if paired else None, "paired_seeds": len(common),
-                         "verdict": verdict})
+                         "sd": sd, "sd_dof": dof, "paired": list(paired) if paired else None,
+                         "paired_seeds": len(common), "verdict": verdict})
     return rows
 
 
@@ -444,8 +464,11 @@ def markdown_table(summary: dict) -> str:
             ratio = d["diff"] / d["se"] if d["se"] > 0 else float("nan")
             lines.append(f"| {d['a']} - {d['b']} ({d['seeds'][0]} vs {d['seeds'][1]} seeds) | {d['metric']} | "
                          f"{d['diff'] * 100:+.1f} | {d['se'] * 100:.1f} | {ratio:+.1f} | {paired} | {d['verdict']} |")
-        lines.append("\nA difference is claimed only where it exceeds 2 standard errors (SE = sqrt(SE_a^2 + SE_b^2), "
-                     "the runs of two arms being independent).\n")
+        sds = {d["metric"]: (d["sd"], d["sd_dof"]) for d in summary["differences"]}
+        lines.append("\nSE = s * sqrt(1/n_a + 1/n_b), s the run-to-run sd pooled within arms ("
+                     + "; ".join(f"{m}: {sd * 100:.1f} points, {dof} degrees of freedom" for m, (sd, dof) in sds.items())
+                     + f"). A difference is claimed only where it exceeds 2 SE, with at least {MIN_SEEDS_TO_CLAIM} "
+                     "seeds on each side.\n")
     return "\n".join(lines)
 
 

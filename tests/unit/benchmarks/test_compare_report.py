@@ -70,25 +70,32 @@ def _write(tmp_path, arm, seed, **final):
 
 
 def test_differences_claim_only_above_two_standard_errors(compare, tmp_path):
-    # appo 0.80/0.84/0.88 (mean 0.84, se 0.023), grpo 0.60/0.62/0.64 (mean 0.62, se 0.012): +22 points, ~8 SE
+    # appo 0.80/0.84/0.88, grpo 0.60/0.62/0.64: +22 points; pooled sd sqrt((0.0032 + 0.0008) / 4)
     for seed, (a, g) in enumerate(((0.80, 0.60), (0.84, 0.62), (0.88, 0.64)), start=1):
         _write(tmp_path, "appo", seed, **{"greedy/pass@1": a, "sampled/pass@1": 0.5})
         _write(tmp_path, "grpo", seed, **{"greedy/pass@1": g, "sampled/pass@1": 0.5 + 0.1 * (seed - 2)})
-    _write(tmp_path, "arpo", 1, **{"greedy/pass@1": 0.9})  # one seed: no standard error, no comparison
+    _write(tmp_path, "arpo", 1, **{"greedy/pass@1": 0.9})  # one seed: no comparison
+    for seed, acc in ((1, 0.70), (2, 0.90)):  # two seeds: a difference, but no claim
+        _write(tmp_path, "appo-fv_none", seed, **{"greedy/pass@1": acc})
     summary = compare.summarize(tmp_path)
     rows = {(d["a"], d["b"], d["metric"]): d for d in summary["differences"]}
-    assert set(rows) == {("appo", "grpo", "greedy/pass@1"), ("appo", "grpo", "sampled/pass@1")}
+    assert set(rows) == {("appo", "grpo", "greedy/pass@1"), ("appo", "grpo", "sampled/pass@1"),
+                         ("appo", "appo-fv_none", "greedy/pass@1")}
     greedy = rows[("appo", "grpo", "greedy/pass@1")]
-    se = math.sqrt(compare.mean_se([0.80, 0.84, 0.88])[1] ** 2 + compare.mean_se([0.60, 0.62, 0.64])[1] ** 2)
-    assert greedy["diff"] == pytest.approx(0.22) and greedy["se"] == pytest.approx(se)
+    sd = math.sqrt((0.0032 + 0.0008 + 0.02) / 5)  # appo, grpo and appo-fv_none's spreads, 2 + 2 + 1 dof
+    assert greedy["sd"] == pytest.approx(sd) and greedy["sd_dof"] == 5
+    assert greedy["diff"] == pytest.approx(0.22) and greedy["se"] == pytest.approx(sd * math.sqrt(2 / 3))
     assert greedy["verdict"] == "appo higher"
     # paired by seed: the differences 0.20/0.22/0.24
     assert greedy["paired"] == pytest.approx(list(compare.mean_se([0.20, 0.22, 0.24])))
-    sampled = rows[("appo", "grpo", "sampled/pass@1")]
+    sampled = rows[("appo", "grpo", "sampled/pass@1")]  # sd sqrt(0.02 / 4): resolves 2 * 0.0707 * 0.816
     assert sampled["diff"] == pytest.approx(0.0, abs=1e-12)
     assert sampled["verdict"].startswith("not resolved (this design resolves 11.5 points")
+    ablation = rows[("appo", "appo-fv_none", "greedy/pass@1")]
+    assert ablation["diff"] == pytest.approx(0.04) and ablation["verdict"].startswith("too few seeds")
     table = (tmp_path / "summary.md").read_text()
-    assert "| appo - grpo (3 vs 3 seeds) | greedy/pass@1 | +22.0 | 2.6 | +8.5 |" in table
+    assert "| appo - grpo (3 vs 3 seeds) | greedy/pass@1 | +22.0 | 5.7 | +3.9 |" in table
+    assert "greedy/pass@1: 6.9 points, 5 degrees of freedom" in table
     # the wall time is the median and the range: seed k took 60k seconds
     assert "| 120 [60-180] |" in table and "| arpo | 1 |" in table
 
