@@ -23,8 +23,9 @@ loop).
 
 Outputs: <out>/<arm>/seed<k>.json per finished run (a finished run is skipped when the script runs again;
 an interrupted one restarts from its first step), <out>/sft.json, <out>/summary.json, <out>/summary.md
-(the table, and each arm's difference to the others with its standard error) and <out>/accuracy_vs_tokens.png (mean +- standard error over seeds per arm). Checkpoints,
-search index and evaluation samples go under --work.
+(the table, and each arm's difference to the others with its standard error) and
+<out>/accuracy_vs_tokens.png (mean +- standard error over seeds per arm). Checkpoints, search index and
+evaluation samples go under --work.
 """
 
 from __future__ import annotations
@@ -341,7 +342,7 @@ def load_runs(out: Path) -> dict[str, list[dict]]:
     return runs
 
 
-# the comparisons the study reads: each main arm against the others, and APPO against its one ablation
+# the comparisons the study reads: the main arms pairwise, APPO against DAPO, GSPO and its one ablation
 PAIRS = (("appo", "grpo"), ("appo", "arpo"), ("arpo", "grpo"), ("appo", "dapo"), ("appo", "gspo"),
          ("appo", "appo-fv_none"))
 DIFF_METRICS = ("greedy/pass@1", "sampled/pass@1", "sampled/pass@4")
