@@ -29,6 +29,9 @@ import statistics
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark scripts are files, not a package
+from compare_algorithms import pooled_sd  # noqa: E402
+
 
 def load(out: Path) -> dict[str, list[dict]]:
     runs: dict[str, list[dict]] = {}
@@ -41,15 +44,9 @@ def load(out: Path) -> dict[str, list[dict]]:
 
 def run_sd(runs: dict[str, list[dict]]) -> tuple[float, str]:
     """The run-to-run standard deviation of final greedy pass@1, and how it was estimated."""
-    ss, dof = 0.0, 0
-    for items in runs.values():
-        ys = [r["final"]["greedy/pass@1"] for r in items]
-        if len(ys) > 1:
-            mean = sum(ys) / len(ys)
-            ss += sum((y - mean) ** 2 for y in ys)
-            dof += len(ys) - 1
+    sd, dof = pooled_sd(runs, "greedy/pass@1")
     if dof:
-        return math.sqrt(ss / dof), f"pooled within arms ({dof} degrees of freedom)"
+        return sd, f"pooled within arms ({dof} degrees of freedom)"
     firsts = [items[0]["final"]["greedy/pass@1"] for items in runs.values()]
     if len(firsts) < 2:
         raise SystemExit("study_power: need two finished runs (two arms, or two seeds of one arm)")
