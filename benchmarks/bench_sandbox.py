@@ -10,10 +10,12 @@ on PYTHONPATH, the two alternate for `--rounds` rounds (so that the load of a sh
 alike) and the median of the rounds is kept. Workloads: a one-line cell (start-up cost), a session call
 replaying three earlier cells, and a cell computing for ~0.1 s of CPU in each of two worker processes (the
 supervisor's polling while the call runs). The ratio columns are this checkout over the base (ms: below 1
-is faster).
+is faster). `--caller-gb G` makes each side's process hold G GB of resident memory and write one byte of
+every page of it after each call, as a trainer calling tools rewrites its tensors: a call that forks the
+caller shows up as that rewrite's page faults and system time, which count in the call's time.
 
     python benchmarks/bench_sandbox.py [--calls 48] [--code "print(6*7)"]
-    python benchmarks/bench_sandbox.py --base /tmp/base/src [--calls 16] [--rounds 3]
+    python benchmarks/bench_sandbox.py --base /tmp/base/src [--calls 16] [--rounds 3] [--caller-gb 4]
 """
 
 from __future__ import annotations
@@ -86,12 +88,21 @@ def runners_table(calls: int, code: str) -> None:
                   f"{latency / base[0]:>7.2f}x | {rate / base[1]:>12.2f}x")
 
 
-def worker(calls: int, parallels: list[int]) -> None:
+def worker(calls: int, parallels: list[int], caller_gb: float) -> None:
     """One side of --base: the bwrap tool of whichever `appo` is first on the path; JSON on stdout."""
+    import resource
+
     from appo.config import PythonToolConfig
     from appo.tools.base import ToolCall
     from appo.tools.python import PythonTool
 
+    held = bytearray(int(caller_gb * (1 << 30)))
+    pages = len(range(0, len(held), 4096))
+
+    def rewrite():
+        held[::4096] = b"\x01" * pages
+
+    rewrite()
     tool = PythonTool(PythonToolConfig(sandbox="bwrap", session=True), timeout=30.0)
     out = {}
     for name, (code, history) in WORKLOADS.items():
@@ -99,11 +110,16 @@ def worker(calls: int, parallels: list[int]) -> None:
         result = tool(call)
         if not result.ok:
             raise SystemExit(f"{name}: the call failed: {result.text[-300:]}")
-        out[name] = {str(p): measure(lambda c=call: tool(c), calls, p) for p in parallels}
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        out[name] = {str(p): measure(lambda c=call: (tool(c), rewrite()), calls, p) for p in parallels}
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        n = calls * len(parallels) + len(parallels)  # measure() warms up with one call per setting
+        out[name]["faults"] = (after.ru_minflt - before.ru_minflt) / n
+        out[name]["sys_ms"] = (after.ru_stime - before.ru_stime) * 1000 / n
     print(json.dumps(out))
 
 
-def compare(base_src: Path, calls: int, rounds: int, parallels: list[int]) -> None:
+def compare(base_src: Path, calls: int, rounds: int, parallels: list[int], caller_gb: float) -> None:
     if not (base_src / "appo" / "tools" / "sandbox.py").is_file():
         raise SystemExit(f"--base {base_src}: not a checkout's src/ (no appo/tools/sandbox.py in it)")
     sides = {"base": base_src.resolve(), "this": HERE_SRC}
@@ -112,13 +128,13 @@ def compare(base_src: Path, calls: int, rounds: int, parallels: list[int]) -> No
         for side, src in sides.items():
             env = dict(os.environ, PYTHONPATH=str(src))
             done = subprocess.run([sys.executable, __file__, "--worker", "--calls", str(calls),
-                                   "--parallel", ",".join(map(str, parallels))],
+                                   "--parallel", ",".join(map(str, parallels)), "--caller-gb", str(caller_gb)],
                                   env=env, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"{side} ({src}) failed: {done.stderr[-2000:]}")
             runs[side].append(json.loads(done.stdout.splitlines()[-1]))
     print(f"bubblewrap sandbox per call: base {sides['base']} vs this {sides['this']}; {calls} calls per "
-          f"setting, median of {rounds} alternating rounds")
+          f"setting, median of {rounds} alternating rounds; the caller holds {caller_gb:g} GB")
     print(f"{'workload':<26} | {'parallel':>8} | {'base ms':>8} | {'this ms':>8} | {'ms ratio':>8} | "
           f"{'base calls/s':>12} | {'this calls/s':>12} | {'calls/s ratio':>13}")
     ratios = []
@@ -129,6 +145,12 @@ def compare(base_src: Path, calls: int, rounds: int, parallels: list[int]) -> No
             ratios.append(t_ms / b_ms)
             print(f"{name:<26} | {p:>8} | {b_ms:>8.1f} | {t_ms:>8.1f} | {t_ms / b_ms:>7.2f}x | "
                   f"{b_rate:>12.1f} | {t_rate:>12.1f} | {t_rate / b_rate:>12.2f}x")
+    print(f"{'workload':<26} | {'base faults/call':>16} | {'this faults/call':>16} | {'base sys ms/call':>16} | "
+          f"{'this sys ms/call':>16}  (the caller's)")
+    for name in WORKLOADS:
+        bf, tf, bs, ts = (statistics.median(r[name][k] for r in runs[side])
+                          for k in ("faults", "sys_ms") for side in ("base", "this"))
+        print(f"{name:<26} | {bf:>16.0f} | {tf:>16.0f} | {bs:>16.1f} | {ts:>16.1f}")
     print(f"sandbox: per-call time this/base, geometric mean {statistics.geometric_mean(ratios):.2f}x "
           f"(range {min(ratios):.2f}x-{max(ratios):.2f}x)")
 
@@ -140,6 +162,8 @@ def main() -> None:
     parser.add_argument("--base", type=Path, help="another checkout's src/ to compare this sandbox against")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per side (with --base)")
     parser.add_argument("--parallel", default="1,4", help="parallel calls to measure (with --base)")
+    parser.add_argument("--caller-gb", type=float, default=0.0,
+                        help="resident memory each side's process holds and rewrites after every call (with --base)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     try:
@@ -148,10 +172,12 @@ def main() -> None:
             raise ValueError
     except ValueError:
         parser.error(f"--parallel {args.parallel!r}: expected positive integers separated by commas, e.g. 1,4")
+    if args.caller_gb < 0:
+        parser.error(f"--caller-gb {args.caller_gb}: expected a size in GB, 0 or more")
     if args.worker:
-        worker(args.calls, parallels)
+        worker(args.calls, parallels, args.caller_gb)
     elif args.base is not None:
-        compare(args.base, args.calls or 16, args.rounds, parallels)
+        compare(args.base, args.calls or 16, args.rounds, parallels, args.caller_gb)
     else:
         runners_table(args.calls or 48, args.code)
 

@@ -117,11 +117,19 @@ def _system_binds(interpreter: str) -> list[str]:
     return args
 
 
-def _drop_privileges() -> dict:
-    """As root, run as nobody: root-owned 0700 dirs become unreadable and RLIMIT_NPROC applies."""
+def _drop_privileges() -> tuple[list[str], dict]:
+    """As root, run as nobody: root-owned 0700 dirs become unreadable and RLIMIT_NPROC applies. Returns a
+    command prefix and Popen keyword arguments.
+
+    Why an exec'd `setpriv` rather than Popen(user=...): CPython forks, not vforks, when Popen changes the
+    user, so every call would copy the caller's page tables (a trainer holds gigabytes) and leave each page
+    it writes afterwards to fault once. Without util-linux's setpriv, Popen drops them itself."""
     if os.geteuid() != 0:
-        return {}
-    return {"user": NOBODY, "group": NOBODY, "extra_groups": []}
+        return [], {}
+    setpriv = shutil.which("setpriv", path=os.defpath)
+    if setpriv:
+        return [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"], {}
+    return [], {"user": NOBODY, "group": NOBODY, "extra_groups": []}
 
 
 class Sandbox:
@@ -190,9 +198,10 @@ class Sandbox:
             kwargs["pass_fds"] = (seccomp_fd,)
         try:
             try:
-                proc = subprocess.Popen(self.command(seccomp_fd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
-                                        **_drop_privileges(), **kwargs)
+                drop, drop_kwargs = _drop_privileges()
+                proc = subprocess.Popen([*drop, *self.command(seccomp_fd)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                        close_fds=True, **drop_kwargs, **kwargs)
             finally:
                 if seccomp_fd is not None:
                     os.close(seccomp_fd)

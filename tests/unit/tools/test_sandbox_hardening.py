@@ -81,8 +81,9 @@ def test_supervisor_refuses_to_run_unless_it_is_pid_1(sandboxed):
     box = sandboxed.sandbox
     command = [arg for arg in box.command() if arg != "--as-pid-1"]
     job = {"history": [], "code": "print('ran')", "limits": {}, "watch": box.limits.watch()}
-    proc = subprocess.run(command, input=marshal.dumps(job, 4), capture_output=True, timeout=30,
-                          **sandbox_mod._drop_privileges())
+    drop, drop_kwargs = sandbox_mod._drop_privileges()
+    proc = subprocess.run([*drop, *command], input=marshal.dumps(job, 4), capture_output=True, timeout=30,
+                          **drop_kwargs)
     assert proc.returncode == 1 and b"must run as pid 1" in proc.stderr and b"ran" not in proc.stdout
 
 
