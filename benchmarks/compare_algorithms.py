@@ -128,6 +128,22 @@ def row_overrides(arm: str, spec: dict[str, str]) -> list[str]:
     return [f"rollout.n={n}"] + ([f"rollout.initial_rollouts={m}"] if m else [])
 
 
+def code_revision() -> str:
+    """The commit this checkout's code is at ('+changes' when src/ differs from it), kept in every run so
+    that wall times compare only between runs of the same code."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if changed else "")
+
+
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -237,6 +253,7 @@ class Study:
         from appo.models import load_model
         from appo.train.trainer import Trainer
 
+        code = code_revision()  # before training: the code this run imports
         run_dir = self.work / arm / f"seed{seed}"
         if run_dir.exists():  # an interrupted run starts again from its first step
             shutil.rmtree(run_dir)
@@ -278,7 +295,7 @@ class Study:
                               **self._subset_of(run_dir / "eval" / "final", {p.index for p in self.subset})})
         finally:
             trainer.close()
-        return {"arm": arm, "seed": seed, "overrides": extra, "steps": steps, "evals": evals, "final": final,
+        return {"arm": arm, "seed": seed, "code": code, "overrides": extra, "steps": steps, "evals": evals, "final": final,
                 "tokens_per_step": tokens / len(steps), "rows_per_step": sum(s["rows"] for s in steps) / len(steps),
                 "update_rows_per_step": sum(s["update_rows"] for s in steps) / len(steps),
                 "train_seconds": round(train_seconds, 1), "wall_seconds": round(time.time() - t0, 1),
