@@ -68,6 +68,26 @@ END_OF_TURN = "<end of turn>"
 REJOIN_AFTER_STEPS = 2
 
 
+class _ResumeFirst:
+    """Rows waiting for a slot in the batch: rows that hold a KV cache (back from a tool, branches) go before
+    rows yet to start. Served first come, first served instead, every row of a call starts before the first
+    one resumes, and all their caches are held at once: memory grows with the rows a call runs (an
+    evaluation chunk of hundreds), not with the batch."""
+
+    def __init__(self):
+        self.resumed: deque[LoopRow] = deque()
+        self.fresh: deque[LoopRow] = deque()
+
+    def append(self, row: LoopRow) -> None:
+        (self.resumed if row.kv is not None else self.fresh).append(row)
+
+    def popleft(self) -> LoopRow:
+        return (self.resumed or self.fresh).popleft()
+
+    def __len__(self) -> int:
+        return len(self.resumed) + len(self.fresh)
+
+
 @dataclass
 class RolloutLoopSettings:
     max_response_length: int                 # response budget in tokens, tool results included
@@ -492,7 +512,7 @@ class ToolLoop:
     def _run_continuous(self) -> None:
         """Every row to completion, batched continuously (see the module docstring)."""
         session = self.engine.open_session()
-        ready: deque[LoopRow] = deque()
+        ready = _ResumeFirst()
         waiting: deque[_Waiting] = deque()
         clock = 0
         self._arrivals = deque(self.active)
@@ -520,6 +540,8 @@ class ToolLoop:
                 self._admit(session, ready.popleft())
             if not len(session):
                 continue
+            open_rows = len(session) + len(waiting) + len(ready.resumed)  # rows holding a KV cache
+            self.stats["peak_open_rows"] = max(self.stats.get("peak_open_rows", 0), open_rows)
             for row, res, kv in self._session_step(session):
                 after(row, self._absorb(row, res, kv))
             clock += 1
@@ -533,7 +555,7 @@ class ToolLoop:
             stop, row.pending_stop = row.pending_stop, None
             after(row, stop)
 
-    def _dispatch(self, row: LoopRow, stop: str | None, ready: deque, start_turn: Callable[[_Turn], None]) -> None:
+    def _dispatch(self, row: LoopRow, stop: str | None, ready: deque | _ResumeFirst, start_turn: Callable[[_Turn], None]) -> None:
         """After a segment that ended on `stop` (or a spliced result: None), in the continuous and streamed
         loops: start the row's due tool calls, or report the finished row, or queue it for its next segment."""
         turn = self._turn_for(row, stop) if stop is not None else None

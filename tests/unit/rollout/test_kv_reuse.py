@@ -24,7 +24,7 @@ import torch
 from appo.rollout.engine import GenRequest
 from appo.rollout.hf import HFEngine, padded_groups
 from appo.rollout.sampling import sample_groups
-from appo.rollout.tool_loop import LoopStart, RolloutLoopSettings, ToolLoop, run_tool_loop
+from appo.rollout.tool_loop import REJOIN_AFTER_STEPS, LoopStart, RolloutLoopSettings, ToolLoop, run_tool_loop
 from appo.tools.base import ToolResult
 from appo.tools.registry import ToolRunner
 
@@ -200,6 +200,19 @@ def test_finished_rows_free_their_cache_at_once(tool_lm, tiny_tokenizer, python_
         assert all(r.kv is None for r in rows if r.done)
         assert all(r.kv is not None for r in rows if not r.done)  # live rows keep theirs between rounds
     assert loop._kv_bytes == 0 and loop.stats["peak_kv_bytes"] > 0
+
+
+def test_rows_holding_a_cache_stay_about_the_batch_however_many_rows_a_call_runs(tool_lm, tiny_tokenizer,
+                                                                                 python_tools):
+    # Rows back from a tool rejoin before rows yet to start. Served in arrival order, all 16 rows had started
+    # (and held their caches) before the first one resumed: an evaluation chunk of hundreds held them all.
+    tok = tiny_tokenizer
+    stats = {}
+    trajs = run_tool_loop(HFEngine(tool_lm, tok), python_tools, _starts(tok, k=8, per=2), _settings(gen_batch_size=2),
+                          stats)
+    assert sum(len(t.tool_log) >= 2 for t in trajs) >= 4  # rows went back and forth between batch and tool
+    # the batch, plus the rows that left it for a tool in the steps they sit out
+    assert stats["peak_open_rows"] <= 2 * (1 + REJOIN_AFTER_STEPS), stats["peak_open_rows"]
 
 
 def test_progress_callback_fires_once_per_row_as_it_finishes(tool_lm, tiny_tokenizer, python_tools):
