@@ -161,6 +161,7 @@ class Study:
         from appo.models import load_tokenizer
 
         self.args, self.out, self.work = args, Path(args.out), Path(args.work)
+        self.code = code_revision()  # at start-up: the code this process imports, wherever the checkout moves later
         base = load_config(args.config, [*args.overrides, f"trainer.output_dir={self.work / 'shared'}"])
         self.task = prepare_task(base)
         self.base = with_task_index(base, self.task)
@@ -253,7 +254,6 @@ class Study:
         from appo.models import load_model
         from appo.train.trainer import Trainer
 
-        code = code_revision()  # before training: the code this run imports
         run_dir = self.work / arm / f"seed{seed}"
         if run_dir.exists():  # an interrupted run starts again from its first step
             shutil.rmtree(run_dir)
@@ -295,7 +295,7 @@ class Study:
                               **self._subset_of(run_dir / "eval" / "final", {p.index for p in self.subset})})
         finally:
             trainer.close()
-        return {"arm": arm, "seed": seed, "code": code, "overrides": extra, "steps": steps, "evals": evals, "final": final,
+        return {"arm": arm, "seed": seed, "code": self.code, "overrides": extra, "steps": steps, "evals": evals, "final": final,
                 "tokens_per_step": tokens / len(steps), "rows_per_step": sum(s["rows"] for s in steps) / len(steps),
                 "update_rows_per_step": sum(s["update_rows"] for s in steps) / len(steps),
                 "train_seconds": round(train_seconds, 1), "wall_seconds": round(time.time() - t0, 1),
