@@ -78,7 +78,8 @@ def main() -> None:
         out[side] = json.loads(done.stdout.strip().splitlines()[-1])
         print(side, out[side], flush=True)
     b, t = out["base"], out["this"]
-    print(f"{t['rows']} rows, batch {a.batch}: wall {b['wall']:.0f} -> {t['wall']:.0f} s ({t['wall'] / b['wall']:.2f}x), "
+    print(f"{t['rows']} rows, batch {a.batch}: "
+          f"wall {b['wall']:.0f} -> {t['wall']:.0f} s ({t['wall'] / b['wall']:.2f}x), "
           f"peak KV {b['peak_kv_gb']:.2f} -> {t['peak_kv_gb']:.2f} GB ({t['peak_kv_gb'] / b['peak_kv_gb']:.2f}x), "
           f"peak RSS {b['rss_gb']:.2f} -> {t['rss_gb']:.2f} GB")
 

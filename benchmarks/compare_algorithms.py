@@ -295,7 +295,8 @@ class Study:
                               **self._subset_of(run_dir / "eval" / "final", {p.index for p in self.subset})})
         finally:
             trainer.close()
-        return {"arm": arm, "seed": seed, "code": self.code, "overrides": extra, "steps": steps, "evals": evals, "final": final,
+        return {"arm": arm, "seed": seed, "code": self.code, "overrides": extra, "steps": steps, "evals": evals,
+                "final": final,
                 "tokens_per_step": tokens / len(steps), "rows_per_step": sum(s["rows"] for s in steps) / len(steps),
                 "update_rows_per_step": sum(s["update_rows"] for s in steps) / len(steps),
                 "train_seconds": round(train_seconds, 1), "wall_seconds": round(time.time() - t0, 1),

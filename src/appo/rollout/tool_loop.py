@@ -555,7 +555,8 @@ class ToolLoop:
             stop, row.pending_stop = row.pending_stop, None
             after(row, stop)
 
-    def _dispatch(self, row: LoopRow, stop: str | None, ready: deque | _ResumeFirst, start_turn: Callable[[_Turn], None]) -> None:
+    def _dispatch(self, row: LoopRow, stop: str | None, ready: deque | _ResumeFirst,
+                  start_turn: Callable[[_Turn], None]) -> None:
         """After a segment that ended on `stop` (or a spliced result: None), in the continuous and streamed
         loops: start the row's due tool calls, or report the finished row, or queue it for its next segment."""
         turn = self._turn_for(row, stop) if stop is not None else None

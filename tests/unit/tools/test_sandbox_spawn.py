@@ -24,7 +24,8 @@ def tool():
 
 @root_only
 def test_model_code_runs_as_nobody_with_no_groups(tool):
-    r = tool(ToolCall("python", "import os\nprint(os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups())"))
+    code = "import os\nprint(os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups())"
+    r = tool(ToolCall("python", code))
     assert r.ok and r.text == "65534 65534 65534 65534 []", r.text
 
 
